@@ -1,0 +1,142 @@
+"""The ``blockswap-zoo`` command line: thin commands that call the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .genotype import Genotype
+from .registry import get_arch, list_models
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="BlockSwap students: search, distil, load.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print a clear error and exit non-zero (2: bad input)."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _resolve_genotype(name: str) -> tuple[str, Genotype, int, int, tuple[int, int, int]]:
+    """A registered name or a genotype text/file -> (label, genotype, classes, in_chans, input size)."""
+    if ":" in name or name.lstrip().startswith("{"):
+        g = Genotype.parse(name)
+    elif name.endswith(".json"):
+        g = Genotype.load(name)
+    else:
+        a = get_arch(name)
+        return a.name, a.genotype, a.num_classes, a.in_chans, a.input_size
+    default = 1000 if g.backbone.startswith("resnet") else 10
+    size = g.backbone_spec.default_input_size
+    return g.backbone + " (custom genotype)", g, default, 3, size
+
+
+@app.command("list")
+def list_cmd(
+    pattern: str = typer.Argument("*", help="Wildcard pattern, e.g. 'wrn_40_2_bs*'."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """List registered models with their parameters and MACs."""
+    names = list_models(pattern)
+    if not names:
+        fail(f"no model matches {pattern!r}; try `blockswap-zoo list` for all names")
+    rows = []
+    for n in names:
+        a = get_arch(n)
+        rows.append({"name": n, "role": a.role, "params": a.params, "macs": a.macs, "description": a.description})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    t = Table("name", "role", "params", "MACs", "description")
+    for r in rows:
+        t.add_row(r["name"], r["role"], f"{r['params'] / 1e6:.3f}M", f"{r['macs'] / 1e6:.1f}M", r["description"])
+    console.print(t)
+
+
+@app.command()
+def info(
+    name: str = typer.Argument(..., help="Model name, genotype JSON file, or compact genotype string."),
+    num_classes: int | None = typer.Option(None, help="Classes (default: the arch's)."),
+    in_chans: int | None = typer.Option(None, help="Input channels (default: the arch's)."),
+    input_size: int | None = typer.Option(None, help="Input height = width for MACs (default: the arch's)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+) -> None:
+    """Show a model's genotype block by block, its params and MACs, and the ratio to its teacher."""
+    try:
+        label, g, nc, ch, size = _resolve_genotype(name)
+    except ValueError as e:
+        fail(str(e))
+    nc = nc if num_classes is None else num_classes
+    ch = ch if in_chans is None else in_chans
+    hw = (size[1], size[2]) if input_size is None else (input_size, input_size)
+    if nc < 1 or ch < 1 or min(hw) < 1:
+        fail("--num-classes, --in-chans and --input-size must be positive")
+    teacher = Genotype.uniform(g.backbone)
+    params, macs = g.num_params(nc, ch), g.macs(nc, ch, hw)
+    t_params, t_macs = teacher.num_params(nc, ch), teacher.macs(nc, ch, hw)
+    slots = g.backbone_spec.slots(hw)
+    costs = g.block_costs(hw)
+    blocks = [
+        {
+            "index": s.index,
+            "stage": s.stage,
+            "block": b,
+            "reference_name": r,
+            "in_chs": s.in_chs,
+            "out_chs": s.out_chs,
+            "stride": s.stride,
+            "params": p,
+            "macs": m,
+        }
+        for s, b, r, (p, m) in zip(slots, g.blocks, g.to_reference(), costs)
+    ]
+    result = {
+        "name": label,
+        "genotype": g.to_dict(),
+        "compact": g.to_string(),
+        "num_classes": nc,
+        "in_chans": ch,
+        "input_size": [ch, *hw],
+        "params": params,
+        "macs": macs,
+        "teacher_params": t_params,
+        "teacher_macs": t_macs,
+        "blocks": blocks,
+    }
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    t = Table("#", "stage", "block", "reference", "in->out", "stride", "params", "MACs", title=label)
+    for b in blocks:
+        t.add_row(
+            str(b["index"]),
+            str(b["stage"]),
+            b["block"],
+            b["reference_name"],
+            f"{b['in_chs']}->{b['out_chs']}",
+            str(b["stride"]),
+            f"{b['params']:,}",
+            f"{b['macs'] / 1e6:.2f}M",
+        )
+    console.print(t)
+    console.print(f"params {params:,} ({params / t_params:.1%} of the all-S teacher's {t_params:,})")
+    console.print(
+        f"MACs   {macs / 1e6:.1f}M ({macs / t_macs:.1%} of {t_macs / 1e6:.1f}M) at {ch}x{hw[0]}x{hw[1]}, {nc} classes"
+    )
+    console.print(f"compact: {g.to_string()}", highlight=False, soft_wrap=True)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

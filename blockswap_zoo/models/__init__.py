@@ -1,0 +1,25 @@
+"""Network builders: a Genotype in, an nn.Module that follows the model contract out."""
+
+from __future__ import annotations
+
+from ..backbones import ResNetBackbone
+from ..genotype import Genotype
+from .base import SwapNet
+from .resnet import ResNet
+from .wrn import WideResNet
+
+__all__ = ["ResNet", "SwapNet", "WideResNet", "build_model"]
+
+
+def build_model(
+    genotype: Genotype | str, num_classes: int | None = None, in_chans: int = 3, drop_rate: float = 0.0
+) -> SwapNet:
+    """Build the network a genotype describes (randomly initialised as the reference does).
+
+    ``num_classes`` defaults to 10 for WideResNets and 1000 for ResNets.
+    """
+    if isinstance(genotype, str):
+        genotype = Genotype.parse(genotype)
+    if isinstance(genotype.backbone_spec, ResNetBackbone):
+        return ResNet(genotype, 1000 if num_classes is None else num_classes, in_chans, drop_rate)
+    return WideResNet(genotype, 10 if num_classes is None else num_classes, in_chans, drop_rate)
