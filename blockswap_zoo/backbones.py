@@ -78,7 +78,9 @@ class Backbone:
         hw = self.stem_out_hw(hw)  # type: ignore[arg-type]
         in_chs = self.stem_chs()
         out: list[Slot] = []
-        for stage, (depth, width, stride) in enumerate(zip(self.stage_depths, self.stage_widths, self.stage_strides)):
+        for stage, (depth, width, stride) in enumerate(
+            zip(self.stage_depths, self.stage_widths, self.stage_strides, strict=True)
+        ):
             for i in range(depth):
                 s = stride if i == 0 else 1
                 out.append(Slot(len(out), stage, in_chs, width, s, hw))  # type: ignore[arg-type]
@@ -89,7 +91,7 @@ class Backbone:
     def feature_info(self) -> list[StageInfo]:
         red = self.stem_reduction
         info = []
-        for stage, (width, stride) in enumerate(zip(self.stage_widths, self.stage_strides)):
+        for stage, (width, stride) in enumerate(zip(self.stage_widths, self.stage_strides, strict=True)):
             red *= stride
             info.append(StageInfo(width, red, self.stage_module_name(stage)))
         return info

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 from torch import nn
 
@@ -80,7 +80,7 @@ class Relu:
     """A ReLU: no parameters, no MACs."""
 
 
-Layer = Union[Conv, BN, Relu]
+Layer = Conv | BN | Relu
 
 
 def plan_cost(plan: list[tuple[str, Layer]], hw: tuple[int, int]) -> tuple[int, int, tuple[int, int]]:

@@ -95,7 +95,7 @@ def info(
             "params": p,
             "macs": m,
         }
-        for s, b, r, (p, m) in zip(slots, g.blocks, g.to_reference(), costs)
+        for s, b, r, (p, m) in zip(slots, g.blocks, g.to_reference(), costs, strict=True)
     ]
     result = {
         "name": label,

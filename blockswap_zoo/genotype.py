@@ -198,7 +198,7 @@ class Genotype:
     def block_costs(self, input_size: tuple[int, int] | None = None) -> list[tuple[int, int]]:
         """(params, MACs) of each swappable block, in network order."""
         bb = self.backbone_spec
-        return [bb.block_cost(t, slot) for t, slot in zip(self.block_types, bb.slots(input_size))]
+        return [bb.block_cost(t, slot) for t, slot in zip(self.block_types, bb.slots(input_size), strict=True)]
 
     def num_params(self, num_classes: int = 10, in_chans: int = 3) -> int:
         """Exact parameter count (weights and BN affine, no buffers) without building the model."""

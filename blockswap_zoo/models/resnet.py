@@ -77,7 +77,7 @@ class ResNet(SwapNet):
         self.conv1, self.bn1, self.relu = stem["conv1"], stem["bn1"], stem["relu"]
         self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         stages: list[list[nn.Module]] = [[] for _ in spec.stage_depths]
-        for block_type, slot in zip(genotype.block_types, spec.slots()):
+        for block_type, slot in zip(genotype.block_types, spec.slots(), strict=True):
             parts = spec.block_parts(block_type, slot)
             block = SwapBasicBlock(parts) if block_type.shape == "basic" else SwapBottleneckBlock(parts)
             stages[slot.stage].append(block)

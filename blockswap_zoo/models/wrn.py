@@ -56,7 +56,7 @@ class WideResNet(SwapNet):
         self.stem = build_plan(spec.stem_plan(in_chans))
         slots = spec.slots()
         stages: list[list[nn.Module]] = [[] for _ in spec.stage_depths]
-        for block_type, slot in zip(genotype.block_types, slots):
+        for block_type, slot in zip(genotype.block_types, slots, strict=True):
             stages[slot.stage].append(PreActBlock(spec.block_parts(block_type, slot)))
         self.stages = nn.ModuleList(nn.Sequential(*blocks) for blocks in stages)
         self.norm = nn.BatchNorm2d(spec.num_features)
