@@ -3,6 +3,7 @@
 from .blocks import BLOCK_TYPES, get_block_type
 from .genotype import Genotype, GenotypeError
 from .models import build_model
+from .pretrained import list_pretrained
 from .registry import create_model, get_arch, list_models
 
 __version__ = "0.1.0"
@@ -16,4 +17,5 @@ __all__ = [
     "get_arch",
     "get_block_type",
     "list_models",
+    "list_pretrained",
 ]

@@ -9,6 +9,7 @@ import difflib
 import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .genotype import Genotype, GenotypeError
@@ -180,11 +181,27 @@ def create_model(
     in_chans: int | None = None,
     **kwargs: Any,
 ) -> SwapNet:
-    """Build a registered model, a Genotype, or a genotype string (JSON or compact form).
+    """Build a model by name, Genotype or genotype string, or load a published / saved checkpoint.
 
-    ``num_classes`` / ``in_chans`` default to the arch's. With ``pretrained=True`` (or an
-    ``arch.tag`` name) the published weights are loaded.
+    - ``"wrn_40_2_bs811k"``: the arch, randomly initialised (``num_classes`` / ``in_chans``
+      default to the arch's);
+    - ``"arch.tag"`` or ``pretrained=True``: published weights, sha256-verified; a different
+      ``num_classes`` replaces only the classifier (fine-tuning);
+    - ``"local-dir:<path>"``: any checkpoint directory; ``"hf-hub:ORG/NAME[@REV]"``: one on the Hub;
+    - a Genotype, or its JSON / compact text.
     """
+    from . import hub
+
+    if isinstance(name_or_genotype, str):
+        for prefix in ("local-dir:", "hf-hub:"):
+            if name_or_genotype.startswith(prefix):
+                ref = name_or_genotype[len(prefix) :]
+                if prefix == "hf-hub:":
+                    repo_id, _, rev = ref.partition("@")
+                    directory = hub.pull_hf_hub(repo_id, rev or None)
+                else:
+                    directory = Path(ref).expanduser()
+                return hub.load_checkpoint_dir(directory, num_classes=num_classes, in_chans=in_chans, **kwargs)
     if isinstance(name_or_genotype, Genotype):
         genotype, arch = name_or_genotype, None
     elif isinstance(name_or_genotype, str) and (":" in name_or_genotype or name_or_genotype.lstrip().startswith("{")):
@@ -195,16 +212,33 @@ def create_model(
     else:
         arch = get_arch(name_or_genotype)
         genotype = arch.genotype
-        if split_name(name_or_genotype)[1] is not None:
-            pretrained = True
+        pretrained = pretrained or split_name(name_or_genotype)[1] is not None
     if pretrained:
-        raise UnknownModelError(
-            f"no pretrained weights are published for {name_or_genotype!r} in this version; "
-            "build it with pretrained=False"
-        )
+        if arch is None:
+            raise UnknownModelError("pretrained=True needs a registered model name, not a bare genotype")
+        return _create_pretrained(name_or_genotype, num_classes, in_chans, **kwargs)  # type: ignore[arg-type]
     return build_model(
         genotype,
         num_classes=num_classes if num_classes is not None else (arch.num_classes if arch else None),
         in_chans=in_chans if in_chans is not None else (arch.in_chans if arch else 3),
         **kwargs,
     )
+
+
+def _create_pretrained(name: str, num_classes: int | None, in_chans: int | None, **kwargs: Any) -> SwapNet:
+    from .hub import load_model_weights, load_verified_state_dict
+    from .pretrained import get_weights, resolve_weights_file
+
+    w = get_weights(name)
+    if in_chans is not None and in_chans != w.in_chans:
+        raise UnknownModelError(
+            f"{w.name} was trained on {w.in_chans}-channel input; in_chans={in_chans} cannot load it"
+        )
+    genotype = Genotype.from_string(w.genotype)
+    if genotype != get_arch(w.arch).genotype:
+        raise UnknownModelError(f"record {w.name} does not describe arch {w.arch}'s genotype")
+    model = build_model(genotype, num_classes=num_classes or w.num_classes, in_chans=w.in_chans, **kwargs)
+    path = resolve_weights_file(w)
+    load_model_weights(model, load_verified_state_dict(path, w.sha256, w.size), w.name)
+    model.pretrained_cfg = w  # type: ignore[attr-defined]
+    return model

@@ -1,0 +1,216 @@
+"""Checkpoints as safetensors directories, verified by sha256; pulling from local folders and the
+Hugging Face Hub; a thin publish call.
+
+A checkpoint directory holds ``model.safetensors``, ``config.json`` (arch, genotype, classes,
+input size, normalisation, metrics, params, MACs, teacher, recipe, the weights' sha256 ...)
+and, when written by a training run, the recipe, per-epoch metrics and a model card.
+This module imports torch and safetensors only; huggingface_hub is imported when it is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .genotype import Genotype
+from .io import atomic_write_text
+from .models import SwapNet, build_model
+
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "WeightsError",
+    "OfflineError",
+    "is_offline",
+    "load_checkpoint_dir",
+    "load_model_weights",
+    "load_verified_state_dict",
+    "pull_hf_hub",
+    "push_to_hf_hub",
+    "save_checkpoint_dir",
+    "sha256_file",
+]
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+class WeightsError(ValueError):
+    """A weights file that is missing, corrupt, truncated, not safetensors or does not fit the model."""
+
+
+class OfflineError(FileNotFoundError):
+    """Offline mode is on and the file is not where the cache would hold it."""
+
+
+def is_offline() -> bool:
+    """Offline mode, read at call time: HF_HUB_OFFLINE=1 or BLOCKSWAP_ZOO_OFFLINE=1."""
+    return any(
+        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+        for v in ("HF_HUB_OFFLINE", "BLOCKSWAP_ZOO_OFFLINE")
+    )
+
+
+def sha256_file(path: str | Path) -> str:
+    """Full sha256 of a file, streamed."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_verified_state_dict(path: str | Path, sha256: str | None, size: int | None = None) -> dict[str, torch.Tensor]:
+    """Check size and the full sha256 *before* parsing, then read the safetensors file (never pickle)."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    actual_size = path.stat().st_size
+    if size is not None and actual_size != size:
+        raise WeightsError(
+            f"{path} is {actual_size:,} bytes but the record says {size:,}: the file is truncated or replaced; "
+            "delete it and download it again"
+        )
+    if sha256 is not None:
+        digest = sha256_file(path)
+        if digest != sha256:
+            raise WeightsError(
+                f"sha256 mismatch for {path}: expected {sha256}, got {digest}; the file is corrupt or not the "
+                "published one: delete it and download it again"
+            )
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{path} is not a valid safetensors file ({e}); weights must be safetensors") from None
+
+
+def load_model_weights(model: SwapNet, state: dict[str, torch.Tensor], source: str) -> None:
+    """Load strictly; if the model's classifier was resized (fine-tuning), drop only the classifier."""
+    model_sd = model.state_dict()
+    head = [k for k in state if k.startswith("fc.")]
+    if head and any(k not in model_sd or model_sd[k].shape != state[k].shape for k in head):
+        state = {k: v for k, v in state.items() if k not in head}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("fc.") for k in missing):
+            raise WeightsError(f"{source} does not fit the model: missing {missing}, unexpected {unexpected}")
+        return
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise WeightsError(f"{source} does not fit the model: {e}") from None
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    cfg_path = directory / CONFIG_NAME
+    if not cfg_path.is_file():
+        raise WeightsError(f"{directory} is not a checkpoint directory: {CONFIG_NAME} is missing")
+    try:
+        return json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as e:
+        raise WeightsError(f"{cfg_path} is not valid JSON: {e}") from None
+
+
+def load_checkpoint_dir(
+    directory: str | Path, num_classes: int | None = None, in_chans: int | None = None, **kwargs: Any
+) -> SwapNet:
+    """Rebuild the model a checkpoint directory describes and load its verified weights.
+
+    ``num_classes`` different from the checkpoint's gives a fresh classifier (the rest loads
+    strictly), for fine-tuning.
+    """
+    directory = Path(directory)
+    cfg = _read_config(directory)
+    for key in ("genotype", "num_classes", "in_chans", "weights_sha256"):
+        if key not in cfg:
+            raise WeightsError(f"{directory / CONFIG_NAME} lacks {key!r}; it was not written by blockswap-zoo")
+    if in_chans is not None and in_chans != cfg["in_chans"]:
+        raise WeightsError(f"the checkpoint takes {cfg['in_chans']} input channels, not {in_chans}")
+    genotype = Genotype.from_dict(cfg["genotype"])
+    model = build_model(genotype, num_classes=num_classes or cfg["num_classes"], in_chans=cfg["in_chans"], **kwargs)
+    state = load_verified_state_dict(directory / WEIGHTS_NAME, cfg["weights_sha256"], cfg.get("weights_size"))
+    load_model_weights(model, state, str(directory / WEIGHTS_NAME))
+    model.pretrained_cfg = cfg  # type: ignore[attr-defined]
+    return model
+
+
+def save_checkpoint_dir(
+    model: SwapNet, directory: str | Path, config: dict[str, Any], overwrite: bool = False
+) -> dict[str, Any]:
+    """Write ``model.safetensors`` and ``config.json`` atomically; returns the full config written.
+
+    ``config`` adds metadata (dataset, label names, mean/std, metrics, teacher, recipe ...);
+    genotype, classes, params, MACs and the weights' sha256 and size are filled in here.
+    """
+    directory = Path(directory)
+    weights = directory / WEIGHTS_NAME
+    if weights.exists() and not overwrite:
+        raise FileExistsError(f"{weights} exists; pass overwrite=True (--force) to replace it")
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{WEIGHTS_NAME}.tmp"
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, weights)
+    g = model.genotype
+    input_size = config.get("input_size") or list(g.backbone_spec.default_input_size)
+    full = {
+        "arch": config.get("arch", g.backbone),
+        "genotype": g.to_dict(),
+        "num_classes": model.num_classes,
+        "in_chans": model.in_chans,
+        "input_size": list(input_size),
+        "params": g.num_params(model.num_classes, model.in_chans),
+        "macs": g.macs(model.num_classes, model.in_chans, tuple(input_size[-2:])),
+        **{k: v for k, v in config.items() if k not in ("genotype", "num_classes", "in_chans", "input_size")},
+        "weights_sha256": sha256_file(weights),
+        "weights_size": weights.stat().st_size,
+    }
+    atomic_write_text(directory / CONFIG_NAME, json.dumps(full, indent=2) + "\n")
+    return full
+
+
+def pull_hf_hub(repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None) -> Path:
+    """Download (or, offline, find in the cache) a checkpoint repo from the Hugging Face Hub."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.constants import HF_HUB_CACHE
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    offline = is_offline()
+    try:
+        path = snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=cache_dir,
+            allow_patterns=[WEIGHTS_NAME, CONFIG_NAME, "README.md", "recipe.yaml", "metrics.jsonl"],
+            local_files_only=offline,
+        )
+    except LocalEntryNotFoundError:
+        root = Path(cache_dir or HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+        raise OfflineError(
+            f"offline mode: {repo_id}@{revision or 'main'} is not in the Hugging Face cache; expected it under "
+            f"{root} (snapshots/<commit>/{WEIGHTS_NAME}). Download it once online (`blockswap-zoo download "
+            f"hf-hub:{repo_id}`) or unset HF_HUB_OFFLINE / BLOCKSWAP_ZOO_OFFLINE"
+        ) from None
+    return Path(path)
+
+
+def push_to_hf_hub(directory: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Create the Hub repo (if needed) and upload a checkpoint directory; returns the commit id."""
+    from huggingface_hub import HfApi
+
+    directory = Path(directory)
+    _read_config(directory)
+    if is_offline():
+        raise OfflineError("offline mode is on (HF_HUB_OFFLINE / BLOCKSWAP_ZOO_OFFLINE): cannot publish")
+    api = HfApi(token=token)
+    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+    info = api.upload_folder(
+        repo_id=repo_id, folder_path=str(directory), commit_message="Upload blockswap-zoo checkpoint"
+    )
+    return info.oid

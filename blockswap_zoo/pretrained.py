@@ -1,0 +1,146 @@
+"""Published weights: one frozen record per checkpoint, read from ``pretrained.json`` (data, written
+by ``blockswap-zoo release``), and how a record's file is found, downloaded and verified.
+
+A record's file lives in the repository (``weights/<arch.tag>/model.safetensors``): a checkout or
+torch.hub clone reads it in place; a pip install downloads it once into the cache. Every use
+verifies the full sha256 first.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from .hub import OfflineError, WeightsError, is_offline, load_verified_state_dict
+
+__all__ = [
+    "GITHUB_REPO",
+    "Weights",
+    "cache_dir",
+    "get_weights",
+    "list_pretrained",
+    "load_records",
+    "resolve_weights_file",
+]
+
+GITHUB_REPO = "blockswap-zoo/blockswap-zoo"
+RECORDS_FILE = Path(__file__).with_name("pretrained.json")
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Weights:
+    """What a published checkpoint is, where its file is, and how it was made and measured."""
+
+    name: str  # arch.tag
+    file: str  # path inside the repository
+    sha256: str
+    size: int
+    dataset: str
+    num_classes: int
+    in_chans: int
+    input_size: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    label_names: tuple[str, ...]
+    metrics: dict[str, float]
+    params: int
+    macs: int
+    genotype: str  # compact form
+    teacher: str | None
+    recipe: str
+    license: str
+    hf_repo: str
+    eval_transform: str
+    training: str  # hardware, schedule and wall time, in words
+    eval_command: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def arch(self) -> str:
+        return self.name.split(".", 1)[0]
+
+    @property
+    def tag(self) -> str:
+        return self.name.split(".", 1)[1]
+
+    @property
+    def url(self) -> str:
+        base = os.environ.get("BLOCKSWAP_ZOO_BASE_URL", f"https://github.com/{GITHUB_REPO}/raw/main").rstrip("/")
+        return f"{base}/{self.file}"
+
+    @property
+    def hub_entrypoint(self) -> str:
+        return self.name.replace(".", "_")
+
+
+@cache
+def load_records(path: Path = RECORDS_FILE) -> dict[str, Weights]:
+    """All records, keyed by ``arch.tag`` (a JSON list written by ``blockswap-zoo release``)."""
+    if not path.is_file():
+        return {}
+    out: dict[str, Weights] = {}
+    for raw in json.loads(path.read_text()):
+        for key in ("input_size", "mean", "std", "label_names"):
+            raw[key] = tuple(raw[key])
+        w = Weights(**raw)
+        out[w.name] = w
+    return out
+
+
+def list_pretrained(pattern: str = "*") -> list[str]:
+    """Published ``arch.tag`` names matching a wildcard pattern."""
+    return sorted(n for n in load_records() if fnmatch.fnmatchcase(n, pattern))
+
+
+def get_weights(name: str) -> Weights:
+    """The record of ``arch.tag``, or of the arch's first published tag when no tag is given."""
+    records = load_records()
+    if name in records:
+        return records[name]
+    if "." not in name:
+        tags = [w for n, w in sorted(records.items()) if w.arch == name]
+        if tags:
+            return tags[0]
+    available = ", ".join(records) or "none yet"
+    raise WeightsError(f"no published weights named {name!r}; published: {available}")
+
+
+def cache_dir() -> Path:
+    """Where downloaded weights go: $BLOCKSWAP_ZOO_CACHE, else torch.hub's dir / blockswap_zoo."""
+    env = os.environ.get("BLOCKSWAP_ZOO_CACHE")
+    if env:
+        return Path(env)
+    import torch.hub
+
+    return Path(torch.hub.get_dir()) / "blockswap_zoo"
+
+
+def resolve_weights_file(w: Weights) -> Path:
+    """The record's file: in the checkout if present, else the cache, else downloaded (not offline)."""
+    in_repo = REPO_ROOT / w.file
+    if in_repo.is_file():
+        return in_repo
+    cached = cache_dir() / w.name / Path(w.file).name
+    if cached.is_file():
+        return cached
+    if is_offline():
+        raise OfflineError(
+            f"offline mode: weights {w.name} are not cached; expected {cached} (or {in_repo} in a checkout). "
+            "Copy the file there, or unset HF_HUB_OFFLINE / BLOCKSWAP_ZOO_OFFLINE to download it"
+        )
+    from torch.hub import download_url_to_file
+
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    download_url_to_file(w.url, str(cached), progress=False)  # writes a temp file, then renames
+    try:
+        load_verified_state_dict(cached, w.sha256, w.size)
+    except WeightsError:
+        cached.unlink(missing_ok=True)
+        raise
+    return cached

@@ -1,0 +1,34 @@
+"""torch.hub entrypoints: one per published checkpoint, generated from the pretrained records.
+
+    torch.hub.load("blockswap-zoo/blockswap-zoo", "<arch>_<tag>", pretrained=True)
+    torch.hub.load("/path/to/checkout", "<arch>_<tag>", source="local", pretrained=True, num_classes=5)
+
+Only torch and safetensors are needed (no torchvision, typer or huggingface_hub).
+"""
+
+from __future__ import annotations
+
+from blockswap_zoo.pretrained import Weights, load_records
+from blockswap_zoo.registry import create_model
+
+dependencies = ["torch", "safetensors"]
+
+
+def _entrypoint(w: Weights):  # noqa: ANN202 - torch.hub reads the function and its docstring
+    def load(pretrained: bool = True, num_classes: int | None = None, **kwargs):  # noqa: ANN003
+        return create_model(w.name if pretrained else w.arch, pretrained=pretrained, num_classes=num_classes,
+                            in_chans=None if pretrained else w.in_chans, **kwargs)  # fmt: skip
+
+    top1 = w.metrics.get("top1", float("nan"))
+    load.__name__ = w.hub_entrypoint
+    load.__doc__ = (
+        f"{w.name}: BlockSwap `{w.arch}` on {w.dataset}, top-1 {top1:.2f}% ({w.params:,} params, "
+        f"{w.macs / 1e6:.2f}M MACs).\n\n"
+        f"Args:\n    pretrained: load the published weights (sha256-verified safetensors).\n"
+        f"    num_classes: a new classifier size for fine-tuning (the rest loads strictly).\n\n"
+        f"Recipe: {w.recipe}. Teacher: {w.teacher or 'none'}. Training: {w.training}"
+    )
+    return load
+
+
+globals().update({w.hub_entrypoint: _entrypoint(w) for w in load_records().values()})
