@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 import typer
@@ -131,6 +132,100 @@ def info(
         f"MACs   {macs / 1e6:.1f}M ({macs / t_macs:.1%} of {t_macs / 1e6:.1f}M) at {ch}x{hw[0]}x{hw[1]}, {nc} classes"
     )
     console.print(f"compact: {g.to_string()}", highlight=False, soft_wrap=True)
+
+
+@app.command("export")
+def export_cmd(
+    name: str = typer.Argument(..., help="Model name (arch or arch.tag), local-dir:<path> or hf-hub:ORG/NAME."),
+    fmt: str = typer.Option("onnx", "--format", help="onnx or export (torch.export .pt2)."),
+    out: Path | None = typer.Option(None, "--out", help="Output file (default: <name>.onnx / .pt2)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
+) -> None:
+    """Export a model and check that the exported file reproduces PyTorch's outputs."""
+    from .export import export_model
+    from .registry import create_model
+
+    if fmt not in ("onnx", "export"):
+        fail(f"--format must be onnx or export, got {fmt!r}")
+    try:
+        model = create_model(name)
+        size = _input_size(name, model)
+        target = out or Path(f"{name.split(':')[-1].replace('/', '_')}.{'onnx' if fmt == 'onnx' else 'pt2'}")
+        check = export_model(model, fmt, target, size, overwrite=force)  # type: ignore[arg-type]
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        fail(str(e))
+    if not check.ok:
+        fail(f"exported {check.path} differs from PyTorch by {check.max_abs_diff:.3g} (> {check.atol})", code=1)
+    console.print(f"wrote {check.path}; max |exported - PyTorch| = {check.max_abs_diff:.3g} (<= {check.atol})")
+
+
+def _input_size(name: str, model: object) -> tuple[int, int, int]:
+    """The input a model was trained for: its checkpoint's record, else its arch's default."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if cfg is not None:
+        return tuple(cfg["input_size"] if isinstance(cfg, dict) else cfg.input_size)  # type: ignore[return-value]
+    try:
+        size = get_arch(name).input_size
+    except ValueError:
+        size = model.genotype.backbone_spec.default_input_size  # type: ignore[attr-defined]
+    return (model.in_chans, *size[1:])  # type: ignore[attr-defined]
+
+
+@app.command()
+def download(
+    name: str = typer.Argument(..., help="arch.tag of a published checkpoint, or hf-hub:ORG/NAME[@REV]."),
+) -> None:
+    """Fetch a checkpoint into the local cache (verified), so later loads work offline."""
+    from .hub import pull_hf_hub
+    from .pretrained import get_weights, resolve_weights_file
+
+    try:
+        if name.startswith("hf-hub:"):
+            repo_id, _, rev = name[len("hf-hub:") :].partition("@")
+            path = pull_hf_hub(repo_id, rev or None)
+        else:
+            path = resolve_weights_file(get_weights(name))
+    except (ValueError, FileNotFoundError, OSError) as e:
+        fail(str(e))
+    console.print(f"{name}: {path}")
+
+
+@app.command()
+def publish(
+    run_dir: Path = typer.Argument(..., help="A checkpoint directory (model.safetensors + config.json + README.md)."),
+    repo_id: str = typer.Option(..., "--repo-id", help="Hugging Face repo, ORG/NAME."),
+    private: bool = typer.Option(False, "--private"),
+) -> None:
+    """Upload a checkpoint directory to the Hugging Face Hub and print the commit."""
+    from .hub import push_to_hf_hub
+
+    try:
+        commit = push_to_hf_hub(run_dir, repo_id, private=private)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    except Exception as e:  # network and auth errors from huggingface_hub
+        fail(f"upload to {repo_id} failed: {e}", code=1)
+    console.print(f"published {run_dir} to https://huggingface.co/{repo_id} at commit {commit}")
+
+
+@app.command()
+def docs(
+    check: bool = typer.Option(False, "--check", help="Exit 1 if README.md or MODEL_CARD.md is out of date."),
+) -> None:
+    """Regenerate the README's pretrained table and MODEL_CARD.md from the pretrained records."""
+    from .cards import update_readme, write_docs, zoo_model_card
+
+    root = Path(__file__).resolve().parents[1]
+    if check:
+        readme = (root / "README.md").read_text()
+        card = root / "MODEL_CARD.md"
+        stale = update_readme(readme) != readme or not card.exists() or card.read_text() != zoo_model_card() + "\n"
+        if stale:
+            fail("README.md / MODEL_CARD.md are out of date: run `blockswap-zoo docs`", code=1)
+        console.print("docs are up to date")
+        return
+    for path in write_docs(root):
+        console.print(f"updated {path}")
 
 
 def main() -> None:
