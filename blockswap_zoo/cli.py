@@ -228,6 +228,63 @@ def docs(
         console.print(f"updated {path}")
 
 
+# Training commands live in blockswap_zoo.train.command (heavy imports happen inside them).
+from .train.command import distill_cmd, evaluate_cmd, train_teacher_cmd  # noqa: E402
+
+app.command("train-teacher")(train_teacher_cmd)
+app.command("distill")(distill_cmd)
+app.command("evaluate")(evaluate_cmd)
+
+# The search command lives in blockswap_zoo.search.command (it calls run_search).
+from .search.command import search as search_cmd  # noqa: E402
+
+app.command("search")(search_cmd)
+
+
+@app.command()
+def reproduce(
+    recipe: str = typer.Argument(..., help="A recipe file, or the name of a shipped recipe (see recipes/)."),
+    out: Path | None = typer.Option(None, "--out", help="Run directory (default: runs/<recipe name>)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    force: bool = typer.Option(False, "--force", help="Delete --out and start over."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved plan and its cost, run nothing."),
+    max_steps: int | None = typer.Option(None, "--max-steps", help="Smoke run: at most N optimiser steps per stage."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
+) -> None:
+    """Rebuild a checkpoint from its recipe; exit 1 if the measured metric misses the recipe's expectation."""
+    from .recipes import load_recipe
+    from .reproduce import plan
+    from .reproduce import reproduce as run
+
+    try:
+        r = load_recipe(recipe)
+        if dry_run:
+            print(json.dumps(plan(r), indent=2))
+            return
+        result = run(r, out or Path("runs") / r.name, resume=resume, force=force, max_steps=max_steps, device=device)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        fail(str(e))
+    console.print(result.message, highlight=False)
+    console.print(f"checkpoint: {result.checkpoint_dir}")
+    if result.passed is False:
+        raise typer.Exit(1)
+
+
+@app.command()
+def release(
+    checkpoint: Path = typer.Argument(..., help="A checkpoint directory written by `reproduce` (run/checkpoint)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing record of the same name."),
+) -> None:
+    """Publish a checkpoint into this repository: copy it to weights/<name>/ and add its record."""
+    from .release import release_checkpoint
+
+    try:
+        w = release_checkpoint(checkpoint, force=force)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        fail(str(e))
+    console.print(f"released {w.name}: {w.file} (sha256 {w.sha256}); now run `blockswap-zoo docs`")
+
+
 def main() -> None:
     """Console-script entry point."""
     try:

@@ -1,0 +1,139 @@
+"""Seconds per candidate of Fisher-potential scoring: reference-style baseline vs exact vs fast mode.
+
+    python benchmarks/search_speed.py                      # speed + agreement (about 15 min on 2 cores)
+    python benchmarks/search_speed.py --agreement-seeds 0  # speed only (about 1 min)
+
+Speed: WRN-40-2 candidates at the 800K budget, batch 128 of 3x32x32 (the embedded
+Fashion-MNIST images zero-padded to 32x32 and repeated to 3 channels), every method timed on
+the same candidates, interleaved, in this process; the figure is the median over candidates
+and repeats, plus the ratio to the baseline. The baseline scores the way the paper's code
+does: NCHW fp32, forward and backward hooks on the probes, ``loss.backward()`` computing
+every weight gradient. Build time (with the seeded init) is included in every method.
+
+Agreement: for each seed, a search of ``--agreement-candidates`` candidates on the embedded
+batch (the network the CLI's default searches: 1x28x28, 10 classes) is scored in exact and
+in fast mode with the same init seeds; we count the seeds on which fast mode's winner is
+among exact mode's top 5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from blockswap_zoo.models import build_model
+from blockswap_zoo.search import sample_genotypes
+from blockswap_zoo.search.minibatch import load_embedded_batch
+from blockswap_zoo.search.scoring import candidate_seed, mode_config, score_genotype
+
+
+def reference_style_score(genotype, images, labels, seed, num_classes, in_chans) -> float:  # noqa: ANN001
+    """Fisher potential as the paper's code computes it: hooks + loss.backward() with weight gradients, NCHW fp32."""
+    torch.manual_seed(seed)
+    model = build_model(genotype, num_classes=num_classes, in_chans=in_chans)
+    model.train()
+    acts, grads = {}, {}
+    hooks = []
+    for i, block in enumerate(model.swap_blocks()):
+        hooks.append(block.probe.register_forward_hook(lambda m, inp, out, i=i: acts.__setitem__(i, out.detach())))
+        hooks.append(block.probe.register_full_backward_hook(lambda m, gi, go, i=i: grads.__setitem__(i, go[0])))
+    model.zero_grad()
+    loss = F.cross_entropy(model(images), labels)
+    loss.backward()
+    for h in hooks:
+        h.remove()
+    total = 0.0
+    for i in acts:
+        d = (acts[i] * grads[i]).sum(dim=(2, 3))
+        total += float(0.5 * d.pow(2).mean(0).sum())
+    return total
+
+
+def speed(args: argparse.Namespace) -> None:
+    batch = load_embedded_batch(0)
+    x = F.pad(batch.images, (2, 2, 2, 2)).repeat(1, 3, 1, 1).contiguous()  # 128 x 3 x 32 x 32
+    y = batch.labels
+    gs = sample_genotypes("wrn_40_2", "800k", args.speed_candidates, seed=123)
+    exact, fast = mode_config("exact"), mode_config("fast")
+    methods = {
+        "reference-style": lambda g, s: reference_style_score(g, x, y, s, 10, 3),
+        "exact": lambda g, s: score_genotype(g, x, y, s, exact, 10, 3),
+        "fast": lambda g, s: score_genotype(g, x, y, s, fast, 10, 3),
+    }
+    times: dict[str, list[float]] = {k: [] for k in methods}
+    values: dict[str, list[float]] = {k: [] for k in methods}
+    for f in methods.values():  # warm-up
+        f(gs[0], 0)
+    for r in range(args.repeats):
+        for i, g in enumerate(gs):
+            for name, f in methods.items():
+                t0 = time.perf_counter()
+                v = f(g, candidate_seed(0, i))
+                times[name].append(time.perf_counter() - t0)
+                if r == 0:
+                    values[name].append(v)
+    base = statistics.median(times["reference-style"])
+    print(f"speed: wrn_40_2 @ 800K params, batch 128 x 3x32x32, {args.speed_candidates} candidates x {args.repeats}")
+    print(f"{'method':<16} {'s/candidate (median)':>21} {'vs baseline':>12} {'1000 candidates':>16}")
+    for name in methods:
+        med = statistics.median(times[name])
+        print(f"{name:<16} {med:>21.3f} {base / med:>11.2f}x {med * 1000 / 60:>13.1f} min")
+    rel = max(abs(a - b) / abs(a) for a, b in zip(values["reference-style"], values["exact"]))
+    print(f"exact vs reference-style values: max relative difference {rel:.2e}")
+
+
+def agreement(args: argparse.Namespace) -> None:
+    exact, fast = mode_config("exact"), mode_config("fast")
+    hits = 0
+    t_exact = t_fast = 0.0
+    print(
+        f"agreement: wrn_40_2 @ {args.agreement_budget} on the embedded batch (1x28x28), "
+        f"{args.agreement_candidates} candidates per seed"
+    )
+    for seed in range(args.agreement_seeds):
+        batch = load_embedded_batch(seed)
+        gs = sample_genotypes("wrn_40_2", args.agreement_budget, args.agreement_candidates, seed=seed, in_chans=1)
+        se, sf = [], []
+        for i, g in enumerate(gs):
+            s = candidate_seed(seed, i)
+            t0 = time.perf_counter()
+            se.append(score_genotype(g, batch.images, batch.labels, s, exact, 10, 1))
+            t1 = time.perf_counter()
+            sf.append(score_genotype(g, batch.images, batch.labels, s, fast, 10, 1))
+            t_exact += t1 - t0
+            t_fast += time.perf_counter() - t1
+        order = sorted(range(len(gs)), key=lambda i: -se[i])
+        win_fast = max(range(len(gs)), key=lambda i: sf[i])
+        rank = order.index(win_fast) + 1
+        hits += rank <= 5
+        print(f"  seed {seed}: fast winner is exact rank {rank}")
+    n = args.agreement_seeds * args.agreement_candidates
+    print(f"fast winner within exact top 5 on {hits} of {args.agreement_seeds} seeds")
+    print(f"(1x28x28 timings: exact {t_exact / n:.3f} s/candidate, fast {t_fast / n:.3f} s/candidate)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--speed-candidates", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--agreement-seeds", type=int, default=10)
+    ap.add_argument("--agreement-candidates", type=int, default=100)
+    ap.add_argument("--agreement-budget", default="800k")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads {torch.get_num_threads()}")
+    if args.speed_candidates:
+        speed(args)
+    if args.agreement_seeds:
+        agreement(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Recipes: one YAML file per checkpoint, read with ``yaml.safe_load`` into a typed schema.
+
+A recipe is inert data. Every component is picked by name from a closed set (datasets, archs,
+proxies, schedules); an unknown key, a wrong type or a missing field is an error that names the
+field and the file. Nothing in a recipe is imported or executed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+
+__all__ = [
+    "Recipe",
+    "RecipeError",
+    "find_recipe",
+    "list_recipes",
+    "load_recipe",
+    "parse_recipe",
+]
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be read: the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: Literal["fashion_mnist", "cifar10", "cifar100", "imagenet"]
+    data_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class OptimSpec:
+    """SGD as in the paper: lr, momentum, Nesterov, weight decay; schedule cosine or step."""
+
+    epochs: int
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "step"] = "cosine"
+    step_size: int = 30
+    step_gamma: float = 0.1
+    warmup_epochs: int = 0
+    label_smoothing: float = 0.0
+    subset: int | None = None
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """A zoo checkpoint (``pretrained: arch.tag``) or an arch trained from scratch with ``train``."""
+
+    arch: str
+    pretrained: str | None = None
+    train: OptimSpec | None = None
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    backbone: str
+    budget: str
+    metric: Literal["params", "macs"] = "params"
+    tolerance: float = 0.025
+    samples: int = 1000
+    proxy: Literal["fisher", "grad_norm", "snip", "synflow", "naswot"] = "fisher"
+    mode: Literal["exact", "fast"] = "fast"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class StudentSpec:
+    """Exactly one of: a fixed genotype (compact form or registered arch), or a search."""
+
+    genotype: str | None = None
+    search: SearchSpec | None = None
+
+
+@dataclass(frozen=True)
+class DistillSpec:
+    beta: float = 1000.0
+    at_mode: Literal["code", "paper"] = "code"
+    kd_alpha: float = 0.0
+    kd_temperature: float = 4.0
+
+
+@dataclass(frozen=True)
+class ExpectedSpec:
+    """The metric the run must reach: |measured - value| <= tolerance (percentage points)."""
+
+    value: float
+    tolerance: float
+    metric: Literal["top1", "top5"] = "top1"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str  # the arch.tag of the checkpoint it produces
+    kind: Literal["official", "example"]
+    description: str
+    dataset: DatasetSpec
+    teacher: TeacherSpec | None
+    student: StudentSpec
+    train: OptimSpec
+    distill: DistillSpec | None = None
+    expected: ExpectedSpec | None = None
+    seed: int = 0
+    license: str = "mit"
+    notes: str = ""
+    source: str = field(default="", compare=False)  # the file it was read from
+    sha256: str = field(default="", compare=False)  # of the file's bytes
+
+    @property
+    def arch(self) -> str:
+        return self.name.split(".", 1)[0]
+
+
+def _type_name(tp: Any) -> str:
+    if get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in get_args(tp))
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Check ``value`` against annotation ``tp`` (dataclass, Literal, Optional, scalar)."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own error names the inner field
+            return _convert(value, options[0], where)
+        for a in options:
+            try:
+                return _convert(value, a, where)
+            except RecipeError:
+                continue
+        raise RecipeError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise RecipeError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, where)
+    if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, int | float) and not isinstance(value, bool) and where.endswith("budget"):
+        return str(value)
+    if tp in (int, str, bool) and type(value) is tp:
+        return value
+    raise RecipeError(f"{where}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise RecipeError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("source", "sha256")}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise RecipeError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; valid keys: {', '.join(fields)}")
+    kwargs = {}
+    for name, f in fields.items():
+        path = f"{where}.{name}" if where else name
+        if name in data:
+            kwargs[name] = _convert(data[name], hints[name], path)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise RecipeError(f"{path}: required field is missing")
+    return cls(**kwargs)
+
+
+def _validate(r: Recipe) -> None:
+    from .registry import get_arch
+
+    if "." not in r.name:
+        raise RecipeError("name: must be 'arch.tag' (the checkpoint it produces), e.g. wrn_16_2_bs100k.fmnist_at")
+    if (r.student.genotype is None) == (r.student.search is None):
+        raise RecipeError("student: give exactly one of 'genotype' or 'search'")
+    if r.teacher is not None:
+        get_arch(r.teacher.arch)
+        if (r.teacher.pretrained is None) == (r.teacher.train is None):
+            raise RecipeError("teacher: give exactly one of 'pretrained' (a zoo checkpoint) or 'train'")
+    if r.distill is not None and r.teacher is None:
+        raise RecipeError("distill: needs a teacher")
+    for where, spec in (("train", r.train), ("teacher.train", r.teacher.train if r.teacher else None)):
+        if spec is not None and (spec.epochs < 1 or spec.batch_size < 1 or spec.lr <= 0):
+            raise RecipeError(f"{where}: epochs and batch_size must be >= 1 and lr > 0")
+    if r.student.search is not None:
+        from .search.sampler import parse_budget
+
+        try:
+            parse_budget(r.student.search.budget)
+        except ValueError as e:
+            raise RecipeError(f"student.search.budget: {e}") from None
+
+
+def parse_recipe(text: str, source: str = "<string>") -> Recipe:
+    """Parse recipe text (YAML, safe_load only: no tags, no code) and validate it."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{source}: not valid YAML (only plain YAML is accepted, no tags): {e}") from None
+    try:
+        recipe = _build(Recipe, data, "")
+        _validate(recipe)
+    except (RecipeError, ValueError) as e:
+        raise RecipeError(f"{source}: {e}") from None
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return dataclasses.replace(recipe, source=source, sha256=digest)
+
+
+def list_recipes(kind: str | None = None) -> list[Path]:
+    """The recipe files shipped under ``recipes/`` (official and examples)."""
+    files = sorted(RECIPES_DIR.glob("**/*.yaml"))
+    if kind == "official":
+        files = [f for f in files if "examples" not in f.parts]
+    return files
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A recipe path, or the shipped recipe whose file stem or name matches."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        return p
+    for f in list_recipes():
+        if f.stem == str(name_or_path) or f.name == str(name_or_path):
+            return f
+    names = ", ".join(f.stem for f in list_recipes()) or "none"
+    raise RecipeError(f"no recipe {str(name_or_path)!r}: not a file, and not one of the shipped recipes ({names})")
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    path = find_recipe(name_or_path)
+    return parse_recipe(path.read_text(), str(path))

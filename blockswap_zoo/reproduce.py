@@ -1,0 +1,261 @@
+"""``reproduce``: recipe -> teacher -> student genotype (fixed or searched) -> distillation ->
+evaluation -> checkpoint directory. Each stage writes into the run directory and is skipped
+when its output is already there, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .genotype import Genotype
+from .io import atomic_write_text
+from .recipes import OptimSpec, Recipe
+
+__all__ = ["ReproduceResult", "plan", "reproduce", "student_genotype_of"]
+
+
+@dataclass(frozen=True)
+class ReproduceResult:
+    run_dir: Path
+    checkpoint_dir: Path
+    metrics: dict[str, float]
+    passed: bool | None  # None: no expectation checked (smoke run or no expected metric)
+    message: str
+
+
+def student_genotype_of(recipe: Recipe) -> Genotype | None:
+    """The fixed student genotype (a registered arch or genotype text); None when it is searched."""
+    from .registry import get_arch
+
+    text = recipe.student.genotype
+    if text is None:
+        return None
+    if ":" in text or text.lstrip().startswith("{"):
+        return Genotype.parse(text)
+    return get_arch(text).genotype
+
+
+def _train_kwargs(spec: OptimSpec) -> dict[str, Any]:
+    return {
+        "epochs": spec.epochs, "batch_size": spec.batch_size, "lr": spec.lr, "momentum": spec.momentum,
+        "nesterov": spec.nesterov, "weight_decay": spec.weight_decay, "schedule": spec.schedule,
+        "step_size": spec.step_size, "gamma": spec.step_gamma, "warmup_epochs": float(spec.warmup_epochs),
+        "label_smoothing": spec.label_smoothing, "subset": spec.subset,
+    }  # fmt: skip
+
+
+def plan(recipe: Recipe) -> dict[str, Any]:
+    """The resolved plan and its cost: steps, images seen and training MACs of each stage."""
+    from .data import get_dataset_info
+
+    info = get_dataset_info(recipe.dataset.name)
+    n_train = {"fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167}[info.name]
+    hw = tuple(info.input_size[1:])
+    out: dict[str, Any] = {
+        "recipe": recipe.name,
+        "source": recipe.source,
+        "sha256": recipe.sha256,
+        "dataset": info.name,
+    }
+
+    def stage(genotype: Genotype, spec: OptimSpec, extra_forward_macs: int = 0) -> dict[str, Any]:
+        images = min(spec.subset or n_train, n_train) * spec.epochs
+        macs = genotype.macs(info.num_classes, info.in_chans, hw)
+        return {
+            "genotype": genotype.to_string(),
+            "params": genotype.num_params(info.num_classes, info.in_chans),
+            "macs_per_image": macs,
+            "steps": math.ceil(min(spec.subset or n_train, n_train) / spec.batch_size) * spec.epochs,
+            "images": images,
+            "train_macs": images * (3 * macs + extra_forward_macs),  # forward + backward ~ 3x forward
+        }
+
+    teacher_g = None
+    if recipe.teacher is not None:
+        from .registry import get_arch
+
+        teacher_g = get_arch(recipe.teacher.arch).genotype
+        if recipe.teacher.train is not None:
+            out["teacher"] = {"arch": recipe.teacher.arch, "train": stage(teacher_g, recipe.teacher.train)}
+        else:
+            out["teacher"] = {"arch": recipe.teacher.arch, "pretrained": recipe.teacher.pretrained}
+    fixed = student_genotype_of(recipe)
+    if fixed is None:
+        s = recipe.student.search
+        assert s is not None
+        out["search"] = {"backbone": s.backbone, "budget": s.budget, "metric": s.metric, "samples": s.samples,
+                         "proxy": s.proxy, "mode": s.mode, "seed": s.seed}  # fmt: skip
+        fixed = Genotype.uniform(s.backbone)  # cost bound: the search's student is at most this big
+        out["student_cost_note"] = "student cost shown for the all-S backbone (an upper bound before the search)"
+    teacher_fwd = teacher_g.macs(info.num_classes, info.in_chans, hw) if (teacher_g and recipe.distill) else 0
+    out["student"] = stage(fixed, recipe.train, teacher_fwd)
+    total = out["student"]["train_macs"] + out.get("teacher", {}).get("train", {}).get("train_macs", 0)
+    out["total_train_macs"] = total
+    out["expected"] = None if recipe.expected is None else vars(recipe.expected)
+    return out
+
+
+def _environment() -> dict[str, Any]:
+    from . import __version__
+
+    dev = (
+        torch.cuda.get_device_name(0)
+        if torch.cuda.is_available()
+        else f"CPU ({platform.processor() or platform.machine()})"
+    )
+    return {
+        "package_version": __version__, "torch": torch.__version__, "python": platform.python_version(),
+        "device": dev, "cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
+    }  # fmt: skip
+
+
+def _load_teacher(recipe: Recipe, run_dir: Path, device: str, max_steps: int | None, resume: bool) -> nn.Module:
+    from .registry import create_model
+    from .train import TrainConfig, load_run, train
+
+    t = recipe.teacher
+    assert t is not None
+    info_name = recipe.dataset.name
+    if t.pretrained is not None:
+        if t.pretrained.startswith("torchvision:"):
+            import torchvision
+
+            weights = torchvision.models.get_weight(t.pretrained.split(":", 1)[1])
+            model = create_model(t.arch)
+            model.load_state_dict(weights.get_state_dict(progress=True), strict=True)
+            return model
+        return create_model(t.pretrained, pretrained=True)
+    out = run_dir / "teacher"
+    if (out / "model.safetensors").is_file():
+        return load_run(out)
+    assert t.train is not None
+    cfg = TrainConfig(
+        arch=t.arch, dataset=info_name, data_dir=recipe.dataset.data_dir, seed=recipe.seed, device=device,
+        max_steps=max_steps, **_train_kwargs(t.train),
+    )  # fmt: skip
+    return train(cfg, out_dir=out, resume=resume and out.exists()).model  # type: ignore[return-value]
+
+
+def _search(recipe: Recipe, run_dir: Path, device: str, max_steps: int | None, resume: bool) -> Genotype:
+    from .search import run_search
+
+    s = recipe.student.search
+    assert s is not None
+    out = run_dir / "search"
+    winner = out / "winner.json"
+    if winner.is_file():
+        return Genotype.load(winner)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    result = run_search(
+        s.backbone, s.budget, min(s.samples, 8) if max_steps else s.samples, metric=s.metric,
+        tolerance=s.tolerance, proxy=s.proxy, mode=s.mode, seed=s.seed, dataset=recipe.dataset.name,
+        data_dir=recipe.dataset.data_dir, device=device, report_dir=out, resume=resume and out.exists(),
+    )  # fmt: skip
+    return result.winner
+
+
+def reproduce(
+    recipe: Recipe,
+    run_dir: str | Path,
+    resume: bool = False,
+    force: bool = False,
+    max_steps: int | None = None,
+    device: str = "auto",
+) -> ReproduceResult:
+    """Run the whole recipe into ``run_dir``; the checkpoint lands in ``run_dir/checkpoint``."""
+    from .cards import model_card
+    from .hub import save_checkpoint_dir
+    from .train import TrainConfig, evaluate, train
+
+    run_dir = Path(run_dir)
+    marker = run_dir / "recipe.yaml"
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if force:
+            shutil.rmtree(run_dir)
+        elif not resume:
+            raise FileExistsError(f"{run_dir} is not empty; pass --resume to continue it or --force to start over")
+        elif marker.is_file() and marker.read_text() != Path(recipe.source).read_text():
+            raise FileExistsError(f"{run_dir} was started from a different recipe; use another --out or --force")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(marker, Path(recipe.source).read_text())
+    atomic_write_text(run_dir / "plan.json", json.dumps(plan(recipe), indent=2) + "\n")
+    started = time.perf_counter()
+
+    teacher = _load_teacher(recipe, run_dir, device, max_steps, resume) if recipe.teacher else None
+    genotype = student_genotype_of(recipe) or _search(recipe, run_dir, device, max_steps, resume)
+    student_dir = run_dir / "student"
+    cfg = TrainConfig(
+        arch=genotype.to_string(), dataset=recipe.dataset.name, data_dir=recipe.dataset.data_dir, seed=recipe.seed,
+        device=device, max_steps=max_steps,
+        beta=recipe.distill.beta if recipe.distill else 1000.0,
+        at_mode=recipe.distill.at_mode if recipe.distill else "code",
+        kd_alpha=recipe.distill.kd_alpha if recipe.distill else 0.0,
+        kd_temperature=recipe.distill.kd_temperature if recipe.distill else 4.0,
+        **_train_kwargs(recipe.train),
+    )  # fmt: skip
+    if (student_dir / "model.safetensors").is_file():
+        from .train import load_run
+
+        student = load_run(student_dir)
+    else:
+        result = train(cfg, teacher=teacher if recipe.distill else None, out_dir=student_dir,
+                       resume=resume and student_dir.exists())  # fmt: skip
+        student = result.model
+    assert student is not None
+    metrics = evaluate(student.eval(), recipe.dataset.name, data_dir=recipe.dataset.data_dir)
+    metrics = {k: float(v) for k, v in metrics.items()}
+    wall = time.perf_counter() - started
+    env = _environment()
+    ckpt_dir = run_dir / "checkpoint"
+    smoke = max_steps is not None
+    training = (
+        f"{'SMOKE RUN (--max-steps ' + str(max_steps) + ') ' if smoke else ''}recipe {Path(recipe.source).name}: "
+        f"teacher {recipe.teacher.arch if recipe.teacher else 'none'}"
+        f"{' ' + str(recipe.teacher.train.epochs) + ' epochs' if recipe.teacher and recipe.teacher.train else ''}, "
+        f"student {recipe.train.epochs} epochs, {recipe.train.schedule} lr {recipe.train.lr}, batch "
+        f"{recipe.train.batch_size}; {wall / 60:.1f} min end to end on {env['device']}, {env['cpu_threads']} threads"
+    )
+    eval_command = f"blockswap-zoo evaluate {recipe.name} --dataset {recipe.dataset.name}"
+    from .data import get_dataset_info
+
+    info = get_dataset_info(recipe.dataset.name)
+    config = {
+        "name": recipe.name, "arch": recipe.arch, "description": recipe.description, "dataset": info.name,
+        "label_names": list(info.label_names), "input_size": list(info.input_size), "mean": list(info.mean),
+        "std": list(info.std), "metrics": metrics, "teacher": recipe.teacher.pretrained or recipe.teacher.arch
+        if recipe.teacher else None, "recipe": f"recipes/{Path(recipe.source).name}", "recipe_sha256": recipe.sha256,
+        "license": recipe.license, "training": training, "eval_command": eval_command,
+        "eval_transform": "normalise with the dataset mean/std, no augmentation", "environment": env,
+        "wall_seconds": round(wall, 1), "smoke": smoke,
+    }  # fmt: skip
+    full = save_checkpoint_dir(student, ckpt_dir, config, overwrite=True)
+    shutil.copyfile(marker, ckpt_dir / "recipe.yaml")
+    if (student_dir / "metrics.jsonl").is_file():
+        shutil.copyfile(student_dir / "metrics.jsonl", ckpt_dir / "metrics.jsonl")
+    atomic_write_text(ckpt_dir / "README.md", model_card(recipe.name, full))
+
+    passed: bool | None = None
+    message = (
+        f"{recipe.name}: top-1 {metrics.get('top1', float('nan')):.2f}%, top-5 {metrics.get('top5', float('nan')):.2f}%"
+    )
+    if recipe.expected is not None and not smoke:
+        got = metrics[recipe.expected.metric]
+        passed = abs(got - recipe.expected.value) <= recipe.expected.tolerance
+        message += (
+            f"; expected {recipe.expected.metric} {recipe.expected.value} +- {recipe.expected.tolerance}: "
+            f"{'PASS' if passed else 'MISS'}"
+        )
+    elif smoke:
+        message += "; smoke run (--max-steps): the expected metric is not checked"
+    return ReproduceResult(run_dir, ckpt_dir, metrics, passed, message)

@@ -1,0 +1,128 @@
+"""``blockswap-zoo search``: the Typer command (thin: it parses, shows progress and calls run_search)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+__all__ = ["search"]
+
+console = Console()
+
+
+def _fail(message: str) -> None:
+    from ..cli import fail
+
+    fail(message)
+
+
+def search(
+    backbone: str = typer.Argument(..., help="Backbone or teacher arch: wrn_40_2, wrn_16_2, resnet34, ..."),
+    budget: str = typer.Argument(..., help="Parameter budget, e.g. 200k, 811k, 1.5m (MACs with --macs)."),
+    samples: int = typer.Option(1000, "--samples", "-n", help="Number of candidates to score."),
+    macs: bool = typer.Option(False, "--macs", help="The budget counts multiply-accumulates, not parameters."),
+    tolerance: float = typer.Option(0.025, help="Accepted relative distance from the budget (0.025: +-2.5%)."),
+    proxy: str = typer.Option("fisher", help="Score: fisher, grad_norm, snip, synflow, naswot."),
+    mode: str = typer.Option("fast", help="fast (bf16, sub-batch) or exact (fp32, the definition's values)."),
+    dataset: str = typer.Option(
+        "embedded", help="embedded (128 Fashion-MNIST images shipped with the package), fashion_mnist, cifar10, ..."
+    ),
+    data_dir: Path | None = typer.Option(None, help="Where the dataset lives (default: the data module's search)."),
+    batch_size: int = typer.Option(128, help="Minibatch size (the embedded batch has 128)."),
+    block_types: str | None = typer.Option(None, help="Comma-separated block types to sample (default: the 23)."),
+    seed: int = typer.Option(0, help="Seed of the candidates, the minibatch and the inits."),
+    device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto (cuda when available)."),
+    workers: int = typer.Option(1, help="CPU worker processes."),
+    threads: int | None = typer.Option(
+        None, help="torch threads per process (default: torch's; 1 is faster on a CPU other jobs keep busy)."
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Report directory (default: search-<arch>-<budget>-s<seed>)."
+    ),
+    resume: bool = typer.Option(False, "--resume", help="Continue the search in --out, skipping scored candidates."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing report in --out."),
+) -> None:
+    """Search random students within a budget for the highest Fisher potential; write a report directory."""
+    import torch
+
+    from ..data import DatasetError
+    from . import BudgetError, ReportError, parse_budget, run_search
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if resume and force:
+        _fail("--resume and --force contradict each other; pass one")
+    types = None if block_types is None else [t.strip() for t in block_types.split(";" if ";" in block_types else ",")]
+    try:
+        n_budget = parse_budget(budget)
+    except BudgetError as e:
+        _fail(str(e))
+    if out is None:
+        out = Path(f"search-{backbone}-{budget.strip().lower()}{'-macs' if macs else ''}-s{seed}")
+    progress = Progress(
+        TextColumn("[bold]scoring"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    )
+    state: dict[str, float] = {}
+
+    def on_progress(done: int, total: int) -> None:
+        if "task" not in state:
+            state["task"] = progress.add_task("scoring", total=total, completed=done, rate="")
+            state["t0"], state["d0"] = time.perf_counter(), done
+        dt = time.perf_counter() - state["t0"]
+        rate = (done - state["d0"]) / dt if dt > 0 and done > state["d0"] else 0.0
+        progress.update(int(state["task"]), completed=done, rate=f"{rate:.2f} cand/s" if rate else "")
+
+    try:
+        with progress:
+            result = run_search(
+                backbone,
+                n_budget,
+                samples,
+                proxy=proxy,
+                mode=mode,
+                dataset=dataset,
+                data_dir=data_dir,
+                batch_size=batch_size,
+                seed=seed,
+                metric="macs" if macs else "params",
+                tolerance=tolerance,
+                block_types=types,
+                device=device,
+                workers=workers,
+                threads=threads,
+                report_dir=out,
+                resume=resume,
+                force=force,
+                progress=on_progress,
+            )
+    except (BudgetError, ReportError, DatasetError, ValueError) as e:
+        _fail(str(e))
+    s = result.settings
+    g = result.winner
+    hw = s.input_size[1:]
+    table = Table("#", "stage", "block", "params", "MACs", title=f"winner: candidate {result.winner_index}")
+    for slot, b, (p, m) in zip(g.backbone_spec.slots(hw), g.blocks, g.block_costs(hw)):
+        table.add_row(str(slot.index), str(slot.stage), b, f"{p:,}", f"{m / 1e6:.2f}M")
+    console.print(table)
+    console.print(
+        f"params {result.params:,}  MACs {result.macs / 1e6:.1f}M  ({s.in_chans}x{hw[0]}x{hw[1]}, "
+        f"{s.num_classes} classes)  {s.proxy} {result.score:.6g}"
+    )
+    console.print(f"compact: {g.to_string()}", highlight=False, soft_wrap=True)
+    rate = result.rescored / result.seconds if result.seconds > 0 else 0.0
+    console.print(
+        f"{len(result.candidates)} candidates ({result.rescored} scored now, {rate:.2f}/s); report: {out}",
+        highlight=False,
+    )

@@ -1,0 +1,69 @@
+"""The one minibatch every candidate of a search is scored on, and the network shape it implies.
+
+``embedded`` is 128 real Fashion-MNIST training images shipped with the package (see
+``tools/make_embedded_batch.py``), so a search runs offline on a fresh machine. Datasets come
+through ``blockswap_zoo.data.load_minibatch`` (imported lazily). Either way the batch carries
+the training augmentation, seeded by the search seed, and fixes in_chans, classes and input size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+__all__ = ["EMBEDDED", "SearchBatch", "load_embedded_batch", "load_search_batch"]
+
+EMBEDDED = "embedded"
+_ASSET = "fmnist_batch128.safetensors"
+
+
+@dataclass(frozen=True)
+class SearchBatch:
+    """Images (normalised float NCHW), labels, and the network shape they imply."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    dataset: str
+    num_classes: int
+    in_chans: int
+    input_size: tuple[int, int, int]
+
+
+def _embedded_raw() -> tuple[torch.Tensor, torch.Tensor]:
+    from safetensors.torch import load
+
+    data = resources.files("blockswap_zoo").joinpath("assets", _ASSET).read_bytes()
+    t = load(data)
+    return t["images"], t["labels"]
+
+
+def load_embedded_batch(seed: int = 0, augment: bool = True) -> SearchBatch:
+    """The embedded 128-image Fashion-MNIST batch, augmented as in training (seeded) and normalised."""
+    from ..data import apply_augment, get_dataset_info, normalize, sample_augment
+
+    info = get_dataset_info("fashion_mnist")
+    x, y = _embedded_raw()
+    if augment:
+        g = torch.Generator().manual_seed(seed)
+        images = apply_augment(x, sample_augment(len(x), info, g, x.device), info)
+    else:
+        images = normalize(x, info)
+    return SearchBatch(images.float(), y.long(), EMBEDDED, info.num_classes, info.in_chans, tuple(info.input_size))
+
+
+def load_search_batch(
+    dataset: str = EMBEDDED, batch_size: int = 128, seed: int = 0, data_dir: str | Path | None = None
+) -> SearchBatch:
+    """The search minibatch: the embedded default, or one seeded training batch of ``dataset``."""
+    if dataset == EMBEDDED:
+        if batch_size != 128:
+            raise ValueError(f"the embedded batch has 128 images; batch_size={batch_size} needs --dataset")
+        return load_embedded_batch(seed)
+    from ..data import get_dataset_info, load_minibatch
+
+    info = get_dataset_info(dataset)
+    images, labels = load_minibatch(info.name, batch_size=batch_size, seed=seed, data_dir=data_dir, augment=True)
+    return SearchBatch(images, labels, info.name, info.num_classes, info.in_chans, tuple(info.input_size))

@@ -1,0 +1,184 @@
+"""Zero-cost proxies: score a freshly initialised network from one minibatch, without training it.
+
+``fisher_potential`` is BlockSwap's (ICLR 2020) score and the one the search uses; gradient norm
+(the paper's Table 1 baseline), SNIP, synflow and NASWOT are here for ablations. Every proxy
+has the signature ``proxy(model, images, labels) -> float`` and higher is better. None of them
+changes the model: requires_grad flags, weights and modes are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = [
+    "PROXIES",
+    "fisher_per_block",
+    "fisher_potential",
+    "get_proxy",
+    "grad_norm",
+    "naswot",
+    "snip",
+    "synflow",
+]
+
+Proxy = Callable[[nn.Module, torch.Tensor, torch.Tensor], float]
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module, train: bool) -> Iterator[None]:
+    """Parameters without grad and the wanted mode for the duration; both restored afterwards."""
+    flags = [p.requires_grad for p in model.parameters()]
+    was_training = model.training
+    for p in model.parameters():
+        p.requires_grad_(False)
+    model.train(train)
+    try:
+        yield
+    finally:
+        for p, f in zip(model.parameters(), flags):
+            p.requires_grad_(f)
+        model.train(was_training)
+
+
+def _probes(model: nn.Module) -> list[nn.Module]:
+    blocks = model.swap_blocks() if hasattr(model, "swap_blocks") else []
+    if not blocks:
+        raise TypeError("Fisher potential needs a blockswap-zoo model: its swappable blocks carry a `probe` module")
+    return [b.probe for b in blocks]
+
+
+def fisher_per_block(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, autocast_dtype: torch.dtype | None = None
+) -> list[float]:
+    """Fisher potential of each swappable block (network order), as defined by BlockSwap.
+
+    For the residual-branch output ``a`` of a block and ``g = dL/da`` (L: mean cross-entropy of
+    the batch, BatchNorm in train mode): ``sum_c 0.5 * mean_n (sum_hw a * g)^2``. Only the
+    gradients at the probes are computed (no weight gradients); no optimiser step is taken.
+    """
+    return [float(v) for v in _fisher_blocks(model, images, labels, autocast_dtype)]
+
+
+def fisher_potential(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, autocast_dtype: torch.dtype | None = None
+) -> float:
+    """BlockSwap's Fisher potential of ``model`` on one minibatch: the sum of the per-block values."""
+    return float(torch.stack(_fisher_blocks(model, images, labels, autocast_dtype)).sum())
+
+
+def _fisher_blocks(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, autocast_dtype: torch.dtype | None
+) -> list[torch.Tensor]:
+    acts: list[torch.Tensor] = []
+    hooks = [p.register_forward_hook(lambda _m, _i, out: acts.append(out)) for p in _probes(model)]
+    try:
+        with _frozen(model, train=True):
+            # The input carries the graph (no parameter does); autograd.grad then runs only the
+            # backward steps between the loss and the probes: no weight gradients at all.
+            x = images.detach().requires_grad_(True)
+            ctx = (
+                torch.autocast(images.device.type, dtype=autocast_dtype)
+                if autocast_dtype is not None
+                else contextlib.nullcontext()
+            )
+            with ctx:
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), labels)
+            grads = torch.autograd.grad(loss, acts)
+    finally:
+        for h in hooks:
+            h.remove()
+    out = []
+    for a, g in zip(acts, grads):
+        dtype = torch.promote_types(a.dtype, torch.float32)  # bf16/fp16 activations are summed in fp32
+        d = (a.detach().to(dtype) * g.to(dtype)).sum(dim=(2, 3))  # N x C
+        out.append(0.5 * d.pow(2).mean(dim=0).sum())
+    return out
+
+
+def _weights(model: nn.Module) -> list[torch.Tensor]:
+    """Convolution and linear weights: the tensors SNIP, synflow and gradient norm score."""
+    return [m.weight for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+def _weight_grads(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> tuple[list, list]:
+    weights = _weights(model)
+    with _frozen(model, train=True):
+        for w in weights:
+            w.requires_grad_(True)
+        loss = F.cross_entropy(model(images), labels)
+        grads = torch.autograd.grad(loss, weights)
+    return weights, list(grads)
+
+
+def grad_norm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Sum over convolution and linear layers of the L2 norm of dL/dW (the paper's Table 1 baseline)."""
+    _, grads = _weight_grads(model, images, labels)
+    return float(sum(g.norm() for g in grads))
+
+
+def snip(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """SNIP saliency (Lee et al. 2019) summed over the network: sum |W * dL/dW|."""
+    weights, grads = _weight_grads(model, images, labels)
+    return float(sum((w.detach() * g).abs().sum() for w, g in zip(weights, grads)))
+
+
+def synflow(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Synaptic flow (Tanaka et al. 2020): sum W * dR/dW with |W|, BN in eval mode, an all-ones input, float64.
+
+    Data-free: only the input shape of ``images`` is used. Runs on a copy; the model is unchanged.
+    """
+    net = copy.deepcopy(model).double()
+    with torch.no_grad():
+        for p in net.parameters():
+            p.abs_()
+    weights = _weights(net)
+    with _frozen(net, train=False):
+        for w in weights:
+            w.requires_grad_(True)
+        x = torch.ones((1, *images.shape[1:]), dtype=torch.float64, device=images.device)
+        r = net(x).sum()
+        grads = torch.autograd.grad(r, weights)
+    return float(sum((w.detach() * g).sum() for w, g in zip(weights, grads)))
+
+
+def naswot(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """NASWOT (Mellor et al. 2021): log|det K| of the batch's ReLU activation-pattern similarity kernel."""
+    n = images.shape[0]
+    kernel = torch.zeros((n, n), dtype=torch.float64, device=images.device)
+
+    def hook(_m: nn.Module, _i: object, out: torch.Tensor) -> None:
+        code = (out.detach().flatten(1) > 0).double()
+        kernel.add_(code @ code.t()).add_((1 - code) @ (1 - code).t())
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.ReLU)]
+    try:
+        with _frozen(model, train=True), torch.no_grad():
+            model(images)
+    finally:
+        for h in hooks:
+            h.remove()
+    return float(torch.linalg.slogdet(kernel)[1])
+
+
+PROXIES: dict[str, Proxy] = {
+    "fisher": fisher_potential,
+    "grad_norm": grad_norm,
+    "snip": snip,
+    "synflow": synflow,
+    "naswot": naswot,
+}
+
+
+def get_proxy(name: str) -> Proxy:
+    """The proxy called ``name`` (fisher, grad_norm, snip, synflow, naswot)."""
+    key = name.strip().lower().replace("-", "_")
+    if key not in PROXIES:
+        raise ValueError(f"unknown proxy {name!r}; choose one of {', '.join(PROXIES)}")
+    return PROXIES[key]

@@ -1,0 +1,404 @@
+"""The search loop: draw candidates within the budget, score them on one minibatch, keep the best.
+
+A report directory makes a search durable: ``settings.json`` (what was searched),
+``environment.json``, ``candidates.jsonl`` (one line per scored candidate, appended as it is
+scored), and at the end ``winner.json`` (the genotype), ``summary.json`` and
+``score_vs_params.png``. An interrupted search resumes from its report directory without
+rescoring anything; a directory holding a different search is refused. Under ``torchrun`` the
+candidates are drawn identically on every rank, rank r scores the indices i with
+i % world_size == r, and rank 0 gathers the results: the same winner as one process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..genotype import Genotype
+from ..io import atomic_write_text
+from .minibatch import EMBEDDED, load_search_batch
+from .proxies import PROXIES
+from .sampler import _backbone, parse_budget, sample_genotypes
+from .scoring import Candidate, candidate_seed, mode_config, score_candidates
+
+__all__ = ["ReportError", "SearchResult", "SearchSettings", "load_report", "run_search"]
+
+SETTINGS = "settings.json"
+CANDIDATES = "candidates.jsonl"
+REPORT_FILES = (SETTINGS, "environment.json", CANDIDATES, "winner.json", "summary.json", "score_vs_params.png")
+
+
+class ReportError(RuntimeError):
+    """A report directory that cannot be used as asked (exists, differs, or is damaged)."""
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Everything that decides a search's candidates and scores (``samples`` may grow on resume)."""
+
+    backbone: str
+    budget: int
+    metric: str
+    tolerance: float
+    samples: int
+    proxy: str
+    mode: str
+    dataset: str
+    batch_size: int
+    seed: int
+    device_type: str
+    num_classes: int
+    in_chans: int
+    input_size: tuple[int, int, int]
+    block_types: tuple[str, ...] | None = None
+    format: str = "blockswap-search-settings/1"
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["block_types"] = None if self.block_types is None else list(self.block_types)
+        return d
+
+    def differences(self, other: dict) -> list[str]:
+        """Keys (other than ``samples``) whose values differ from a saved settings dict."""
+        mine = self.to_dict()
+        return [
+            f"{k}: saved {other.get(k)!r}, now {mine[k]!r}"
+            for k in mine
+            if k != "samples" and json.loads(json.dumps(mine[k])) != other.get(k)
+        ]
+
+
+@dataclass
+class SearchResult:
+    """The outcome of a search: the winner and every scored candidate (in index order)."""
+
+    winner: Genotype
+    winner_index: int
+    score: float
+    params: int
+    macs: int
+    candidates: list[Candidate]
+    settings: SearchSettings
+    report_dir: Path | None = None
+    seconds: float = 0.0
+    rescored: int = 0  # candidates scored in this call (the rest came from a resumed report)
+    extra: dict = field(default_factory=dict)
+
+
+def _dist() -> tuple[int, int]:
+    """(rank, world size); starts the process group when launched by torchrun with several processes."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group(backend="gloo")
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _read_records(report: Path) -> dict[int, Candidate]:
+    """Scored candidates found in the report's JSONL files; a torn last line (a crash mid-write) is skipped."""
+    out: dict[int, Candidate] = {}
+    for path in sorted(report.glob("candidates*.jsonl")):
+        for line in path.read_text().splitlines():
+            if not line.strip():
+                continue
+            try:
+                c = Candidate.from_dict(json.loads(line))
+            except (ValueError, KeyError, TypeError):
+                continue
+            out[c.index] = c
+    return out
+
+
+def _environment(device: str, world: int) -> dict[str, object]:
+    from .. import __version__
+
+    env: dict[str, object] = {
+        "blockswap_zoo": __version__,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "world_size": world,
+        "argv": sys.argv,
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return env
+
+
+def _prepare_report(report: Path, settings: SearchSettings, resume: bool, force: bool) -> None:
+    """Check or create the report directory (rank 0 only); raise ReportError with the fix."""
+    saved = report / SETTINGS
+    if report.exists() and not report.is_dir():
+        raise ReportError(f"report path {report} exists and is not a directory")
+    if report.exists() and any(report.iterdir()):
+        if resume and saved.exists():
+            try:
+                old = json.loads(saved.read_text())
+            except json.JSONDecodeError as e:
+                raise ReportError(f"{saved} is damaged ({e}); use another --out or --force") from None
+            diff = settings.differences(old)
+            if diff:
+                raise ReportError(
+                    f"{report} holds a different search, so it cannot be resumed: {'; '.join(diff)}. "
+                    "Use the same settings, another --out, or --force to start over"
+                )
+        elif resume:
+            raise ReportError(f"{report} is not a search report (no {SETTINGS}); use another --out")
+        elif force:
+            for name in REPORT_FILES:
+                (report / name).unlink(missing_ok=True)
+            for p in report.glob("candidates*.jsonl"):
+                p.unlink()
+        else:
+            raise ReportError(
+                f"report directory {report} already exists; pass --resume to continue that search, "
+                "--force to overwrite it, or choose another --out"
+            )
+    report.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved, json.dumps(settings.to_dict(), indent=2) + "\n")
+
+
+def run_search(
+    backbone: str,
+    budget: int | str,
+    samples: int = 1000,
+    *,
+    proxy: str = "fisher",
+    mode: str = "fast",
+    dataset: str = EMBEDDED,
+    data_dir: str | Path | None = None,
+    batch_size: int = 128,
+    seed: int = 0,
+    metric: str = "params",
+    tolerance: float = 0.025,
+    block_types: Sequence[str] | None = None,
+    device: str = "cpu",
+    workers: int = 1,
+    threads: int | None = None,
+    report_dir: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> SearchResult:
+    """Search ``samples`` random genotypes of ``backbone`` within ``tolerance`` of ``budget`` for the best proxy score.
+
+    The network searched takes its channels, classes and input size from the dataset. With
+    ``report_dir`` every scored candidate is saved as it is scored (see the module docstring).
+    """
+    t_start = time.perf_counter()
+    if samples < 1:
+        raise ValueError(f"samples must be >= 1, got {samples}")
+    if proxy not in PROXIES:
+        raise ValueError(f"unknown proxy {proxy!r}; choose one of {', '.join(PROXIES)}")
+    rank, world = _dist()
+    if torch.device(device).type == "cuda" and world > 1 and torch.device(device).index is None:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    bb = _backbone(backbone)
+    budget_n = parse_budget(budget)
+    batch = load_search_batch(dataset, batch_size, seed, data_dir)
+    hw = batch.input_size[1:]
+    genotypes = sample_genotypes(
+        bb, budget_n, samples, seed, tolerance, metric, batch.num_classes, batch.in_chans, hw, block_types
+    )
+    settings = SearchSettings(
+        bb.name,
+        budget_n,
+        metric,
+        tolerance,
+        samples,
+        proxy,
+        mode,
+        batch.dataset,
+        batch_size,
+        seed,
+        torch.device(device).type,
+        batch.num_classes,
+        batch.in_chans,
+        tuple(batch.input_size),
+        None if block_types is None else tuple(block_types),
+    )
+    report = Path(report_dir) if report_dir is not None else None
+    if report is not None:
+        error = None
+        if rank == 0:
+            try:
+                _prepare_report(report, settings, resume, force)
+                atomic_write_text(report / "environment.json", json.dumps(_environment(device, world), indent=2) + "\n")
+            except ReportError as e:
+                error = str(e)
+        if world > 1:
+            import torch.distributed as dist
+
+            box = [error]
+            dist.broadcast_object_list(box, src=0)
+            error = box[0]
+        if error:
+            raise ReportError(error)
+    done: dict[int, Candidate] = {}
+    if report is not None and resume:
+        for i, c in _read_records(report).items():
+            if i < samples:
+                if c.genotype != genotypes[i].to_string():
+                    raise ReportError(f"{report}: candidate {i} was {c.genotype}, but this search draws another")
+                done[i] = c
+    costs = {}
+    jobs = []
+    for i, g in enumerate(genotypes):
+        if i in done or i % world != rank:
+            continue
+        p = g.num_params(batch.num_classes, batch.in_chans)
+        m = g.macs(batch.num_classes, batch.in_chans, hw)
+        costs[i] = (p, m)
+        jobs.append((i, g.to_string(), p, m, candidate_seed(seed, i)))
+    cfg = mode_config(mode, proxy, device, threads)
+    shard = report / (CANDIDATES if world == 1 else f"candidates.rank{rank}.jsonl") if report else None
+    fh = shard.open("a") if shard else None
+    counter = [len(done)]
+
+    def on_result(c: Candidate) -> None:
+        if fh is not None:
+            fh.write(json.dumps(c.to_dict()) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        counter[0] += 1
+        if progress is not None:
+            progress(counter[0] if world == 1 else len(done) + (counter[0] - len(done)) * world, samples)
+
+    if progress is not None:
+        progress(len(done), samples)
+    try:
+        new = score_candidates(
+            jobs, batch.images, batch.labels, cfg, batch.num_classes, batch.in_chans, workers, on_result
+        )
+    finally:
+        if fh is not None:
+            fh.close()
+    if world > 1:
+        import torch.distributed as dist
+
+        gathered: list[list[dict]] = [[] for _ in range(world)]
+        dist.all_gather_object(gathered, [c.to_dict() for c in new])
+        new = [Candidate.from_dict(d) for part in gathered for d in part]
+    records = {**done, **{c.index: c for c in new}}
+    candidates = [records[i] for i in sorted(records)]
+    best = max(candidates, key=lambda c: (c.score if math.isfinite(c.score) else -math.inf, -c.index))
+    result = SearchResult(
+        winner=Genotype.from_string(best.genotype),
+        winner_index=best.index,
+        score=best.score,
+        params=best.params,
+        macs=best.macs,
+        candidates=candidates,
+        settings=settings,
+        report_dir=report,
+        seconds=time.perf_counter() - t_start,
+        rescored=len(new),
+        extra={"device": device, "world_size": world, "score_config": cfg.to_dict()},
+    )
+    if report is not None and rank == 0:
+        write_report(result)
+    return result
+
+
+def write_report(result: SearchResult) -> None:
+    """Consolidate candidates.jsonl (index order) and write winner.json, summary.json and the plot."""
+    report = result.report_dir
+    assert report is not None
+    lines = "".join(json.dumps(c.to_dict()) + "\n" for c in result.candidates)
+    atomic_write_text(report / CANDIDATES, lines)
+    for p in report.glob("candidates.rank*.jsonl"):
+        p.unlink()
+    result.winner.save(report / "winner.json")
+    s = result.settings
+    summary = {
+        "winner": result.winner.to_string(),
+        "winner_index": result.winner_index,
+        "score": result.score,
+        "proxy": s.proxy,
+        "params": result.params,
+        "macs": result.macs,
+        "num_classes": s.num_classes,
+        "in_chans": s.in_chans,
+        "input_size": list(s.input_size),
+        "init_seed": candidate_seed(s.seed, result.winner_index),
+        "candidates": len(result.candidates),
+        "scored_this_run": result.rescored,
+        "seconds_this_run": round(result.seconds, 3),
+        **result.extra,
+    }
+    atomic_write_text(report / "summary.json", json.dumps(summary, indent=2) + "\n")
+    plot_scores(result, report / "score_vs_params.png")
+
+
+def plot_scores(result: SearchResult, path: Path) -> None:
+    """Score against params for every candidate, the winner marked (PNG, Agg backend)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    from ..io import atomic_write_bytes
+
+    cs = [c for c in result.candidates if math.isfinite(c.score)]
+    fig = Figure(figsize=(7, 4.5), dpi=110)
+    ax = fig.add_subplot()
+    ax.scatter([c.params / 1e3 for c in cs], [c.score for c in cs], s=9, alpha=0.5, label="candidates")
+    ax.scatter([result.params / 1e3], [result.score], s=160, marker="*", color="crimson", label="winner", zorder=3)
+    if cs and min(c.score for c in cs) > 0:
+        ax.set_yscale("log")
+    s = result.settings
+    ax.set_xlabel("parameters (K)")
+    ax.set_ylabel(s.proxy.replace("_", " ") + (" potential" if s.proxy == "fisher" else ""))
+    ax.set_title(f"{s.backbone} @ {s.budget:,} {s.metric}, {len(result.candidates)} candidates, seed {s.seed}")
+    ax.legend(loc="best")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_report(report_dir: str | Path) -> SearchResult:
+    """Read a finished report directory back into a SearchResult."""
+    report = Path(report_dir)
+    try:
+        sd = json.loads((report / SETTINGS).read_text())
+        summary = json.loads((report / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ReportError(f"{report} is not a finished search report: {e}") from None
+    sd.pop("format", None)
+    sd["input_size"] = tuple(sd["input_size"])
+    sd["block_types"] = None if sd.get("block_types") is None else tuple(sd["block_types"])
+    settings = SearchSettings(**sd)
+    records = _read_records(report)
+    candidates = [records[i] for i in sorted(records)]
+    return SearchResult(
+        winner=Genotype.load(report / "winner.json"),
+        winner_index=summary["winner_index"],
+        score=summary["score"],
+        params=summary["params"],
+        macs=summary["macs"],
+        candidates=candidates,
+        settings=settings,
+        report_dir=report,
+        seconds=summary.get("seconds_this_run", 0.0),
+        rescored=summary.get("scored_this_run", 0),
+    )

@@ -1,0 +1,203 @@
+"""Scoring candidates: build each genotype with a per-candidate init seed and apply a proxy.
+
+Two modes. ``exact``: fp32, NCHW, the whole minibatch: the values of the definition. ``fast``: bf16 autocast on
+a sub-batch of the same minibatch; chosen by measurement (``benchmarks/search_speed.py``
+reports its speed and how often its winner is in exact mode's top 5). Both build the network
+directly on the target device with parameters that need no gradient, so the only backward
+work is between the loss and the probes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..genotype import Genotype
+from ..models import build_model
+from .proxies import fisher_potential, get_proxy
+
+__all__ = ["MODES", "Candidate", "ScoreConfig", "candidate_seed", "score_candidates", "score_genotype"]
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    """How candidates are scored: proxy, precision, sub-batch, layout, device and threads."""
+
+    proxy: str = "fisher"
+    autocast: str | None = None  # None (fp32) or "bfloat16" / "float16"
+    batch_size: int | None = None  # None: the whole minibatch
+    channels_last: bool = True
+    device: str = "cpu"
+    num_threads: int | None = None  # torch threads per worker; None: torch's default
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return None if self.autocast is None else getattr(torch, self.autocast)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+MODES: dict[str, dict[str, object]] = {
+    # fp32, NCHW, whole minibatch: the definition's values. (channels_last fp32 batch norm on CPU
+    # rounds differently enough to move Fisher potential by about 1%, so exact mode keeps NCHW.)
+    "exact": {"autocast": None, "batch_size": None, "channels_last": False},
+    # bf16 autocast, channels_last, the first 64 images of the same minibatch (benchmarks/search_speed.py).
+    "fast": {"autocast": "bfloat16", "batch_size": 64, "channels_last": True},
+}
+
+
+def mode_config(mode: str, proxy: str = "fisher", device: str = "cpu", num_threads: int | None = None) -> ScoreConfig:
+    """The ScoreConfig of a named mode (exact or fast) for ``proxy`` on ``device``."""
+    if mode not in MODES:
+        raise ValueError(f"unknown scoring mode {mode!r}; choose one of {', '.join(MODES)}")
+    opts = dict(MODES[mode])
+    if proxy != "fisher":
+        opts["autocast"], opts["channels_last"] = (
+            None,
+            False,
+        )  # the ablation proxies run in fp32 (synflow needs float64 range anyway)
+    if torch.device(device).type == "cuda" and opts["autocast"] == "bfloat16":
+        opts["batch_size"] = None  # on a GPU the whole batch costs about the same as half of it
+    return ScoreConfig(proxy=proxy, device=device, num_threads=num_threads, **opts)  # type: ignore[arg-type]
+
+
+def candidate_seed(search_seed: int, index: int) -> int:
+    """The init seed of candidate ``index`` of a search: independent of how candidates are split up."""
+    digest = hashlib.sha256(f"blockswap-init:{search_seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One scored candidate: its index in the search, genotype, costs, init seed, score and time."""
+
+    index: int
+    genotype: str
+    params: int
+    macs: int
+    seed: int
+    score: float
+    seconds: float
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["score"] = self.score if math.isfinite(self.score) else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Candidate:
+        score = d.get("score")
+        return cls(
+            int(d["index"]),
+            str(d["genotype"]),
+            int(d["params"]),
+            int(d["macs"]),
+            int(d["seed"]),
+            float("nan") if score is None else float(score),
+            float(d.get("seconds", 0.0)),
+        )
+
+
+def _prepare(images: torch.Tensor, labels: torch.Tensor, cfg: ScoreConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    if cfg.batch_size is not None:
+        images, labels = images[: cfg.batch_size], labels[: cfg.batch_size]
+    images = images.to(cfg.device, torch.float32)
+    if cfg.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels.to(cfg.device)
+
+
+def score_genotype(
+    genotype: Genotype,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    seed: int,
+    cfg: ScoreConfig,
+    num_classes: int,
+    in_chans: int,
+    prepared: bool = False,
+) -> float:
+    """Build ``genotype`` with init ``seed`` on cfg.device and return its proxy score on the minibatch."""
+    if not prepared:
+        images, labels = _prepare(images, labels, cfg)
+    torch.manual_seed(seed)
+    with torch.device(cfg.device):
+        model = build_model(genotype, num_classes=num_classes, in_chans=in_chans)
+    model.requires_grad_(False)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.proxy == "fisher":
+        return fisher_potential(model, images, labels, autocast_dtype=cfg.autocast_dtype)
+    return get_proxy(cfg.proxy)(model, images, labels)
+
+
+Job = tuple[int, str, int, int, int]  # index, compact genotype, params, macs, seed
+
+
+def _score_jobs(
+    jobs: Sequence[Job], images: torch.Tensor, labels: torch.Tensor, cfg: ScoreConfig, num_classes: int, in_chans: int
+) -> Iterator[Candidate]:
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    images, labels = _prepare(images, labels, cfg)
+    for index, text, params, macs, seed in jobs:
+        t0 = time.perf_counter()
+        score = score_genotype(Genotype.from_string(text), images, labels, seed, cfg, num_classes, in_chans, True)
+        yield Candidate(index, text, params, macs, seed, score, time.perf_counter() - t0)
+
+
+# ---------------------------------------------------------------- worker processes
+_WORKER: dict[str, object] = {}
+
+
+def _worker_init(images: torch.Tensor, labels: torch.Tensor, cfg: ScoreConfig, num_classes: int, in_chans: int) -> None:
+    torch.set_num_threads(cfg.num_threads or 1)
+    _WORKER.update(images=images, labels=labels, cfg=cfg, num_classes=num_classes, in_chans=in_chans)
+
+
+def _worker_score(job: Job) -> Candidate:
+    w = _WORKER
+    return next(_score_jobs([job], w["images"], w["labels"], w["cfg"], w["num_classes"], w["in_chans"]))  # type: ignore[arg-type]
+
+
+def score_candidates(
+    jobs: Sequence[Job],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: ScoreConfig,
+    num_classes: int,
+    in_chans: int,
+    workers: int = 1,
+    on_result: Callable[[Candidate], None] | None = None,
+) -> list[Candidate]:
+    """Score ``jobs`` in this process (workers=1) or in ``workers`` spawned CPU processes; results in job order.
+
+    ``on_result`` is called as each candidate finishes (for progress and incremental saving).
+    """
+    results: list[Candidate] = []
+    if workers <= 1 or torch.device(cfg.device).type != "cpu":
+        it: Iterator[Candidate] = _score_jobs(jobs, images, labels, cfg, num_classes, in_chans)
+        for c in it:
+            results.append(c)
+            if on_result:
+                on_result(c)
+        return results
+    import multiprocessing as mp
+
+    threads = cfg.num_threads or max(1, (os.cpu_count() or 1) // workers)
+    wcfg = ScoreConfig(**{**cfg.to_dict(), "num_threads": threads})  # type: ignore[arg-type]
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers, _worker_init, (images, labels, wcfg, num_classes, in_chans)) as pool:
+        for c in pool.imap_unordered(_worker_score, jobs):
+            results.append(c)
+            if on_result:
+                on_result(c)
+    order = {j[0]: k for k, j in enumerate(jobs)}
+    return sorted(results, key=lambda c: order[c.index])

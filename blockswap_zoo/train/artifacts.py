@@ -1,0 +1,143 @@
+"""What a run directory holds and how to read it back: ``model.safetensors`` + ``config.json``
+(the genotype and everything needed to rebuild and use the model), metrics and curves."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..genotype import Genotype
+from ..io import atomic_write_bytes, atomic_write_text
+from ..models import build_model
+
+__all__ = ["CHECKPOINT", "load_model", "load_run", "read_run_config", "write_curves", "write_final", "write_metrics"]
+
+CHECKPOINT = "checkpoint.pt"
+RUN_FORMAT = "blockswap-zoo-run/1"
+
+
+def model_config(model: nn.Module, info: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``config.json`` content: genotype, classes, channels, dataset, input size, mean/std."""
+    g: Genotype = model.genotype
+    return {
+        "format": RUN_FORMAT,
+        "genotype": g.to_dict(),
+        "compact": g.to_string(),
+        "num_classes": int(model.num_classes),
+        "in_chans": int(model.in_chans),
+        "dataset": info.name,
+        "input_size": list(info.input_size),
+        "mean": list(info.mean),
+        "std": list(info.std),
+        "label_names": list(info.label_names),
+        "params": int(sum(p.numel() for p in model.parameters())),
+        **(extra or {}),
+    }
+
+
+def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
+    """CPU, contiguous (NCHW) copies of every tensor in the state dict."""
+    return {
+        k: v.detach().to("cpu").contiguous(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()
+    }
+
+
+def write_final(out_dir: str | Path, model: nn.Module, config: dict[str, Any]) -> None:
+    """Write ``model.safetensors`` and ``config.json`` atomically."""
+    from safetensors.torch import save
+
+    out = Path(out_dir)
+    atomic_write_bytes(out / "model.safetensors", save(state_dict_for_saving(model), metadata={"format": "pt"}))
+    atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: {run_dir} is not a finished blockswap-zoo run directory")
+    cfg = json.loads(path.read_text(encoding="utf-8"))
+    for key in ("genotype", "num_classes", "in_chans"):
+        if key not in cfg:
+            raise ValueError(f"{path} lacks {key!r}: not a blockswap-zoo run config")
+    return cfg
+
+
+def _build(cfg: dict[str, Any]) -> nn.Module:
+    return build_model(Genotype.from_dict(cfg["genotype"]), num_classes=cfg["num_classes"], in_chans=cfg["in_chans"])
+
+
+def load_run(run_dir: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a finished run's model from ``config.json`` and load ``model.safetensors`` strictly."""
+    from safetensors.torch import load_file
+
+    cfg = read_run_config(run_dir)
+    weights = Path(run_dir) / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found: the run in {run_dir} has not finished")
+    model = _build(cfg)
+    model.load_state_dict(load_file(str(weights), device=str(map_location)), strict=True)
+    return model
+
+
+def load_model(spec: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
+    """A model from a run directory, a ``checkpoint.pt`` (weights_only), or a registered model name."""
+    path = Path(spec)
+    if path.is_dir():
+        if (path / "model.safetensors").is_file():
+            return load_run(path, map_location)
+        if (path / CHECKPOINT).is_file():
+            return load_model(path / CHECKPOINT, map_location)
+        raise FileNotFoundError(f"{path} holds neither model.safetensors nor {CHECKPOINT}")
+    if path.is_file():
+        if path.name.endswith(".safetensors"):
+            return load_run(path.parent, map_location)
+        from .checkpoint import load_checkpoint
+
+        state = load_checkpoint(path, map_location)
+        model = _build(state["model_config"])
+        model.load_state_dict(state["model"], strict=True)
+        return model
+    from ..registry import create_model
+
+    try:
+        return create_model(str(spec))
+    except ValueError as e:
+        raise FileNotFoundError(f"{spec!r} is not a run directory, a checkpoint file, or a model name: {e}") from None
+
+
+def write_metrics(out_dir: str | Path, history: list[dict[str, Any]]) -> None:
+    """Rewrite ``metrics.jsonl`` (one JSON object per epoch) atomically."""
+    atomic_write_text(Path(out_dir) / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+
+
+def write_curves(out_dir: str | Path, history: list[dict[str, Any]]) -> None:
+    """Plot loss and accuracy per epoch into ``curves.png`` (matplotlib, Agg backend)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    ep = [h["epoch"] for h in history]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(ep, [h["train_loss"] for h in history], label="train")
+    tl = [(h["epoch"], h["test_loss"]) for h in history if h.get("test_loss") is not None]
+    if tl:
+        ax1.plot(*zip(*tl, strict=True), label="test")
+    ax1.set(xlabel="epoch", ylabel="loss", title="loss")
+    ax1.legend()
+    ax2.plot(ep, [h["train_top1"] for h in history], label="train top-1")
+    ta = [(h["epoch"], h["test_top1"]) for h in history if h.get("test_top1") is not None]
+    if ta:
+        ax2.plot(*zip(*ta, strict=True), label="test top-1")
+    ax2.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    ax2.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(Path(out_dir) / "curves.png", buf.getvalue())

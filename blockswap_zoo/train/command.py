@@ -1,0 +1,169 @@
+"""The ``train-teacher``, ``distill`` and ``evaluate`` commands (registered in ``cli.py``).
+
+Every setting is an option and may also come from ``--config FILE.yaml``; options given on the
+command line win. The heavy imports happen inside the commands, so ``blockswap-zoo --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import typer
+
+__all__ = ["distill_cmd", "evaluate_cmd", "train_teacher_cmd"]
+
+_OPT = {
+    "config": typer.Option(None, "--config", help="YAML settings file (safe_load; unknown keys are errors)."),
+    "dataset": typer.Option(None, help="fashion_mnist, cifar10, cifar100 or imagenet."),
+    "data_dir": typer.Option(None, help="Folder holding the dataset (default: system / cache locations)."),
+    "epochs": typer.Option(None, help="Epochs (paper: 200 CIFAR, 100 ImageNet)."),
+    "batch_size": typer.Option(None, help="Global batch size, split across torchrun processes."),
+    "lr": typer.Option(None, help="Learning rate (0.1)."),
+    "weight_decay": typer.Option(None, help="Weight decay (5e-4 CIFAR, 1e-4 ImageNet)."),
+    "schedule": typer.Option(None, help="cosine, step or constant."),
+    "warmup_epochs": typer.Option(None, help="Linear warmup epochs."),
+    "nesterov": typer.Option(None, "--nesterov/--no-nesterov", help="Nesterov momentum."),
+    "label_smoothing": typer.Option(None, help="Cross-entropy label smoothing."),
+    "out": typer.Option(None, "--out", help="Run directory (default runs/<arch>_<dataset>)."),
+    "resume": typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
+    "force": typer.Option(False, "--force", help="Overwrite an existing run directory."),
+    "device": typer.Option(None, help="auto, cpu, cuda, cuda:1 ..."),
+    "seed": typer.Option(None, help="Random seed."),
+    "max_steps": typer.Option(None, help="Stop after this many optimiser steps (smoke tests)."),
+    "subset": typer.Option(None, help="Train on the first N training images."),
+    "eval_subset": typer.Option(None, help="Evaluate on the first N test images."),
+    "amp": typer.Option(None, help="auto (bf16 on GPU), bf16 or none."),
+    "compile": typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
+    "loader": typer.Option(None, help="auto, device (on-device batch augmentation) or dataloader."),
+    "num_workers": typer.Option(None, help="DataLoader workers (dataloader path)."),
+    "progress": typer.Option(None, "--progress/--no-progress", help="Show the progress bar."),
+}
+
+
+def _run(command: str, overrides: dict[str, Any], config: Path | None, out: Path | None, resume: bool, force: bool):
+    from ..cli import err_console, fail
+    from ..data import DatasetError, DatasetNotFoundError
+    from ..genotype import GenotypeError
+    from .config import ConfigError, load_config_file, resolve_config
+    from .engine import RunDirError, train
+
+    run_dir = out
+    try:
+        defaults: dict[str, Any] = {}
+        if resume and out is not None and (out / "config.yaml").is_file() and config is None:
+            defaults = load_config_file(out / "config.yaml")  # a resumed run keeps its settings
+        cfg = resolve_config(config, overrides, defaults)
+        if command == "distill" and not cfg.teacher:
+            fail("distill needs --teacher (a run directory or checkpoint of the teacher)")
+        run_dir = out if out is not None else Path("runs") / f"{cfg.arch}_{cfg.dataset}".replace("/", "_")
+        result = train(cfg, out_dir=run_dir, resume=resume, force=force)
+    except (ConfigError, DatasetError, DatasetNotFoundError, RunDirError, GenotypeError) as e:
+        fail(str(e))
+    except (FileNotFoundError, ValueError) as e:
+        fail(f"{type(e).__name__}: {e}")
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted; continue with --resume --out {run_dir}")
+        raise typer.Exit(130) from None
+    print(json.dumps({"out": str(run_dir), **result.metrics}, indent=2))
+
+
+def train_teacher_cmd(
+    arch: str = typer.Option(None, "--arch", "--genotype", help="Model name, backbone or genotype (JSON file/string)."),
+    config: Path = _OPT["config"],
+    dataset: str = _OPT["dataset"],
+    data_dir: str = _OPT["data_dir"],
+    epochs: int = _OPT["epochs"],
+    batch_size: int = _OPT["batch_size"],
+    lr: float = _OPT["lr"],
+    weight_decay: float = _OPT["weight_decay"],
+    schedule: str = _OPT["schedule"],
+    warmup_epochs: float = _OPT["warmup_epochs"],
+    nesterov: bool = _OPT["nesterov"],
+    label_smoothing: float = _OPT["label_smoothing"],
+    out: Path = _OPT["out"],
+    resume: bool = _OPT["resume"],
+    force: bool = _OPT["force"],
+    device: str = _OPT["device"],
+    seed: int = _OPT["seed"],
+    max_steps: int = _OPT["max_steps"],
+    subset: int = _OPT["subset"],
+    eval_subset: int = _OPT["eval_subset"],
+    amp: str = _OPT["amp"],
+    compile: bool = _OPT["compile"],
+    loader: str = _OPT["loader"],
+    num_workers: int = _OPT["num_workers"],
+    progress: bool = _OPT["progress"],
+) -> None:
+    """Train a network with cross-entropy (the paper's teacher recipe by default: WRN-40-2, CIFAR-10)."""
+    overrides = {k: v for k, v in locals().items() if k not in ("config", "out", "resume", "force")}
+    _run("train-teacher", overrides, config, out, resume, force)
+
+
+def distill_cmd(
+    arch: str = typer.Option(None, "--arch", "--genotype", help="Student: model name or genotype (JSON file/string)."),
+    teacher: str = typer.Option(None, "--teacher", help="Teacher run directory or checkpoint.pt."),
+    beta: float = typer.Option(None, help="Attention-transfer weight (1000 CIFAR, 750 ImageNet)."),
+    at_mode: str = typer.Option(None, help="code (reference: mean squared) or paper (un-squared L2 norm)."),
+    kd_alpha: float = typer.Option(None, help="Weight of Hinton KD (0: off)."),
+    kd_temperature: float = typer.Option(None, help="KD temperature."),
+    config: Path = _OPT["config"],
+    dataset: str = _OPT["dataset"],
+    data_dir: str = _OPT["data_dir"],
+    epochs: int = _OPT["epochs"],
+    batch_size: int = _OPT["batch_size"],
+    lr: float = _OPT["lr"],
+    weight_decay: float = _OPT["weight_decay"],
+    schedule: str = _OPT["schedule"],
+    warmup_epochs: float = _OPT["warmup_epochs"],
+    nesterov: bool = _OPT["nesterov"],
+    label_smoothing: float = _OPT["label_smoothing"],
+    out: Path = _OPT["out"],
+    resume: bool = _OPT["resume"],
+    force: bool = _OPT["force"],
+    device: str = _OPT["device"],
+    seed: int = _OPT["seed"],
+    max_steps: int = _OPT["max_steps"],
+    subset: int = _OPT["subset"],
+    eval_subset: int = _OPT["eval_subset"],
+    amp: str = _OPT["amp"],
+    compile: bool = _OPT["compile"],
+    loader: str = _OPT["loader"],
+    num_workers: int = _OPT["num_workers"],
+    progress: bool = _OPT["progress"],
+) -> None:
+    """Distil a student from a frozen teacher: cross-entropy + beta * attention transfer at the stage outputs."""
+    overrides = {k: v for k, v in locals().items() if k not in ("config", "out", "resume", "force")}
+    _run("distill", overrides, config, out, resume, force)
+
+
+def evaluate_cmd(
+    model: str = typer.Argument(..., help="Run directory, checkpoint.pt, or model name."),
+    dataset: str = typer.Option(None, help="Dataset (default: the run's)."),
+    data_dir: str = _OPT["data_dir"],
+    batch_size: int = typer.Option(512, help="Evaluation batch size."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
+    subset: int = typer.Option(None, help="Only the first N test images."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """Top-1 / top-5 accuracy on the test split with the dataset's eval transform."""
+    from ..cli import console, fail
+    from ..data import DatasetError, DatasetNotFoundError
+    from .artifacts import read_run_config
+    from .evaluate import evaluate
+
+    try:
+        if dataset is None:
+            p = Path(model)
+            run_dir = p if p.is_dir() else p.parent
+            if not (run_dir / "config.json").is_file():
+                fail(f"--dataset is required for {model!r} (no config.json beside it names the dataset)")
+            dataset = read_run_config(run_dir)["dataset"]
+        r = evaluate(model, dataset, data_dir=data_dir, batch_size=batch_size, device=device, subset=subset)
+    except (DatasetError, DatasetNotFoundError, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    if as_json:
+        print(json.dumps({"model": model, "dataset": dataset, **r}, indent=2))
+    else:
+        console.print(f"{model} on {dataset}: top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%  ({r['n']} images)")

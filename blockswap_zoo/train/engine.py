@@ -1,0 +1,479 @@
+"""The train loop: teacher training (cross-entropy) and attention-transfer distillation, with
+bf16 autocast / channels_last on GPU, on-device metrics (one host sync per epoch), atomic
+per-epoch checkpoints, exact resume, DDP under torchrun, JSONL metrics and curves."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import DatasetInfo, DeviceLoader, get_dataset_info, image_folder, load_arrays
+from ..genotype import Genotype
+from ..io import atomic_write_text
+from ..models import build_model
+from . import distributed as D
+from .artifacts import CHECKPOINT, load_model, model_config, write_curves, write_final, write_metrics
+from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .evaluate import run_eval
+from .losses import attention_transfer, kd_loss
+
+__all__ = ["RunDirError", "TrainResult", "build_student", "load_teacher", "lr_lambda", "train"]
+
+RUN_FILES = (CHECKPOINT, "metrics.jsonl", "curves.png", "model.safetensors", "config.json", "config.yaml")
+
+
+class RunDirError(FileExistsError):
+    """The run directory is in the way (exists without --resume/--force) or cannot be resumed."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the final metrics, per-epoch history and the trained model."""
+
+    out_dir: Path | None
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    model: nn.Module | None = None
+
+
+def resolve_genotype(arch: str) -> Genotype:
+    """A registered arch, a plain backbone (``wrn_10_1``: all-S), a genotype JSON file or string."""
+    from ..registry import UnknownModelError, get_arch
+
+    if arch.endswith(".json") and Path(arch).is_file():
+        return Genotype.load(arch)
+    if ":" in arch or arch.lstrip().startswith("{"):
+        return Genotype.parse(arch)
+    try:
+        return get_arch(arch).genotype
+    except UnknownModelError:
+        try:
+            return Genotype.uniform(arch)
+        except ValueError:
+            pass
+        raise
+
+
+def build_student(config: TrainConfig, info: DatasetInfo) -> nn.Module:
+    """The model ``config.arch`` names, sized for the dataset's classes and channels."""
+    return build_model(resolve_genotype(config.arch), info.num_classes, info.in_chans, config.drop_rate)
+
+
+def load_teacher(spec: str, device: torch.device) -> nn.Module:
+    """A frozen teacher in eval mode from a run directory, a checkpoint or a registered name."""
+    teacher = load_model(spec)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher.eval().to(device)
+
+
+def lr_lambda(config: TrainConfig, steps_per_epoch: int, total_steps: int) -> Callable[[int], float]:
+    """LR multiplier per optimiser step: linear warmup, then cosine to 0, step decay, or constant."""
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if config.schedule == "cosine":
+            span = max(total_steps - warmup, 1)
+            return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
+        if config.schedule == "step":
+            return config.gamma ** (step // (config.step_size * steps_per_epoch))
+        return 1.0
+
+    return f
+
+
+class _Forward(nn.Module):
+    """model -> (logits, stage outputs): one module for DDP and torch.compile to wrap."""
+
+    def __init__(self, model: nn.Module, with_features: bool) -> None:
+        super().__init__()
+        self.model, self.with_features = model, with_features
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        if not self.with_features:
+            return self.model(x), []
+        final, feats = self.model.forward_intermediates(x)
+        return self.model.forward_head(final), feats
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _prepare_out_dir(out: Path, resume: bool, force: bool, main: bool) -> bool:
+    """Check (and with ``force``, clear) the run dir; returns whether a checkpoint is to be resumed."""
+    ckpt = out / CHECKPOINT
+    if resume:
+        if ckpt.is_file():
+            return True
+        if out.exists() and any(out.iterdir()):
+            raise RunDirError(f"cannot resume: {ckpt} does not exist (pass --force to start {out} afresh)")
+        return False
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise RunDirError(
+                f"run directory {out} already exists; pass --resume to continue it or --force to overwrite"
+            )
+        if main:
+            for name in RUN_FILES:
+                (out / name).unlink(missing_ok=True)
+    return False
+
+
+def _train_loader(
+    config: TrainConfig, info: DatasetInfo, dist: D.DistInfo, channels_last: bool
+) -> tuple[Iterable, Any, int]:
+    """-> (loader, object with state_dict for checkpointing or None, number of training images)."""
+    use_device = info.in_memory and config.loader != "dataloader"
+    if use_device:
+        data = load_arrays(info.name, "train", config.data_dir, download=config.download)
+        n = len(data) if config.subset is None else min(config.subset, len(data))
+        loader = DeviceLoader(
+            data.images[:n],
+            data.labels[:n],
+            info,
+            config.batch_size,
+            dist.device,
+            seed=config.seed,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            channels_last=channels_last,
+        )
+        return loader, loader, n
+    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+
+    from ..data.transforms import PerSampleDataset, train_transform
+
+    if info.in_memory:
+        data = load_arrays(info.name, "train", config.data_dir, download=config.download)
+        ds = PerSampleDataset(data.images, data.labels, train_transform(info))
+    else:
+        ds = image_folder(info.name, "train", config.data_dir, train_transform(info))
+    if config.subset is not None:
+        ds = Subset(ds, range(min(config.subset, len(ds))))
+    if config.batch_size % dist.world_size:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {dist.world_size} processes")
+    if dist.enabled:
+        sampler = DistributedSampler(ds, dist.world_size, dist.rank, shuffle=True, seed=config.seed, drop_last=True)
+    else:
+        sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(config.seed))
+    loader = DataLoader(
+        ds,
+        batch_size=config.batch_size // dist.world_size,
+        sampler=sampler,
+        num_workers=config.num_workers,
+        pin_memory=dist.device.type == "cuda",
+        drop_last=True,
+        persistent_workers=config.num_workers > 0,
+    )
+    return _HostLoader(loader, sampler, dist.device, channels_last, config.seed), None, len(ds)
+
+
+class _HostLoader:
+    """A DataLoader whose batches are moved to the device; its shuffling is re-seeded per epoch."""
+
+    def __init__(self, loader: Any, sampler: Any, device: torch.device, channels_last: bool, seed: int) -> None:
+        self.loader, self.sampler, self.device, self.seed, self.epoch = loader, sampler, device, seed, 0
+        self.fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        if hasattr(self.sampler, "set_epoch"):
+            self.sampler.set_epoch(epoch)
+        elif getattr(self.sampler, "generator", None) is not None:
+            self.sampler.generator.manual_seed(self.seed * 100_003 + epoch)
+
+    def __iter__(self):
+        for x, y in self.loader:
+            yield (
+                x.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt),
+                y.to(self.device, non_blocking=True),
+            )
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[ips]:>8.0f} img/s"),
+        TimeRemainingColumn(),
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def train(
+    config: TrainConfig,
+    model: nn.Module | None = None,
+    teacher: nn.Module | None = None,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    force: bool = False,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train ``model`` (default: ``config.arch``) on ``config.dataset``; distil from ``teacher`` if given.
+
+    Loss: cross-entropy (+ ``beta * sum_i AT_i`` with a teacher, + Hinton KD if ``kd_alpha`` > 0).
+    With ``out_dir`` every epoch writes ``checkpoint.pt`` (resumable), ``metrics.jsonl`` and
+    ``curves.png``; the end writes ``model.safetensors`` and ``config.json``.
+    """
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        return _train(config, model, teacher, out_dir, resume, force, on_epoch_end)
+    finally:
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def _train(
+    config: TrainConfig,
+    model: nn.Module | None,
+    teacher: nn.Module | None,
+    out_dir: str | Path | None,
+    resume: bool,
+    force: bool,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
+) -> TrainResult:
+    dist = D.setup(config.device)
+    dev = dist.device
+    info = get_dataset_info(config.dataset)
+    out = Path(out_dir) if out_dir is not None else None
+    resuming = _prepare_out_dir(out, resume, force, dist.is_main) if out is not None else False
+    D.barrier()
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    elif dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    _seed_everything(config.seed)
+
+    if model is None:
+        model = build_student(config, info)
+    if getattr(model, "num_classes", info.num_classes) != info.num_classes:
+        raise ValueError(f"the model has {model.num_classes} classes but {info.name} has {info.num_classes}")
+    if teacher is None and config.teacher:
+        teacher = load_teacher(config.teacher, dev)
+    distill = teacher is not None
+    amp = config.amp == "bf16" or (config.amp == "auto" and dev.type == "cuda")
+    channels_last = config.channels_last if config.channels_last is not None else dev.type == "cuda"
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(dev, memory_format=fmt)
+    if distill:
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        teacher = teacher.eval().to(dev, memory_format=fmt)
+
+    loader, loader_state, n_train = _train_loader(config, info, dist, channels_last)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise ValueError(f"{n_train} training images give no batch of {config.batch_size}; lower --batch-size")
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    lr = config.lr * (config.batch_size / config.base_batch_size if config.lr_scaling == "linear" else 1.0)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, steps_per_epoch, total_steps))
+
+    run_cfg = model_config(model, info, {"teacher": config.teacher, "train_config": config.to_dict()})
+    start_epoch, step, history = 0, 0, []
+    if resuming:
+        state = load_checkpoint(out / CHECKPOINT, map_location="cpu")
+        saved = state.get("config", {})
+        for key in ("arch", "dataset", "batch_size", "epochs", "subset", "seed", "schedule"):
+            if key in saved and saved[key] != getattr(config, key):
+                raise RunDirError(f"cannot resume {out}: {key} was {saved[key]!r}, now {getattr(config, key)!r}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        if loader_state is not None and state.get("loader"):
+            loader_state.load_state_dict(state["loader"])
+        set_rng_state(state["rng"])
+        start_epoch, step, history = state["epoch"] + 1, state["step"], list(state["history"])
+    if dist.is_main and out is not None:
+        import yaml
+
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    fwd: nn.Module = _Forward(model, with_features=distill)
+    if dist.enabled:
+        fwd = nn.parallel.DistributedDataParallel(fwd, device_ids=[dev.index] if dev.type == "cuda" else None)
+    if config.compile:
+        fwd = torch.compile(fwd)
+    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+    eval_kwargs = dict(
+        data_dir=config.data_dir,
+        batch_size=config.eval_batch_size,
+        subset=config.eval_subset,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        channels_last=channels_last,
+        num_workers=config.num_workers,
+        download=config.download,
+        amp=amp,
+    )
+
+    checked = False
+    last_eval: dict[str, float] | None = None
+    progress = _progress(config.progress and dist.is_main)
+    run_start = time.perf_counter()
+    with progress:
+        task = progress.add_task("train", total=steps_per_epoch, ips=0.0)
+        for epoch in range(start_epoch, config.epochs):
+            if step >= total_steps:
+                break
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+            model.train()
+            sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss, correct, n, at
+            progress.reset(task, total=steps_per_epoch, description=f"epoch {epoch + 1}/{config.epochs}", ips=0.0)
+            t0, seen = time.perf_counter(), 0
+            for x, y in loader:
+                with autocast():
+                    logits, feats = fwd(x)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+                    at = None
+                    if distill:
+                        with torch.no_grad():
+                            t_final, t_feats = teacher.forward_intermediates(x)
+                        if not checked:
+                            _check_compatible(feats, t_feats)
+                            checked = True
+                        at = attention_transfer(feats, t_feats, config.at_mode)
+                        if config.kd_alpha > 0:
+                            with torch.no_grad():
+                                t_logits = teacher.forward_head(t_final)
+                            kd = kd_loss(logits, t_logits, config.kd_temperature)
+                            loss = (1 - config.kd_alpha) * loss + config.kd_alpha * kd
+                        loss = loss + config.beta * at
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                with torch.no_grad():
+                    d = loss.detach().double()
+                    sums[0] += d * len(y)
+                    sums[1] += (logits.detach().argmax(1) == y).sum()
+                    sums[2] += len(y)
+                    if at is not None:
+                        sums[3] += at.detach().double() * len(y)
+                seen += len(y) * dist.world_size
+                progress.update(task, advance=1, ips=seen / max(time.perf_counter() - t0, 1e-9))
+                if step >= total_steps:
+                    break
+            loss_sum, correct, n, at_sum = D.all_reduce_sum(sums).tolist()  # the epoch's one host sync
+            epoch_time = time.perf_counter() - t0
+            record: dict[str, Any] = {
+                "epoch": epoch + 1,
+                "step": step,
+                "lr": optimizer.param_groups[0]["lr"],
+                "train_loss": loss_sum / n,
+                "train_top1": 100.0 * correct / n,
+                "images_per_s": n / epoch_time,
+                "epoch_time_s": epoch_time,
+            }
+            if distill:
+                record["at_loss"] = at_sum / n
+            last_epoch = epoch + 1 == config.epochs or step >= total_steps
+            if last_epoch or (config.eval_every and (epoch + 1) % config.eval_every == 0):
+                last_eval = run_eval(model, info, dev, **eval_kwargs)
+                record.update(test_loss=last_eval["loss"], test_top1=last_eval["top1"], test_top5=last_eval["top5"])
+            history.append(record)
+            if dist.is_main:
+                progress.console.print(_epoch_line(record), highlight=False)
+                if out is not None:
+                    save_checkpoint(
+                        out / CHECKPOINT,
+                        {
+                            "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(),
+                            "loader": loader_state.state_dict() if loader_state is not None else {},
+                            "rng": get_rng_state(),
+                            "epoch": epoch,
+                            "step": step,
+                            "history": history,
+                            "config": config.to_dict(),
+                            "model_config": run_cfg,
+                        },
+                    )
+                    write_metrics(out, history)
+                    write_curves(out, history)
+            D.barrier()
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, record)
+
+    if last_eval is None:
+        last_eval = run_eval(model, info, dev, **eval_kwargs)
+    final = {
+        "top1": last_eval["top1"],
+        "top5": last_eval["top5"],
+        "test_loss": last_eval["loss"],
+        "n_test": last_eval["n"],
+        "epochs": len(history),
+        "steps": step,
+        "train_images": n_train,
+        "wall_time_s": time.perf_counter() - run_start,
+        "device": str(dev),
+        "world_size": dist.world_size,
+    }
+    if history:
+        final["images_per_s"] = history[-1]["images_per_s"]
+    if dist.is_main and out is not None:
+        write_final(out, model, {**run_cfg, "metrics": final})
+    if dist.is_main and config.progress:
+        from rich.console import Console
+
+        Console().print(
+            f"[bold green]done[/]: top-1 {final['top1']:.2f}%  top-5 {final['top5']:.2f}% on {final['n_test']} "
+            f"test images, {step} steps in {final['wall_time_s']:.0f}s" + (f" -> {out}" if out else ""),
+            highlight=False,
+        )
+    return TrainResult(out, final, history, model)
+
+
+def _check_compatible(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> None:
+    if len(student) != len(teacher):
+        raise ValueError(f"student has {len(student)} stages but the teacher {len(teacher)}: cannot transfer attention")
+    for i, (s, t) in enumerate(zip(student, teacher, strict=True)):
+        if s.shape[-2:] != t.shape[-2:]:
+            raise ValueError(
+                f"stage {i}: student output {tuple(s.shape[-2:])} and teacher output "
+                f"{tuple(t.shape[-2:])} differ in size"
+            )
+
+
+def _epoch_line(r: dict[str, Any]) -> str:
+    s = f"epoch {r['epoch']}: loss {r['train_loss']:.4f} train {r['train_top1']:.2f}%"
+    if "at_loss" in r:
+        s += f" at {r['at_loss']:.5f}"
+    if "test_top1" in r:
+        s += f" test {r['test_top1']:.2f}% (top-5 {r['test_top5']:.2f}%)"
+    return s + f"  {r['images_per_s']:.0f} img/s  lr {r['lr']:.4g}"

@@ -1,0 +1,83 @@
+"""Recipes parse and resolve; bad recipes name the field and file; reproduce runs end to end."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from blockswap_zoo.recipes import RecipeError, list_recipes, load_recipe, parse_recipe
+from blockswap_zoo.reproduce import plan, reproduce, student_genotype_of
+
+OFFICIAL = Path(__file__).resolve().parents[1] / "recipes" / "wrn_40_1_bs150k.fmnist_at.yaml"
+
+
+@pytest.mark.parametrize("path", list_recipes(), ids=lambda p: p.stem)
+def test_every_recipe_parses_and_resolves(path: Path) -> None:
+    r = load_recipe(path)
+    assert r.name == path.stem and len(r.sha256) == 64
+    p = plan(r)
+    assert p["total_train_macs"] > 0 and p["student"]["steps"] > 0
+    if r.student.genotype:
+        assert student_genotype_of(r) is not None
+
+
+def _official() -> dict:
+    return yaml.safe_load(OFFICIAL.read_text())
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda d: d["train"].update(lr_typo=0.1), "train: unknown key(s) 'lr_typo'"),
+        (lambda d: d["train"].update(epochs="ten"), "train.epochs: expected int"),
+        (lambda d: d.pop("dataset"), "dataset: required field is missing"),
+        (lambda d: d["dataset"].update(name="mnist"), "dataset.name: expected one of"),
+        (lambda d: d["student"]["search"].update(proxy="magic"), "student.search.proxy"),
+        (lambda d: d["student"].update(genotype="wrn_40_1"), "exactly one of 'genotype' or 'search'"),
+        (lambda d: d["student"]["search"].update(budget="lots"), "student.search.budget"),
+        (lambda d: d.update(name="nodot"), "must be 'arch.tag'"),
+    ],
+)
+def test_bad_recipes_name_field_and_file(edit, fragment: str) -> None:
+    d = _official()
+    edit(d)
+    with pytest.raises(RecipeError) as e:
+        parse_recipe(yaml.safe_dump(d), "bad.yaml")
+    assert "bad.yaml" in str(e.value) and fragment in str(e.value)
+
+
+def test_recipes_never_run_code(tmp_path: Path) -> None:
+    evil = "!!python/object/apply:os.system ['touch " + str(tmp_path / "pwned") + "']"
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        parse_recipe(f"name: {evil}\n", "evil.yaml")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_unknown_recipe_lists_shipped_ones() -> None:
+    with pytest.raises(RecipeError, match="wrn_40_1_bs150k.fmnist_at"):
+        load_recipe("no_such_recipe")
+
+
+def test_reproduce_smoke_end_to_end_on_fashion_mnist(tmp_path: Path) -> None:
+    """Teacher training, a search, distillation, evaluation on the real test set, checkpoint and card."""
+    d = _official()
+    d["teacher"]["arch"] = "wrn_16_1"
+    d["student"]["search"].update(backbone="wrn_10_1", budget="40k", samples=4)
+    src = tmp_path / "tiny.yaml"
+    src.write_text(yaml.safe_dump(d))
+    r = load_recipe(src)
+    result = reproduce(r, tmp_path / "run", max_steps=2, device="cpu")
+    ckpt = result.checkpoint_dir
+    assert {"model.safetensors", "config.json", "README.md", "recipe.yaml"} <= {p.name for p in ckpt.iterdir()}
+    cfg = json.loads((ckpt / "config.json").read_text())
+    assert cfg["smoke"] is True and cfg["recipe_sha256"] == r.sha256 and cfg["metrics"]["n"] == 10_000
+    assert "model-index" in (ckpt / "README.md").read_text()
+    from blockswap_zoo import create_model
+
+    model = create_model(f"local-dir:{ckpt}")
+    assert model.genotype.to_dict() == cfg["genotype"] and model.in_chans == 1
+    # a finished run resumes as a no-op and refuses to be clobbered without --force
+    assert reproduce(r, tmp_path / "run", resume=True, max_steps=2, device="cpu").metrics == result.metrics
+    with pytest.raises(FileExistsError, match="--resume"):
+        reproduce(r, tmp_path / "run", max_steps=2, device="cpu")

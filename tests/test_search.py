@@ -1,0 +1,281 @@
+"""Search: exact budget sampler, Fisher potential and the other proxies, the search loop, report, CLI, torchrun."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from blockswap_zoo import Genotype, build_model
+from blockswap_zoo.search import (
+    PROXIES,
+    BudgetError,
+    ReportError,
+    count_feasible,
+    fisher_per_block,
+    fisher_potential,
+    load_report,
+    parse_budget,
+    reachable_range,
+    run_search,
+    sample_genotypes,
+)
+from blockswap_zoo.search.sampler import BudgetSpace
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ----------------------------------------------------------------------------- sampler
+def _enumerate(backbone: str, metric: str = "params", **kw) -> dict[Genotype, int]:
+    space = BudgetSpace.build(backbone, metric, **kw)
+    out = {}
+    for combo in itertools.product(*[range(len(t)) for t in space.types]):
+        g = Genotype(space.backbone.name, tuple(space.types[i][k] for i, k in enumerate(combo)))
+        out[g] = space.fixed + sum(space.costs[i][k] for i, k in enumerate(combo))
+    return out
+
+
+def test_parse_budget() -> None:
+    assert parse_budget("200k") == 200_000
+    assert parse_budget("1.5m") == 1_500_000
+    assert parse_budget("811,370") == 811_370
+    for bad in ("abc", "-3k", "0"):
+        with pytest.raises(BudgetError):
+            parse_budget(bad)
+
+
+@pytest.mark.parametrize("budget", ["85k", "150k", "200k", "800k", "1.6m", "2.2m"])
+def test_samples_within_tolerance_across_the_range(budget: str) -> None:
+    gs = sample_genotypes("wrn_40_2", budget, 300, seed=1)
+    b = parse_budget(budget)
+    assert len(gs) == 300
+    for g in gs:
+        assert abs(g.num_params() - b) <= 0.025 * b
+    assert len(set(gs)) > 1
+
+
+def test_macs_budget_and_dataset_shape() -> None:
+    gs = sample_genotypes("wrn_40_2", "100m", 100, seed=0, metric="macs", in_chans=1, input_size=28)
+    for g in gs:
+        assert abs(g.macs(10, 1, (28, 28)) - 100e6) <= 0.025 * 100e6
+
+
+def test_sampler_is_seeded() -> None:
+    a = sample_genotypes("wrn_40_2", "400k", 50, seed=3)
+    assert a == sample_genotypes("wrn_40_2", "400k", 50, seed=3)
+    assert a != sample_genotypes("wrn_40_2", "400k", 50, seed=4)
+    assert a[:20] == sample_genotypes("wrn_40_2", "400k", 20, seed=3)  # prefix-stable: resume may grow a search
+
+
+def test_count_matches_enumeration() -> None:
+    costs = _enumerate("wrn_10_1")
+    for budget in (20_000, 40_000, 60_000):
+        expected = sum(1 for c in costs.values() if budget * 0.975 <= c <= budget * 1.025)
+        assert count_feasible("wrn_10_1", budget) == expected
+    macs = _enumerate("wrn_10_1", "macs")
+    expected = sum(1 for c in macs.values() if 4e6 * 0.975 <= c <= 4e6 * 1.025)
+    assert count_feasible("wrn_10_1", "4m", metric="macs") == expected > 0
+
+
+def test_sampler_is_uniform_over_the_feasible_set() -> None:
+    """Chi-square goodness of fit against the uniform law on the enumerated feasible set of wrn_10_1."""
+    budget = 20_000
+    costs = _enumerate("wrn_10_1")
+    feasible = {g for g, c in costs.items() if budget * 0.975 <= c <= budget * 1.025}
+    k = len(feasible)
+    n = 30 * k
+    draws = sample_genotypes("wrn_10_1", budget, n, seed=7)
+    counts = Counter(draws)
+    assert set(counts) <= feasible
+    expected = n / k
+    chi2 = sum((counts.get(g, 0) - expected) ** 2 / expected for g in feasible)
+    df = k - 1
+    z = ((chi2 / df) ** (1 / 3) - (1 - 2 / (9 * df))) / math.sqrt(2 / (9 * df))  # Wilson-Hilferty
+    assert abs(z) < 4.0, f"chi2={chi2:.1f} with {df} dof (z={z:.2f})"
+    assert len(counts) == k  # every feasible genotype is reachable
+
+
+def test_reachable_range_and_errors() -> None:
+    costs = _enumerate("wrn_10_1")
+    assert reachable_range("wrn_10_1") == (min(costs.values()), max(costs.values()))
+    lo, hi = reachable_range("wrn_40_2")
+    assert lo == Genotype.uniform("wrn_40_2", "BG(4,M/8)").num_params() or lo < hi
+    assert hi == Genotype.uniform("wrn_40_2", "S").num_params() == 2_243_546
+    for budget in ("10k", "5m"):
+        with pytest.raises(BudgetError, match=r"reachable range is \[84,410, 2,243,546\]"):
+            sample_genotypes("wrn_40_2", budget, 1)
+    # the extremes themselves are reachable
+    assert sample_genotypes("wrn_40_2", hi, 2, tolerance=0.0)[0] == Genotype.uniform("wrn_40_2", "S")
+    assert sample_genotypes("wrn_40_2", lo, 1, tolerance=0.0)[0].num_params() == lo
+
+
+def test_block_type_choice() -> None:
+    gs = sample_genotypes("wrn_40_2", "300k", 30, seed=0, block_types=["G(4)", "B(2)", "BG(2,M/8)", "S"])
+    assert {b for g in gs for b in g.blocks} <= {"G(4)", "B(2)", "BG(2,M/8)", "S"}
+    with pytest.raises(BudgetError, match="reachable range"):
+        sample_genotypes("wrn_40_2", "100k", 1, block_types=["S"])
+
+
+# ----------------------------------------------------------------------------- proxies
+def _small_batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(16, 3, 16, 16, generator=g), torch.randint(0, 10, (16,), generator=g)
+
+
+def _direct_fisher(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[float]:
+    """The formula, computed the plain way: retain_grad on each probe output and loss.backward()."""
+    acts = []
+
+    def keep(_m: torch.nn.Module, _i: object, out: torch.Tensor) -> None:
+        out.retain_grad()
+        acts.append(out)
+
+    hooks = [b.probe.register_forward_hook(keep) for b in model.swap_blocks()]
+    model.train()
+    loss = F.cross_entropy(model(x), y)
+    loss.backward()
+    for h in hooks:
+        h.remove()
+    out = []
+    for a in acts:
+        per_sample = (a.detach() * a.grad).sum(dim=(2, 3))  # N x C
+        out.append(float(0.5 * per_sample.pow(2).mean(0).sum()))
+    return out
+
+
+@pytest.mark.parametrize("genotype", ["wrn_10_1:v1:S;G(N/4);BG(2,M/4)", "wrn_16_1:v1:B(2);S;G(2);BG(4,M/2);G(N);S"])
+def test_fisher_potential_matches_the_formula(genotype: str) -> None:
+    x, y = _small_batch()
+    torch.manual_seed(0)
+    model = build_model(genotype).double()
+    direct = _direct_fisher(model, x.double(), y)
+    model.zero_grad()
+    model.eval()
+    flags = [p.requires_grad for p in model.parameters()]
+    per_block = fisher_per_block(model, x.double(), y)
+    assert per_block == pytest.approx(direct, rel=1e-9)
+    assert fisher_potential(model, x.double(), y) == pytest.approx(sum(direct), rel=1e-9)
+    assert [p.requires_grad for p in model.parameters()] == flags and not model.training  # model left as it was
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.parameters())
+
+
+def test_other_proxies_run_and_leave_the_model_alone() -> None:
+    x, y = _small_batch()
+    torch.manual_seed(0)
+    model = build_model("wrn_10_1:v1:S;G(N/4);BG(2,M/4)")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for name, proxy in PROXIES.items():
+        v = proxy(model, x, y)
+        assert math.isfinite(v), name
+    for k, v in model.state_dict().items():
+        if "running" not in k and "num_batches" not in k:
+            assert torch.equal(v, before[k]), k
+    assert all(p.requires_grad for p in model.parameters())
+
+
+# ----------------------------------------------------------------------------- search loop and report
+SMALL = {"samples": 6, "mode": "exact", "seed": 5}
+
+
+def test_same_seed_same_winner_and_report_round_trip(tmp_path: Path) -> None:
+    a = run_search("wrn_10_1", "20k", report_dir=tmp_path / "a", **SMALL)
+    b = run_search("wrn_10_1", "20k", **SMALL)
+    assert a.winner == b.winner and [c.score for c in a.candidates] == [c.score for c in b.candidates]
+    assert a.score == max(c.score for c in a.candidates)
+    back = load_report(tmp_path / "a")
+    assert back.winner == a.winner and back.candidates == a.candidates and back.settings == a.settings
+    assert Genotype.load(tmp_path / "a" / "winner.json") == a.winner
+    assert (tmp_path / "a" / "score_vs_params.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    env = json.loads((tmp_path / "a" / "environment.json").read_text())
+    assert env["torch"] == torch.__version__
+    lines = (tmp_path / "a" / "candidates.jsonl").read_text().splitlines()
+    assert [json.loads(line)["index"] for line in lines] == list(range(6))
+    for c in a.candidates:
+        assert abs(c.params - 20_000) <= 500 and a.settings.in_chans == 1  # the embedded batch: 1x28x28
+
+
+def test_resume_after_interruption_and_refusals(tmp_path: Path) -> None:
+    full = run_search("wrn_10_1", "20k", **SMALL)
+    out = tmp_path / "r"
+    run_search("wrn_10_1", "20k", report_dir=out, **{**SMALL, "samples": 3})
+    # simulate a crash in the middle of writing the 4th line
+    with (out / "candidates.jsonl").open("a") as f:
+        f.write('{"index": 3, "geno')
+    resumed = run_search("wrn_10_1", "20k", report_dir=out, resume=True, **SMALL)
+    assert resumed.rescored == 3 and resumed.winner == full.winner
+    assert [c.score for c in resumed.candidates] == [c.score for c in full.candidates]
+    with pytest.raises(ReportError, match="already exists"):
+        run_search("wrn_10_1", "20k", report_dir=out, **SMALL)
+    with pytest.raises(ReportError, match="seed: saved 5, now 6"):
+        run_search("wrn_10_1", "20k", report_dir=out, resume=True, **{**SMALL, "seed": 6})
+    again = run_search("wrn_10_1", "20k", report_dir=out, force=True, **{**SMALL, "samples": 2})
+    assert len(load_report(out).candidates) == 2 and again.rescored == 2
+
+
+def test_search_on_a_dataset() -> None:
+    from blockswap_zoo.data import DatasetNotFoundError
+
+    try:
+        r = run_search("wrn_10_1", "20k", dataset="fashion_mnist", batch_size=32, samples=2, mode="fast")
+    except DatasetNotFoundError:
+        pytest.skip("Fashion-MNIST is not installed here")
+    assert r.settings.in_chans == 1 and r.settings.input_size == (1, 28, 28) and math.isfinite(r.score)
+
+
+def test_cli_search_on_the_embedded_batch(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from blockswap_zoo.cli import app
+
+    out = tmp_path / "cli"
+    runner = CliRunner()
+    res = runner.invoke(app, ["search", "wrn_10_1", "20k", "--samples", "3", "--out", str(out), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "winner" in res.output and "params" in res.output
+    assert {p.name for p in out.iterdir()} >= {"winner.json", "candidates.jsonl", "settings.json", "summary.json"}
+    res = runner.invoke(app, ["search", "wrn_10_1", "20k", "--samples", "3", "--out", str(out)])
+    assert res.exit_code == 2 and "--resume" in res.output
+    res = runner.invoke(app, ["search", "wrn_10_1", "1k", "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "reachable range" in res.output
+    res = runner.invoke(app, ["search", "wrn_10_1", "20k", "--proxy", "nope", "--out", str(tmp_path / "y")])
+    assert res.exit_code == 2 and "unknown proxy" in res.output
+
+
+def test_torchrun_two_processes_give_the_same_winner(tmp_path: Path) -> None:
+    script = tmp_path / "shard.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import json, sys
+            import torch.distributed as dist
+            from blockswap_zoo.search import run_search
+            r = run_search("wrn_10_1", "20k", samples=6, mode="exact", seed=5, report_dir=sys.argv[1])
+            if dist.get_rank() == 0:
+                print("RESULT", json.dumps({"winner": r.winner.to_string(), "n": len(r.candidates),
+                                            "world": dist.get_world_size(), "mine": r.rescored}))
+            dist.destroy_process_group()
+            """
+        )
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    proc = subprocess.run(cmd + [str(tmp_path / "rep")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT"))
+    got = json.loads(line.split(" ", 1)[1])
+    single = run_search("wrn_10_1", "20k", **SMALL)
+    assert got["world"] == 2 and got["n"] == 6 and got["winner"] == single.winner.to_string()
+    back = load_report(tmp_path / "rep")
+    assert [c.index for c in back.candidates] == list(range(6)) and not list((tmp_path / "rep").glob("*.rank*"))
+    for c, s in zip(back.candidates, single.candidates):
+        assert c.genotype == s.genotype and c.score == pytest.approx(s.score, rel=1e-4)

@@ -1,0 +1,340 @@
+"""Training engine: losses by hand, config files, checkpoints, exact resume, distillation, a real
+Fashion-MNIST run, evaluation, CLI errors and a 2-process torchrun run."""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from blockswap_zoo.cli import app
+from blockswap_zoo.data.datasets import FASHION_MNIST_SYSTEM_DIR
+from blockswap_zoo.genotype import Genotype
+from blockswap_zoo.models import build_model
+from blockswap_zoo.train import (
+    ConfigError,
+    RunDirError,
+    TrainConfig,
+    at_loss,
+    evaluate,
+    kd_loss,
+    load_checkpoint,
+    load_run,
+    resolve_config,
+    train,
+)
+from blockswap_zoo.train.checkpoint import get_rng_state, set_rng_state
+from blockswap_zoo.train.engine import lr_lambda
+
+needs_fmnist = pytest.mark.skipif(
+    not (FASHION_MNIST_SYSTEM_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="apt-get install dataset-fashion-mnist",
+)
+
+
+def _hand_attention(a: np.ndarray) -> np.ndarray:
+    n = a.shape[0]
+    out = np.zeros((n, a.shape[2] * a.shape[3]))
+    for i in range(n):
+        m = np.zeros(a.shape[2] * a.shape[3])
+        for c in range(a.shape[1]):
+            m += (a[i, c] ** 2).reshape(-1)
+        m /= a.shape[1]
+        out[i] = m / math.sqrt(sum(v * v for v in m))
+    return out
+
+
+def test_attention_transfer_losses_match_hand_computation() -> None:
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(3, 4, 5, 5, generator=g), torch.randn(3, 8, 5, 5, generator=g)  # channels may differ
+    fs, ft = _hand_attention(s.double().numpy()), _hand_attention(t.double().numpy())
+    code = ((fs - ft) ** 2).sum() / fs.size
+    paper = sum(math.sqrt(((fs[i] - ft[i]) ** 2).sum()) for i in range(3)) / 3
+    assert at_loss(s, t, "code").item() == pytest.approx(code, rel=1e-5)
+    assert at_loss(s, t, "paper").item() == pytest.approx(paper, rel=1e-5)
+    assert at_loss(s, s * 3.0, "code").item() == pytest.approx(0.0, abs=1e-9)  # scale-invariant
+    with pytest.raises(ValueError, match="spatial"):
+        at_loss(s, torch.randn(3, 4, 4, 4))
+    with pytest.raises(ValueError, match="at_mode"):
+        at_loss(s, t, "other")
+
+
+def test_kd_loss_matches_hand_computation() -> None:
+    s, t = torch.tensor([[1.0, 2.0, 0.5]]), torch.tensor([[0.2, 3.0, 1.0]])
+    temp = 4.0
+    p = np.exp(t.numpy()[0] / temp) / np.exp(t.numpy()[0] / temp).sum()
+    q = np.exp(s.numpy()[0] / temp) / np.exp(s.numpy()[0] / temp).sum()
+    assert kd_loss(s, t, temp).item() == pytest.approx(float((p * np.log(p / q)).sum() * temp * temp), rel=1e-5)
+
+
+def test_config_file_rules(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("dataset: fashion_mnist\nepochs: 3\nlerning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml.*unknown setting 'lerning_rate'"):
+        resolve_config(f, {})
+    f.write_text("arch: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        resolve_config(f, {})
+    f.write_text("dataset: fashion_mnist\nepochs: 3\nlr: 0.05\n")
+    cfg = resolve_config(f, {"epochs": 5, "lr": None})
+    assert (cfg.epochs, cfg.lr, cfg.dataset, cfg.weight_decay) == (5, 0.05, "fashion_mnist", 5e-4)
+    inet = resolve_config(None, {"dataset": "imagenet"})
+    assert (inet.beta, inet.schedule, inet.weight_decay, inet.batch_size) == (750.0, "step", 1e-4, 256)
+    with pytest.raises(ConfigError, match="at_mode"):
+        TrainConfig(at_mode="l2")
+
+
+def test_lr_schedules() -> None:
+    cfg = TrainConfig(schedule="cosine", warmup_epochs=1)
+    f = lr_lambda(cfg, steps_per_epoch=10, total_steps=100)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0) and f(10) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.5) and f(100) == pytest.approx(0.0, abs=1e-12)
+    step = lr_lambda(TrainConfig(schedule="step", step_size=30, gamma=0.1), 10, 1000)
+    assert step(299) == 1.0 and step(300) == pytest.approx(0.1) and step(600) == pytest.approx(0.01)
+
+
+def test_rng_state_roundtrip_through_weights_only_checkpoint(tmp_path: Path) -> None:
+    import random
+
+    from blockswap_zoo.train import save_checkpoint
+
+    torch.manual_seed(1)
+    save_checkpoint(tmp_path / "c.pt", {"model": {}, "rng": get_rng_state()})
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(load_checkpoint(tmp_path / "c.pt")["rng"])  # torch.load(weights_only=True) inside
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+    (tmp_path / "bad.pt").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a readable"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def _tiny(**kw) -> TrainConfig:
+    base = dict(
+        arch="wrn_10_1",
+        dataset="fashion_mnist",
+        epochs=2,
+        batch_size=32,
+        lr=0.05,
+        subset=128,
+        eval_subset=64,
+        progress=False,
+        deterministic=True,
+        device="cpu",
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+@needs_fmnist
+def test_interrupt_and_resume_gives_identical_weights(tmp_path: Path) -> None:
+    straight = train(_tiny(), out_dir=tmp_path / "a")
+
+    class Interrupt(Exception):
+        pass
+
+    def stop(epoch: int, record: dict) -> None:
+        if epoch == 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(_tiny(), out_dir=tmp_path / "b", on_epoch_end=stop)
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["epoch"] == 0
+    with pytest.raises(RunDirError, match="--resume"):
+        train(_tiny(), out_dir=tmp_path / "b")
+    with pytest.raises(RunDirError, match="batch_size"):
+        train(_tiny(batch_size=16), out_dir=tmp_path / "b", resume=True)
+    resumed = train(_tiny(), out_dir=tmp_path / "b", resume=True)
+    sa, sb = straight.model.state_dict(), resumed.model.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in resumed.history]
+    run = tmp_path / "b"
+    for name in ("checkpoint.pt", "metrics.jsonl", "curves.png", "model.safetensors", "config.json", "config.yaml"):
+        assert (run / name).is_file(), name
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+    loaded = load_run(run)
+    assert all(torch.equal(loaded.state_dict()[k], sb[k]) for k in sb)
+
+
+@needs_fmnist
+def test_distillation_trains_student_and_leaves_teacher_frozen(tmp_path: Path) -> None:
+    teacher = build_model(Genotype.uniform("wrn_10_1"), 10, 1)
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = Genotype("wrn_10_1", ("G(2)", "B(2)", "S"))
+    cfg = _tiny(arch=student.to_string(), epochs=1, beta=1000.0, at_mode="paper", kd_alpha=0.5)
+    r = train(cfg, teacher=teacher)
+    assert r.history[0]["at_loss"] > 0 and math.isfinite(r.history[0]["train_loss"])
+    assert not teacher.training and all(torch.equal(before[k], v) for k, v in teacher.state_dict().items())
+    assert r.model.genotype == student
+    bad_teacher = build_model(Genotype.uniform("wrn_16_1"), 10, 1)  # same stages: fine
+    train(_tiny(epochs=1, max_steps=1), teacher=bad_teacher)
+
+
+@needs_fmnist
+def test_real_fashion_mnist_run_reaches_well_above_chance(tmp_path: Path) -> None:
+    cfg = TrainConfig(
+        arch="wrn_10_1",
+        dataset="fashion_mnist",
+        epochs=1,
+        batch_size=64,
+        lr=0.1,
+        nesterov=True,
+        max_steps=400,
+        eval_subset=2000,
+        progress=False,
+        seed=0,
+        device="cpu",
+    )
+    r = train(cfg, out_dir=tmp_path / "run")
+    first = evaluate(load_run(tmp_path / "run"), "fashion_mnist", subset=2000)
+    again = evaluate(tmp_path / "run", "fashion_mnist", subset=2000)
+    assert first == again and first["n"] == 2000
+    assert first["top1"] == pytest.approx(r.metrics["top1"])
+    assert first["top1"] > 70.0, first  # chance is 10%
+    assert first["top5"] >= first["top1"]
+
+
+def test_cli_errors_for_missing_dataset_and_existing_run(tmp_path: Path) -> None:
+    runner = CliRunner()
+    r = runner.invoke(
+        app,
+        [
+            "train-teacher",
+            "--arch",
+            "wrn_10_1",
+            "--dataset",
+            "fashion_mnist",
+            "--data-dir",
+            str(tmp_path / "nothing"),
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+        ],
+    )
+    assert r.exit_code != 0
+    out = " ".join(r.output.split())
+    assert str(tmp_path / "nothing") in out and "apt-get install dataset-fashion-mnist" in out
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("user file")
+    r = runner.invoke(app, ["train-teacher", "--dataset", "fashion_mnist", "--out", str(tmp_path / "run")])
+    assert r.exit_code != 0 and "--force" in " ".join(r.output.split())
+    assert (tmp_path / "run" / "keep.txt").read_text() == "user file"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 1\nbogus: 2\n")
+    r = runner.invoke(app, ["distill", "--config", str(cfg), "--out", str(tmp_path / "r2")])
+    assert r.exit_code != 0 and "bogus" in r.output and "c.yaml" in r.output
+
+
+@needs_fmnist
+def test_cli_train_then_evaluate(tmp_path: Path) -> None:
+    runner = CliRunner()
+    run = tmp_path / "t"
+    r = runner.invoke(
+        app,
+        [
+            "train-teacher",
+            "--arch",
+            "wrn_10_1",
+            "--dataset",
+            "fashion_mnist",
+            "--out",
+            str(run),
+            "--epochs",
+            "1",
+            "--subset",
+            "64",
+            "--batch-size",
+            "32",
+            "--eval-subset",
+            "100",
+            "--device",
+            "cpu",
+            "--no-progress",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["evaluate", str(run), "--subset", "100", "--json"])
+    assert r.exit_code == 0 and '"n": 100' in r.output
+    r = runner.invoke(
+        app,
+        [
+            "distill",
+            "--arch",
+            "wrn_10_1",
+            "--teacher",
+            str(run),
+            "--dataset",
+            "fashion_mnist",
+            "--out",
+            str(tmp_path / "s"),
+            "--max-steps",
+            "1",
+            "--subset",
+            "64",
+            "--batch-size",
+            "32",
+            "--eval-subset",
+            "100",
+            "--device",
+            "cpu",
+            "--no-progress",
+            "--at-mode",
+            "paper",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+
+
+@needs_fmnist
+def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
+    script = tmp_path / "run.py"
+    script.write_text(
+        textwrap.dedent("""
+        import sys, torch
+        torch.set_num_threads(1)
+        from blockswap_zoo.cli import main
+        sys.argv = ["blockswap-zoo"] + sys.argv[1:]
+        main()
+    """)
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29533",
+        str(script),
+        "train-teacher",
+        "--arch",
+        "wrn_10_1",
+        "--dataset",
+        "fashion_mnist",
+        "--out",
+        str(tmp_path / "ddp"),
+        "--epochs",
+        "1",
+        "--subset",
+        "128",
+        "--batch-size",
+        "32",
+        "--eval-subset",
+        "200",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert '"world_size": 2' in p.stdout and '"n_test": 200' in p.stdout
+    model = load_run(tmp_path / "ddp")
+    assert evaluate(model, "fashion_mnist", subset=200)["n"] == 200
