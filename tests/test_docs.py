@@ -1,5 +1,6 @@
 """Generated docs stay in sync with the pretrained records; hubconf exposes one entrypoint per record."""
 
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -17,5 +18,16 @@ def test_readme_table_and_model_card_match_the_records() -> None:
 
 
 def test_hubconf_entrypoints_are_the_records() -> None:
-    entries = set(torch.hub.list(str(ROOT), source="local", trust_repo=True))
+    spec = importlib.util.spec_from_file_location("hubconf", ROOT / "hubconf.py")
+    hubconf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hubconf)
+    assert hubconf.dependencies == ["torch", "safetensors"]
+    entries = {n for n in dir(hubconf) if callable(getattr(hubconf, n)) and not n.startswith("_")} - {
+        "create_model",
+        "load_records",
+        "Weights",
+    }
     assert entries == {w.hub_entrypoint for w in load_records().values()}
+    for w in load_records().values():  # the same path torch.hub.load(..., source="local") takes
+        model = torch.hub.load(str(ROOT), w.hub_entrypoint, source="local", pretrained=True)
+        assert model.num_classes == w.num_classes
