@@ -174,11 +174,6 @@ def update_readme(readme: str) -> str:
     return pattern.sub(lambda _: f"{start}\n{readme_table()}\n{end}", readme)
 
 
-def record_card(w: Weights) -> str:
-    """The model card of a published record (the same text its checkpoint directory carries)."""
-    return model_card(w.name, _record_cfg(w))
-
-
 def write_docs(repo_root: Path) -> list[Path]:
     """Regenerate README's table and MODEL_CARD.md; returns the files changed."""
     from .io import atomic_write_text
