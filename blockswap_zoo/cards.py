@@ -110,17 +110,6 @@ ImageNet result. Reproduce it with `blockswap-zoo reproduce {cfg.get("recipe", "
 """
 
 
-def _record_cfg(w: Weights) -> dict[str, Any]:
-    return {
-        "genotype": w.genotype, "dataset": w.dataset, "metrics": w.metrics, "num_classes": w.num_classes,
-        "input_size": list(w.input_size), "params": w.params, "macs": w.macs, "teacher": w.teacher,
-        "recipe": w.recipe, "training": w.training, "weights_sha256": w.sha256, "mean": list(w.mean),
-        "std": list(w.std), "eval_command": w.eval_command, "eval_transform": w.eval_transform,
-        "license": w.license, "description": w.extra.get("description", ""),
-        "recipe_sha256": w.extra.get("recipe_sha256", "n/a"),
-    }  # fmt: skip
-
-
 def readme_table(records: dict[str, Weights] | None = None) -> str:
     """The README's table of published checkpoints."""
     records = load_records() if records is None else records
