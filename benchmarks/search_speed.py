@@ -2,6 +2,7 @@
 
     python benchmarks/search_speed.py                      # speed + agreement (about 15 min on 2 cores)
     python benchmarks/search_speed.py --agreement-seeds 0  # speed only (about 1 min)
+    python benchmarks/search_speed.py --device cuda --agreement-seeds 0 --search-candidates 1000
 
 Speed: WRN-40-2 candidates at the 800K budget, batch 128 of 3x32x32 (the embedded
 Fashion-MNIST images zero-padded to 32x32 and repeated to 3 channels), every method timed on
@@ -14,6 +15,9 @@ Agreement: for each seed, a search of ``--agreement-candidates`` candidates on t
 batch (the network the CLI's default searches: 1x28x28, 10 classes) is scored in exact and
 in fast mode with the same init seeds; we count the seeds on which fast mode's winner is
 among exact mode's top 5.
+
+Search (``--search-candidates N``): the wall time of scoring N such candidates end to end with
+``score_candidates`` (what ``blockswap-zoo search`` runs), in fast and exact mode, after a warm-up.
 """
 
 from __future__ import annotations
@@ -29,13 +33,14 @@ import torch.nn.functional as F
 from blockswap_zoo.models import build_model
 from blockswap_zoo.search import sample_genotypes
 from blockswap_zoo.search.minibatch import load_embedded_batch
-from blockswap_zoo.search.scoring import candidate_seed, mode_config, score_genotype
+from blockswap_zoo.search.scoring import candidate_seed, mode_config, score_candidates, score_genotype
 
 
 def reference_style_score(genotype, images, labels, seed, num_classes, in_chans) -> float:  # noqa: ANN001
     """Fisher potential as the paper's code computes it: hooks + loss.backward() with weight gradients, NCHW fp32."""
     torch.manual_seed(seed)
-    model = build_model(genotype, num_classes=num_classes, in_chans=in_chans)
+    with torch.device(images.device):
+        model = build_model(genotype, num_classes=num_classes, in_chans=in_chans)
     model.train()
     acts, grads = {}, {}
     hooks = []
@@ -54,12 +59,22 @@ def reference_style_score(genotype, images, labels, seed, num_classes, in_chans)
     return total
 
 
-def speed(args: argparse.Namespace) -> None:
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _speed_batch(device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The embedded minibatch as 128 x 3 x 32 x 32 (zero-padded, channel-repeated) on ``device``."""
     batch = load_embedded_batch(0)
-    x = F.pad(batch.images, (2, 2, 2, 2)).repeat(1, 3, 1, 1).contiguous()  # 128 x 3 x 32 x 32
-    y = batch.labels
+    x = F.pad(batch.images, (2, 2, 2, 2)).repeat(1, 3, 1, 1).contiguous()
+    return x.to(device), batch.labels.to(device)
+
+
+def speed(args: argparse.Namespace) -> None:
+    x, y = _speed_batch(args.device)
     gs = sample_genotypes("wrn_40_2", "800k", args.speed_candidates, seed=123)
-    exact, fast = mode_config("exact"), mode_config("fast")
+    exact, fast = mode_config("exact", device=args.device), mode_config("fast", device=args.device)
     methods = {
         "reference-style": lambda g, s: reference_style_score(g, x, y, s, 10, 3),
         "exact": lambda g, s: score_genotype(g, x, y, s, exact, 10, 3),
@@ -72,8 +87,10 @@ def speed(args: argparse.Namespace) -> None:
     for r in range(args.repeats):
         for i, g in enumerate(gs):
             for name, f in methods.items():
+                _sync(args.device)
                 t0 = time.perf_counter()
                 v = f(g, candidate_seed(0, i))
+                _sync(args.device)
                 times[name].append(time.perf_counter() - t0)
                 if r == 0:
                     values[name].append(v)
@@ -85,6 +102,25 @@ def speed(args: argparse.Namespace) -> None:
         print(f"{name:<16} {med:>21.3f} {base / med:>11.2f}x {med * 1000 / 60:>13.1f} min")
     rel = max(abs(a - b) / abs(a) for a, b in zip(values["reference-style"], values["exact"]))
     print(f"exact vs reference-style values: max relative difference {rel:.2e}")
+
+
+def search(args: argparse.Namespace) -> None:
+    """Wall time of scoring ``--search-candidates`` candidates with score_candidates, per mode."""
+    x, y = _speed_batch(args.device)
+    n = args.search_candidates
+    gs = sample_genotypes("wrn_40_2", "800k", n, seed=7)
+    jobs = [(i, g.to_string(), g.num_params(10, 3), g.macs(10, 3), candidate_seed(7, i)) for i, g in enumerate(gs)]
+    print(f"search: {n} wrn_40_2 candidates @ 800K params, batch 128 x 3x32x32, on {args.device}")
+    for mode in ("fast", "exact"):
+        cfg = mode_config(mode, device=args.device)
+        score_candidates(jobs[:3], x, y, cfg, 10, 3)  # warm-up (cuDNN autotuning, allocator)
+        _sync(args.device)
+        t0 = time.perf_counter()
+        scored = score_candidates(jobs, x, y, cfg, 10, 3)
+        _sync(args.device)
+        wall = time.perf_counter() - t0
+        best = max(scored, key=lambda c: c.score)
+        print(f"{mode:<6} {wall:7.1f} s for {n} candidates ({wall / n:.4f} s/candidate), winner #{best.index}")
 
 
 def agreement(args: argparse.Namespace) -> None:
@@ -124,13 +160,18 @@ def main() -> None:
     ap.add_argument("--agreement-seeds", type=int, default=10)
     ap.add_argument("--agreement-candidates", type=int, default=100)
     ap.add_argument("--agreement-budget", default="800k")
+    ap.add_argument("--search-candidates", type=int, default=0, help="also time a search of N candidates")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (agreement always runs on the CPU)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads {torch.get_num_threads()}")
+    hw = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
+    print(f"torch {torch.__version__}, {hw}, threads {torch.get_num_threads()}")
     if args.speed_candidates:
         speed(args)
+    if args.search_candidates:
+        search(args)
     if args.agreement_seeds:
         agreement(args)
 

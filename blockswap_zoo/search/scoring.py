@@ -2,13 +2,14 @@
 
 Two modes. ``exact``: fp32, NCHW, the whole minibatch: the values of the definition. ``fast``: bf16 autocast on
 a sub-batch of the same minibatch; chosen by measurement (``benchmarks/search_speed.py``
-reports its speed and how often its winner is in exact mode's top 5). Both build the network
-directly on the target device with parameters that need no gradient, so the only backward
-work is between the loss and the probes.
+reports its speed and how often its winner is in exact mode's top 5). Both initialise the network on
+the CPU (the same weights on every device), with parameters that need no gradient, so the only
+backward work is between the loss and the probes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
@@ -20,6 +21,7 @@ import torch
 
 from ..genotype import Genotype
 from ..models import build_model
+from ..numerics import strict_fp32
 from .proxies import fisher_potential, get_proxy
 
 __all__ = ["MODES", "Candidate", "ScoreConfig", "candidate_seed", "score_candidates", "score_genotype"]
@@ -130,14 +132,15 @@ def score_genotype(
     if not prepared:
         images, labels = _prepare(images, labels, cfg)
     torch.manual_seed(seed)
-    with torch.device(cfg.device):
-        model = build_model(genotype, num_classes=num_classes, in_chans=in_chans)
-    model.requires_grad_(False)
-    if cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if cfg.proxy == "fisher":
-        return fisher_potential(model, images, labels, autocast_dtype=cfg.autocast_dtype)
-    return get_proxy(cfg.proxy)(model, images, labels)
+    # Initialised on the CPU, whatever the device: CPU and CUDA generators draw different numbers
+    # from one seed, and a search must pick the same winner on every device.
+    model = build_model(genotype, num_classes=num_classes, in_chans=in_chans).requires_grad_(False)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model = model.to(cfg.device, memory_format=fmt)
+    with strict_fp32() if cfg.autocast is None else contextlib.nullcontext():  # no TF32 in fp32 modes
+        if cfg.proxy == "fisher":
+            return fisher_potential(model, images, labels, autocast_dtype=cfg.autocast_dtype)
+        return get_proxy(cfg.proxy)(model, images, labels)
 
 
 def _auto_threads(device: str, current: int) -> int:
