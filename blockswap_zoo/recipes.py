@@ -185,14 +185,14 @@ def _build(cls: type, data: Any, where: str) -> Any:
 
 
 def _validate(r: Recipe) -> None:
-    from .registry import get_arch
+    from .registry import resolve_genotype
 
     if "." not in r.name:
         raise RecipeError("name: must be 'arch.tag' (the checkpoint it produces), e.g. wrn_16_2_bs100k.fmnist_at")
     if (r.student.genotype is None) == (r.student.search is None):
         raise RecipeError("student: give exactly one of 'genotype' or 'search'")
     if r.teacher is not None:
-        get_arch(r.teacher.arch)
+        resolve_genotype(r.teacher.arch)  # a registered arch or a plain backbone (wrn_10_1: all-S)
         if (r.teacher.pretrained is None) == (r.teacher.train is None):
             raise RecipeError("teacher: give exactly one of 'pretrained' (a zoo checkpoint) or 'train'")
     if r.distill is not None and r.teacher is None:

@@ -15,7 +15,15 @@ from typing import Any
 from .genotype import Genotype, GenotypeError
 from .models import SwapNet, build_model
 
-__all__ = ["Arch", "UnknownModelError", "create_model", "get_arch", "list_models", "register_arch"]
+__all__ = [
+    "Arch",
+    "UnknownModelError",
+    "create_model",
+    "get_arch",
+    "list_models",
+    "register_arch",
+    "resolve_genotype",
+]
 
 
 class UnknownModelError(ValueError):
@@ -144,7 +152,23 @@ def _register_defaults() -> None:
         register_arch(Arch(name, g, f"BlockSwap student of ResNet-34, {desc}", 1000, input_size=imagenet))
 
 
+def _register_published() -> None:
+    """Register the arch of every published record that is not a built-in one (searched students).
+
+    A searched student's genotype is only known once its recipe has run, so its arch lives in
+    the record (``pretrained.json``) rather than in this file.
+    """
+    from .pretrained import load_records
+
+    for w in load_records().values():
+        if w.arch not in _ARCHS:
+            description = str(w.extra.get("description") or f"BlockSwap student published as {w.name}")
+            genotype = Genotype.from_string(w.genotype)
+            register_arch(Arch(w.arch, genotype, description, w.num_classes, w.in_chans, tuple(w.input_size)))
+
+
 _register_defaults()
+_register_published()
 
 
 def list_models(pattern: str | Iterable[str] = "*", exclude: str | Iterable[str] = ()) -> list[str]:
@@ -172,6 +196,22 @@ def get_arch(name: str) -> Arch:
             f"{len(_ARCHS)} names, or pass a Genotype"
         )
     return _ARCHS[arch]
+
+
+def resolve_genotype(text: str) -> Genotype:
+    """A registered arch, a plain backbone (``wrn_10_1``: all-S), a genotype JSON file, or genotype text."""
+    if text.endswith(".json") and Path(text).is_file():
+        return Genotype.load(text)
+    if ":" in text or text.lstrip().startswith("{"):
+        return Genotype.parse(text)
+    try:
+        return get_arch(text).genotype
+    except UnknownModelError:
+        try:
+            return Genotype.uniform(text)
+        except ValueError:
+            pass
+        raise
 
 
 def create_model(

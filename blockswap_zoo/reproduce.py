@@ -21,7 +21,7 @@ from .genotype import Genotype
 from .io import atomic_write_text
 from .recipes import OptimSpec, Recipe
 
-__all__ = ["ReproduceResult", "plan", "reproduce", "student_genotype_of"]
+__all__ = ["ReproduceResult", "plan", "reproduce", "stage_seconds", "student_genotype_of", "training_summary"]
 
 
 @dataclass(frozen=True)
@@ -34,15 +34,10 @@ class ReproduceResult:
 
 
 def student_genotype_of(recipe: Recipe) -> Genotype | None:
-    """The fixed student genotype (a registered arch or genotype text); None when it is searched."""
-    from .registry import get_arch
+    """The fixed student genotype (a registered arch, backbone or genotype text); None when it is searched."""
+    from .registry import resolve_genotype
 
-    text = recipe.student.genotype
-    if text is None:
-        return None
-    if ":" in text or text.lstrip().startswith("{"):
-        return Genotype.parse(text)
-    return get_arch(text).genotype
+    return None if recipe.student.genotype is None else resolve_genotype(recipe.student.genotype)
 
 
 def _train_kwargs(spec: OptimSpec) -> dict[str, Any]:
@@ -82,9 +77,9 @@ def plan(recipe: Recipe) -> dict[str, Any]:
 
     teacher_g = None
     if recipe.teacher is not None:
-        from .registry import get_arch
+        from .registry import resolve_genotype
 
-        teacher_g = get_arch(recipe.teacher.arch).genotype
+        teacher_g = resolve_genotype(recipe.teacher.arch)
         if recipe.teacher.train is not None:
             out["teacher"] = {"arch": recipe.teacher.arch, "train": stage(teacher_g, recipe.teacher.train)}
         else:
@@ -103,6 +98,41 @@ def plan(recipe: Recipe) -> dict[str, Any]:
     out["total_train_macs"] = total
     out["expected"] = None if recipe.expected is None else vars(recipe.expected)
     return out
+
+
+def stage_seconds(run_dir: Path) -> dict[str, float]:
+    """Seconds each stage of a run spent training or scoring, summed over resumed sessions.
+
+    Read from the stages' own records (per-epoch ``epoch_time_s``, per-candidate ``seconds``), so
+    an interrupted and resumed run reports its whole cost, not the last session's; evaluation
+    passes are not included.
+    """
+
+    def total(path: Path, key: str) -> float:
+        if not path.is_file():
+            return 0.0
+        return sum(float(json.loads(line).get(key, 0.0)) for line in path.read_text().splitlines() if line.strip())
+
+    return {
+        "teacher": total(run_dir / "teacher" / "metrics.jsonl", "epoch_time_s"),
+        "search": total(run_dir / "search" / "candidates.jsonl", "seconds"),
+        "student": total(run_dir / "student" / "metrics.jsonl", "epoch_time_s"),
+    }
+
+
+def training_summary(recipe: Recipe, run_dir: Path, device: str, max_steps: int | None = None) -> str:
+    """One line for the model card: the schedule, and each stage's measured cost on ``device``."""
+    secs = stage_seconds(run_dir)
+    teacher = "none"
+    if recipe.teacher is not None:
+        teacher = recipe.teacher.arch + (f" {recipe.teacher.train.epochs} epochs" if recipe.teacher.train else "")
+    cost = ", ".join(f"{name} {secs[name] / 60:.1f} min" for name in ("teacher", "search", "student") if secs[name])
+    return (
+        f"{'SMOKE RUN (--max-steps ' + str(max_steps) + ') ' if max_steps is not None else ''}"
+        f"recipe {Path(recipe.source).name}: teacher {teacher}, student {recipe.train.epochs} epochs, "
+        f"{recipe.train.schedule} lr {recipe.train.lr}, batch {recipe.train.batch_size}; measured on {device}: "
+        f"{cost} ({sum(secs.values()) / 60:.1f} min in all, evaluation not counted)"
+    )
 
 
 def _environment() -> dict[str, Any]:
@@ -219,13 +249,7 @@ def reproduce(
     env = _environment()
     ckpt_dir = run_dir / "checkpoint"
     smoke = max_steps is not None
-    training = (
-        f"{'SMOKE RUN (--max-steps ' + str(max_steps) + ') ' if smoke else ''}recipe {Path(recipe.source).name}: "
-        f"teacher {recipe.teacher.arch if recipe.teacher else 'none'}"
-        f"{' ' + str(recipe.teacher.train.epochs) + ' epochs' if recipe.teacher and recipe.teacher.train else ''}, "
-        f"student {recipe.train.epochs} epochs, {recipe.train.schedule} lr {recipe.train.lr}, batch "
-        f"{recipe.train.batch_size}; {wall / 60:.1f} min end to end on {env['device']}, {env['cpu_threads']} threads"
-    )
+    training = training_summary(recipe, run_dir, str(env["device"]), max_steps)
     eval_command = f"blockswap-zoo evaluate {recipe.name} --dataset {recipe.dataset.name}"
     from .data import get_dataset_info
 

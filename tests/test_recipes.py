@@ -9,7 +9,7 @@ import yaml
 from blockswap_zoo.recipes import RecipeError, list_recipes, load_recipe, parse_recipe
 from blockswap_zoo.reproduce import plan, reproduce, student_genotype_of
 
-OFFICIAL = Path(__file__).resolve().parents[1] / "recipes" / "wrn_40_1_bs150k.fmnist_at.yaml"
+OFFICIAL = Path(__file__).resolve().parents[1] / "recipes" / "wrn_40_2_bs400k.fmnist_at.yaml"
 
 
 @pytest.mark.parametrize("path", list_recipes(), ids=lambda p: p.stem)
@@ -55,7 +55,7 @@ def test_recipes_never_run_code(tmp_path: Path) -> None:
 
 
 def test_unknown_recipe_lists_shipped_ones() -> None:
-    with pytest.raises(RecipeError, match="wrn_40_1_bs150k.fmnist_at"):
+    with pytest.raises(RecipeError, match="wrn_40_2_bs400k.fmnist_at"):
         load_recipe("no_such_recipe")
 
 
@@ -81,3 +81,13 @@ def test_reproduce_smoke_end_to_end_on_fashion_mnist(tmp_path: Path) -> None:
     assert reproduce(r, tmp_path / "run", resume=True, max_steps=2, device="cpu").metrics == result.metrics
     with pytest.raises(FileExistsError, match="--resume"):
         reproduce(r, tmp_path / "run", max_steps=2, device="cpu")
+
+
+def test_teacher_may_be_a_plain_backbone() -> None:
+    d = _official()
+    d["teacher"]["arch"] = "wrn_10_1"  # not a registered arch: the all-S backbone
+    r = parse_recipe(yaml.safe_dump(d), "backbone.yaml")
+    assert plan(r)["teacher"]["train"]["genotype"] == "wrn_10_1:v1:S;S;S"
+    d["teacher"]["arch"] = "wrn_10_9x"
+    with pytest.raises(RecipeError, match="backbone.yaml"):
+        parse_recipe(yaml.safe_dump(d), "backbone.yaml")

@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data import DatasetInfo, DeviceLoader, get_dataset_info, image_folder, load_arrays
-from ..genotype import Genotype
 from ..io import atomic_write_text
 from ..models import build_model
+from ..registry import resolve_genotype
 from . import distributed as D
 from .artifacts import CHECKPOINT, load_model, model_config, write_curves, write_final, write_metrics
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
@@ -47,24 +47,6 @@ class TrainResult:
     metrics: dict[str, Any]
     history: list[dict[str, Any]] = field(default_factory=list)
     model: nn.Module | None = None
-
-
-def resolve_genotype(arch: str) -> Genotype:
-    """A registered arch, a plain backbone (``wrn_10_1``: all-S), a genotype JSON file or string."""
-    from ..registry import UnknownModelError, get_arch
-
-    if arch.endswith(".json") and Path(arch).is_file():
-        return Genotype.load(arch)
-    if ":" in arch or arch.lstrip().startswith("{"):
-        return Genotype.parse(arch)
-    try:
-        return get_arch(arch).genotype
-    except UnknownModelError:
-        try:
-            return Genotype.uniform(arch)
-        except ValueError:
-            pass
-        raise
 
 
 def build_student(config: TrainConfig, info: DatasetInfo) -> nn.Module:

@@ -1,0 +1,45 @@
+"""The published checkpoints: each loads sha256-verified by name and reproduces its recorded
+test accuracy on the real Fashion-MNIST test set (the README and model cards quote these records)."""
+
+import pytest
+import torch
+
+from blockswap_zoo import create_model
+from blockswap_zoo.pretrained import list_pretrained, load_records
+from blockswap_zoo.registry import get_arch
+from blockswap_zoo.train import evaluate
+
+PUBLISHED = list_pretrained()
+
+
+def test_there_is_a_published_checkpoint() -> None:
+    assert PUBLISHED, "no published checkpoint: blockswap_zoo/pretrained.json is empty"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_recorded_accuracy_reproduces(name: str) -> None:
+    w = load_records()[name]
+    got = evaluate(create_model(name, pretrained=True), w.dataset)
+    assert got["n"] == 10_000
+    assert abs(got["top1"] - w.metrics["top1"]) <= 0.05, (got, w.metrics)
+    assert abs(got["top5"] - w.metrics["top5"]) <= 0.05, (got, w.metrics)
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_record_matches_the_built_model(name: str) -> None:
+    w = load_records()[name]
+    model = create_model(name, pretrained=True)
+    assert sum(p.numel() for p in model.parameters()) == w.params == get_arch(w.arch).params
+    assert model.genotype.to_string() == w.genotype and model.in_chans == w.in_chans
+    assert model.genotype.macs(w.num_classes, w.in_chans, w.input_size[1:]) == w.macs
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_new_classifier_keeps_every_other_weight(name: str) -> None:
+    w = load_records()[name]
+    base = create_model(name, pretrained=True).eval()
+    tuned = create_model(name, pretrained=True, num_classes=3).eval()
+    x = torch.randn(2, *w.input_size)
+    assert tuned.get_classifier().out_features == 3
+    torch.testing.assert_close(tuned.forward_features(x), base.forward_features(x), rtol=0, atol=0)
