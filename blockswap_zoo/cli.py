@@ -229,11 +229,12 @@ def docs(
 
 
 # Training commands live in blockswap_zoo.train.command (heavy imports happen inside them).
-from .train.command import distill_cmd, evaluate_cmd, train_teacher_cmd  # noqa: E402
+from .train.command import distill_cmd, evaluate_cmd, finetune_cmd, train_teacher_cmd  # noqa: E402
 
 app.command("train-teacher")(train_teacher_cmd)
 app.command("distill")(distill_cmd)
 app.command("evaluate")(evaluate_cmd)
+app.command("finetune")(finetune_cmd)
 
 # The search command lives in blockswap_zoo.search.command (it calls run_search).
 from .search.command import search as search_cmd  # noqa: E402

@@ -12,7 +12,7 @@ from typing import Any
 
 import typer
 
-__all__ = ["distill_cmd", "evaluate_cmd", "train_teacher_cmd"]
+__all__ = ["distill_cmd", "evaluate_cmd", "finetune_cmd", "train_teacher_cmd"]
 
 _OPT = {
     "config": typer.Option(None, "--config", help="YAML settings file (safe_load; unknown keys are errors)."),
@@ -42,24 +42,38 @@ _OPT = {
 }
 
 
-def _run(command: str, overrides: dict[str, Any], config: Path | None, out: Path | None, resume: bool, force: bool):
+def _run(
+    command: str,
+    overrides: dict[str, Any],
+    config: Path | None,
+    out: Path | None,
+    resume: bool,
+    force: bool,
+    source: str | None = None,
+):
     from ..cli import err_console, fail
     from ..data import DatasetError, DatasetNotFoundError
     from ..genotype import GenotypeError
+    from ..hub import WeightsError
     from .config import ConfigError, load_config_file, resolve_config
     from .engine import RunDirError, train
+    from .finetune import FINETUNE_DEFAULTS, finetune
 
     run_dir = out
     try:
-        defaults: dict[str, Any] = {}
+        defaults: dict[str, Any] = dict(FINETUNE_DEFAULTS) if source is not None else {}
         if resume and out is not None and (out / "config.yaml").is_file() and config is None:
             defaults = load_config_file(out / "config.yaml")  # a resumed run keeps its settings
         cfg = resolve_config(config, overrides, defaults)
         if command == "distill" and not cfg.teacher:
             fail("distill needs --teacher (a run directory or checkpoint of the teacher)")
-        run_dir = out if out is not None else Path("runs") / f"{cfg.arch}_{cfg.dataset}".replace("/", "_")
-        result = train(cfg, out_dir=run_dir, resume=resume, force=force)
-    except (ConfigError, DatasetError, DatasetNotFoundError, RunDirError, GenotypeError) as e:
+        name = source.replace(":", "_") if source is not None else cfg.arch
+        run_dir = out if out is not None else Path("runs") / f"{name}_{cfg.dataset}".replace("/", "_")
+        if source is not None:
+            result = finetune(source, cfg, out_dir=run_dir, resume=resume, force=force)
+        else:
+            result = train(cfg, out_dir=run_dir, resume=resume, force=force)
+    except (ConfigError, DatasetError, DatasetNotFoundError, RunDirError, GenotypeError, WeightsError) as e:
         fail(str(e))
     except (FileNotFoundError, ValueError) as e:
         fail(f"{type(e).__name__}: {e}")
@@ -138,11 +152,45 @@ def distill_cmd(
     _run("distill", overrides, config, out, resume, force)
 
 
+def finetune_cmd(
+    model: str = typer.Argument(
+        ..., help="Published name (arch.tag), local-dir:PATH, hf-hub:ORG/NAME[@REV], or a run directory."
+    ),
+    config: Path = _OPT["config"],
+    dataset: str = _OPT["dataset"],
+    data_dir: str = _OPT["data_dir"],
+    epochs: int = typer.Option(None, help="Epochs (default 10)."),
+    batch_size: int = _OPT["batch_size"],
+    lr: float = typer.Option(None, help="Learning rate (default 0.01)."),
+    weight_decay: float = _OPT["weight_decay"],
+    schedule: str = _OPT["schedule"],
+    warmup_epochs: float = _OPT["warmup_epochs"],
+    label_smoothing: float = _OPT["label_smoothing"],
+    out: Path = _OPT["out"],
+    resume: bool = _OPT["resume"],
+    force: bool = _OPT["force"],
+    device: str = _OPT["device"],
+    seed: int = _OPT["seed"],
+    max_steps: int = _OPT["max_steps"],
+    subset: int = _OPT["subset"],
+    eval_subset: int = _OPT["eval_subset"],
+    amp: str = _OPT["amp"],
+    progress: bool = _OPT["progress"],
+) -> None:
+    """Fine-tune a trained model on a dataset: its weights, a new classifier for the dataset's classes."""
+    if dataset is None and config is None:
+        from ..cli import fail
+
+        fail("finetune needs --dataset (or a --config that names one)")
+    overrides = {k: v for k, v in locals().items() if k not in ("model", "config", "out", "resume", "force")}
+    _run("finetune", overrides, config, out, resume, force, source=model)
+
+
 def evaluate_cmd(
     model: str = typer.Argument(..., help="Run directory, checkpoint.pt, or model name."),
     dataset: str = typer.Option(None, help="Dataset (default: the run's)."),
     data_dir: str = _OPT["data_dir"],
-    batch_size: int = typer.Option(512, help="Evaluation batch size."),
+    batch_size: int = typer.Option(128, help="Evaluation batch size."),
     device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
     subset: int = typer.Option(None, help="Only the first N test images."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
