@@ -17,7 +17,8 @@ in fast mode with the same init seeds; we count the seeds on which fast mode's w
 among exact mode's top 5.
 
 Search (``--search-candidates N``): the wall time of scoring N such candidates end to end with
-``score_candidates`` (what ``blockswap-zoo search`` runs), in fast and exact mode, after a warm-up.
+``score_candidates`` (what ``blockswap-zoo search`` runs), for each ``--search-runs`` entry
+(mode and worker processes, e.g. ``fast:8``), including the start of the workers.
 """
 
 from __future__ import annotations
@@ -38,9 +39,8 @@ from blockswap_zoo.search.scoring import candidate_seed, mode_config, score_cand
 
 def reference_style_score(genotype, images, labels, seed, num_classes, in_chans) -> float:  # noqa: ANN001
     """Fisher potential as the paper's code computes it: hooks + loss.backward() with weight gradients, NCHW fp32."""
-    torch.manual_seed(seed)
-    with torch.device(images.device):
-        model = build_model(genotype, num_classes=num_classes, in_chans=in_chans)
+    torch.manual_seed(seed)  # initialised on the CPU, as the search does, then moved
+    model = build_model(genotype, num_classes=num_classes, in_chans=in_chans).to(images.device)
     model.train()
     acts, grads = {}, {}
     hooks = []
@@ -111,16 +111,21 @@ def search(args: argparse.Namespace) -> None:
     gs = sample_genotypes("wrn_40_2", "800k", n, seed=7)
     jobs = [(i, g.to_string(), g.num_params(10, 3), g.macs(10, 3), candidate_seed(7, i)) for i, g in enumerate(gs)]
     print(f"search: {n} wrn_40_2 candidates @ 800K params, batch 128 x 3x32x32, on {args.device}")
-    for mode in ("fast", "exact"):
+    for spec in args.search_runs.split(","):
+        mode, workers = spec.split(":") if ":" in spec else (spec, "1")
         cfg = mode_config(mode, device=args.device)
-        score_candidates(jobs[:3], x, y, cfg, 10, 3)  # warm-up (cuDNN autotuning, allocator)
+        if int(workers) == 1:
+            score_candidates(jobs[:3], x, y, cfg, 10, 3)  # warm-up (cuDNN autotuning, allocator)
         _sync(args.device)
-        t0 = time.perf_counter()
-        scored = score_candidates(jobs, x, y, cfg, 10, 3)
+        t0 = time.perf_counter()  # with workers, the time includes starting them
+        scored = score_candidates(jobs, x, y, cfg, 10, 3, workers=int(workers))
         _sync(args.device)
         wall = time.perf_counter() - t0
         best = max(scored, key=lambda c: c.score)
-        print(f"{mode:<6} {wall:7.1f} s for {n} candidates ({wall / n:.4f} s/candidate), winner #{best.index}")
+        print(
+            f"{mode:<6} {workers:>2} worker(s) {wall:7.1f} s for {n} candidates ({wall / n:.4f} s/candidate), "
+            f"winner #{best.index}"
+        )
 
 
 def agreement(args: argparse.Namespace) -> None:
@@ -161,6 +166,7 @@ def main() -> None:
     ap.add_argument("--agreement-candidates", type=int, default=100)
     ap.add_argument("--agreement-budget", default="800k")
     ap.add_argument("--search-candidates", type=int, default=0, help="also time a search of N candidates")
+    ap.add_argument("--search-runs", default="fast,exact", help="MODE[:WORKERS],... timed by --search-candidates")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (agreement always runs on the CPU)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     args = ap.parse_args()

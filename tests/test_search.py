@@ -204,6 +204,12 @@ def test_same_seed_same_winner_and_report_round_trip(tmp_path: Path) -> None:
         assert abs(c.params - 20_000) <= 500 and a.settings.in_chans == 1  # the embedded batch: 1x28x28
 
 
+def test_worker_processes_give_the_same_scores() -> None:
+    one = run_search("wrn_10_1", "20k", threads=1, **SMALL)
+    two = run_search("wrn_10_1", "20k", workers=2, threads=1, **SMALL)
+    assert [c.score for c in two.candidates] == [c.score for c in one.candidates] and two.winner == one.winner
+
+
 def test_resume_after_interruption_and_refusals(tmp_path: Path) -> None:
     full = run_search("wrn_10_1", "20k", **SMALL)
     out = tmp_path / "r"

@@ -153,6 +153,16 @@ def _auto_threads(device: str, current: int) -> int:
 Job = tuple[int, str, int, int, int]  # index, compact genotype, params, macs, seed
 
 
+def _score_job(
+    job: Job, images: torch.Tensor, labels: torch.Tensor, cfg: ScoreConfig, num_classes: int, in_chans: int
+) -> Candidate:
+    """Score one job on an already prepared minibatch."""
+    index, text, params, macs, seed = job
+    t0 = time.perf_counter()
+    score = score_genotype(Genotype.from_string(text), images, labels, seed, cfg, num_classes, in_chans, True)
+    return Candidate(index, text, params, macs, seed, score, time.perf_counter() - t0)
+
+
 def _score_jobs(
     jobs: Sequence[Job], images: torch.Tensor, labels: torch.Tensor, cfg: ScoreConfig, num_classes: int, in_chans: int
 ) -> Iterator[Candidate]:
@@ -161,26 +171,27 @@ def _score_jobs(
     torch.set_num_threads(threads)
     try:
         images, labels = _prepare(images, labels, cfg)
-        for index, text, params, macs, seed in jobs:
-            t0 = time.perf_counter()
-            score = score_genotype(Genotype.from_string(text), images, labels, seed, cfg, num_classes, in_chans, True)
-            yield Candidate(index, text, params, macs, seed, score, time.perf_counter() - t0)
+        for job in jobs:
+            yield _score_job(job, images, labels, cfg, num_classes, in_chans)
     finally:
         torch.set_num_threads(previous)
 
 
 # ---------------------------------------------------------------- worker processes
+# CPU only. On one GPU, 8 processes scored 1000 candidates no faster than one process (65 s vs
+# about 60 s on an H200, benchmarks/search_speed.py --search-runs fast:8): they time-share the GPU.
 _WORKER: dict[str, object] = {}
 
 
 def _worker_init(images: torch.Tensor, labels: torch.Tensor, cfg: ScoreConfig, num_classes: int, in_chans: int) -> None:
     torch.set_num_threads(cfg.num_threads or 1)
+    images, labels = _prepare(images, labels, cfg)  # once per worker, not once per candidate
     _WORKER.update(images=images, labels=labels, cfg=cfg, num_classes=num_classes, in_chans=in_chans)
 
 
 def _worker_score(job: Job) -> Candidate:
     w = _WORKER
-    return next(_score_jobs([job], w["images"], w["labels"], w["cfg"], w["num_classes"], w["in_chans"]))  # type: ignore[arg-type]
+    return _score_job(job, w["images"], w["labels"], w["cfg"], w["num_classes"], w["in_chans"])  # type: ignore[arg-type]
 
 
 def score_candidates(
