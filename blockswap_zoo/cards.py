@@ -64,11 +64,16 @@ def model_card(name: str, cfg: dict[str, Any]) -> str:
     top5 = f"{m['top5']:.2f}%" if "top5" in m else "not measured"
     dataset = DATASET_TITLES.get(cfg.get("dataset", ""), cfg.get("dataset", "unknown"))
     teacher = cfg.get("teacher") or "none (trained from labels only)"
+    what = (
+        f"A teacher for BlockSwap distillation (Turner et al., ICLR 2020): `{g.backbone}` with standard blocks,"
+        if cfg.get("role") == "teacher"
+        else f"A BlockSwap student (Turner et al., ICLR 2020) of `{g.backbone}`,"
+    )
     rows = "\n".join(f"| {i} | {b} | {r} |" for i, (b, r) in enumerate(zip(g.blocks, g.to_reference(), strict=True)))
     return f"""{_front_matter(name, cfg)}
 # {name}
 
-A BlockSwap student (Turner et al., ICLR 2020) of `{g.backbone}`, from
+{what} from
 [blockswap-zoo](https://github.com/blockswap-zoo/blockswap-zoo): {cfg.get("description", "")}
 
 | | |

@@ -64,6 +64,7 @@ class TeacherSpec:
     arch: str
     pretrained: str | None = None
     train: OptimSpec | None = None
+    name: str | None = None  # arch.tag to publish the trained teacher as (e.g. wrn_40_2.fmnist)
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,15 @@ def _validate(r: Recipe) -> None:
         resolve_genotype(r.teacher.arch)  # a registered arch or a plain backbone (wrn_10_1: all-S)
         if (r.teacher.pretrained is None) == (r.teacher.train is None):
             raise RecipeError("teacher: give exactly one of 'pretrained' (a zoo checkpoint) or 'train'")
+        if r.teacher.name is not None:
+            if (
+                r.teacher.train is None
+                or r.teacher.name.partition(".")[0] != r.teacher.arch
+                or "." not in r.teacher.name
+            ):
+                raise RecipeError(
+                    f"teacher.name: {r.teacher.name!r} must be '{r.teacher.arch}.TAG' of a trained teacher"
+                )
     if r.distill is not None and r.teacher is None:
         raise RecipeError("distill: needs a teacher")
     for where, spec in (("train", r.train), ("teacher.train", r.teacher.train if r.teacher else None)):

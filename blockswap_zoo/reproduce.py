@@ -21,7 +21,7 @@ from .genotype import Genotype
 from .io import atomic_write_text
 from .recipes import OptimSpec, Recipe
 
-__all__ = ["ReproduceResult", "plan", "reproduce", "stage_seconds", "student_genotype_of", "training_summary"]
+__all__ = ["ReproduceResult", "plan", "reproduce", "stage_costs", "student_genotype_of", "training_summary"]
 
 
 @dataclass(frozen=True)
@@ -100,39 +100,69 @@ def plan(recipe: Recipe) -> dict[str, Any]:
     return out
 
 
-def stage_seconds(run_dir: Path) -> dict[str, float]:
-    """Seconds each stage of a run spent training or scoring, summed over resumed sessions.
+STAGES = ("teacher", "search", "student")
 
-    Read from the stages' own records (per-epoch ``epoch_time_s``, per-candidate ``seconds``), so
-    an interrupted and resumed run reports its whole cost, not the last session's; evaluation
-    passes are not included.
+
+def _jsonl_sum(path: Path, key: str) -> float:
+    if not path.is_file():
+        return 0.0
+    return sum(float(json.loads(line).get(key, 0.0)) for line in path.read_text().splitlines() if line.strip())
+
+
+def _json_field(path: Path, *keys: str) -> str | None:
+    """A nested field of a JSON file, or None when the file or a key is missing."""
+    if not path.is_file():
+        return None
+    value: Any = json.loads(path.read_text())
+    for key in keys:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return str(value)
+
+
+def stage_costs(run_dir: Path) -> dict[str, tuple[float, str | None]]:
+    """(seconds, hardware) of each stage of a run that did work, summed over resumed sessions.
+
+    Read from the stages' own records (per-epoch ``epoch_time_s``, per-candidate ``seconds``, and
+    the device each stage recorded), so a run interrupted on one machine and finished on another
+    reports its whole cost; evaluation passes are not included.
     """
+    search_env = run_dir / "search" / "environment.json"
+    costs = {
+        "teacher": (_jsonl_sum(run_dir / "teacher" / "metrics.jsonl", "epoch_time_s"),
+                    _json_field(run_dir / "teacher" / "config.json", "metrics", "device_name")),
+        "search": (_jsonl_sum(run_dir / "search" / "candidates.jsonl", "seconds"),
+                   _json_field(search_env, "gpu") or _json_field(search_env, "processor")),
+        "student": (_jsonl_sum(run_dir / "student" / "metrics.jsonl", "epoch_time_s"),
+                    _json_field(run_dir / "student" / "config.json", "metrics", "device_name")),
+    }  # fmt: skip
+    return {name: cost for name, cost in costs.items() if cost[0] > 0}
 
-    def total(path: Path, key: str) -> float:
-        if not path.is_file():
-            return 0.0
-        return sum(float(json.loads(line).get(key, 0.0)) for line in path.read_text().splitlines() if line.strip())
 
-    return {
-        "teacher": total(run_dir / "teacher" / "metrics.jsonl", "epoch_time_s"),
-        "search": total(run_dir / "search" / "candidates.jsonl", "seconds"),
-        "student": total(run_dir / "student" / "metrics.jsonl", "epoch_time_s"),
-    }
+def _schedule(spec: OptimSpec) -> str:
+    return f"{spec.epochs} epochs, {spec.schedule} lr {spec.lr}, batch {spec.batch_size}"
 
 
-def training_summary(recipe: Recipe, run_dir: Path, device: str, max_steps: int | None = None) -> str:
-    """One line for the model card: the schedule, and each stage's measured cost on ``device``."""
-    secs = stage_seconds(run_dir)
-    teacher = "none"
-    if recipe.teacher is not None:
-        teacher = recipe.teacher.arch + (f" {recipe.teacher.train.epochs} epochs" if recipe.teacher.train else "")
-    cost = ", ".join(f"{name} {secs[name] / 60:.1f} min" for name in ("teacher", "search", "student") if secs[name])
-    return (
-        f"{'SMOKE RUN (--max-steps ' + str(max_steps) + ') ' if max_steps is not None else ''}"
-        f"recipe {Path(recipe.source).name}: teacher {teacher}, student {recipe.train.epochs} epochs, "
-        f"{recipe.train.schedule} lr {recipe.train.lr}, batch {recipe.train.batch_size}; measured on {device}: "
-        f"{cost} ({sum(secs.values()) / 60:.1f} min in all, evaluation not counted)"
-    )
+def training_summary(
+    recipe: Recipe, run_dir: Path, device: str, max_steps: int | None = None, stages: tuple[str, ...] = STAGES
+) -> str:
+    """One line for a model card: the schedule, and each stage's measured cost and hardware.
+
+    ``device`` names the hardware of a stage that did not record its own.
+    """
+    costs = stage_costs(run_dir)
+    t = recipe.teacher
+    if stages == ("teacher",):
+        assert t is not None and t.train is not None
+        what = f"the teacher stage of recipe {Path(recipe.source).name}: {t.arch}, {_schedule(t.train)}"
+    else:
+        teacher = "none" if t is None else t.arch + (f" ({t.train.epochs} epochs)" if t.train else f" ({t.pretrained})")
+        what = f"recipe {Path(recipe.source).name}: teacher {teacher}, student {_schedule(recipe.train)}"
+    parts = [f"{name} {costs[name][0] / 60:.1f} min on {costs[name][1] or device}" for name in stages if name in costs]
+    total = sum(costs[name][0] for name in stages if name in costs)
+    smoke = f"SMOKE RUN (--max-steps {max_steps}) " if max_steps is not None else ""
+    return f"{smoke}{what}; measured: {', '.join(parts)} ({total / 60:.1f} min in all, evaluation not counted)"
 
 
 def _environment() -> dict[str, Any]:
@@ -195,6 +225,49 @@ def _search(recipe: Recipe, run_dir: Path, device: str, max_steps: int | None, r
     return result.winner
 
 
+def _write_checkpoint(
+    model: nn.Module,
+    ckpt_dir: Path,
+    recipe: Recipe,
+    *,
+    name: str,
+    role: str,
+    description: str,
+    teacher: str | None,
+    training: str,
+    stage_dir: Path,
+    smoke: bool = False,
+    wall: float | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``model`` (fp32, test split) and write its checkpoint directory: weights, config, recipe,
+    per-epoch metrics and model card. Returns the config written."""
+    from .cards import model_card
+    from .data import get_dataset_info
+    from .hub import save_checkpoint_dir
+    from .train import evaluate
+
+    metrics = evaluate(model.eval(), recipe.dataset.name, data_dir=recipe.dataset.data_dir)
+    info = get_dataset_info(recipe.dataset.name)
+    config = {
+        "name": name, "arch": name.partition(".")[0], "role": role, "description": description,
+        "dataset": info.name, "label_names": list(info.label_names), "input_size": list(info.input_size),
+        "mean": list(info.mean), "std": list(info.std), "metrics": {k: float(v) for k, v in metrics.items()},
+        "teacher": teacher, "recipe": f"recipes/{Path(recipe.source).name}", "recipe_sha256": recipe.sha256,
+        "license": recipe.license, "training": training,
+        "eval_command": f"blockswap-zoo evaluate {name} --dataset {recipe.dataset.name}",
+        "eval_transform": "normalise with the dataset mean/std, no augmentation", "environment": _environment(),
+        "smoke": smoke,
+    }  # fmt: skip
+    if wall is not None:
+        config["wall_seconds"] = round(wall, 1)
+    full = save_checkpoint_dir(model, ckpt_dir, config, overwrite=True)
+    atomic_write_text(ckpt_dir / "recipe.yaml", Path(recipe.source).read_text())
+    if (stage_dir / "metrics.jsonl").is_file():
+        shutil.copyfile(stage_dir / "metrics.jsonl", ckpt_dir / "metrics.jsonl")
+    atomic_write_text(ckpt_dir / "README.md", model_card(name, full))
+    return full
+
+
 def reproduce(
     recipe: Recipe,
     run_dir: str | Path,
@@ -203,10 +276,9 @@ def reproduce(
     max_steps: int | None = None,
     device: str = "auto",
 ) -> ReproduceResult:
-    """Run the whole recipe into ``run_dir``; the checkpoint lands in ``run_dir/checkpoint``."""
-    from .cards import model_card
-    from .hub import save_checkpoint_dir
-    from .train import TrainConfig, evaluate, train
+    """Run the whole recipe into ``run_dir``; the checkpoint lands in ``run_dir/checkpoint`` (and a
+    teacher the recipe names and trains in ``run_dir/teacher_checkpoint``)."""
+    from .train import TrainConfig, train
 
     run_dir = Path(run_dir)
     marker = run_dir / "recipe.yaml"
@@ -243,31 +315,25 @@ def reproduce(
                        resume=resume and student_dir.exists())  # fmt: skip
         student = result.model
     assert student is not None
-    metrics = evaluate(student.eval(), recipe.dataset.name, data_dir=recipe.dataset.data_dir)
-    metrics = {k: float(v) for k, v in metrics.items()}
-    wall = time.perf_counter() - started
-    env = _environment()
     ckpt_dir = run_dir / "checkpoint"
     smoke = max_steps is not None
-    training = training_summary(recipe, run_dir, str(env["device"]), max_steps)
-    eval_command = f"blockswap-zoo evaluate {recipe.name} --dataset {recipe.dataset.name}"
-    from .data import get_dataset_info
-
-    info = get_dataset_info(recipe.dataset.name)
-    config = {
-        "name": recipe.name, "arch": recipe.arch, "description": recipe.description, "dataset": info.name,
-        "label_names": list(info.label_names), "input_size": list(info.input_size), "mean": list(info.mean),
-        "std": list(info.std), "metrics": metrics, "teacher": recipe.teacher.pretrained or recipe.teacher.arch
-        if recipe.teacher else None, "recipe": f"recipes/{Path(recipe.source).name}", "recipe_sha256": recipe.sha256,
-        "license": recipe.license, "training": training, "eval_command": eval_command,
-        "eval_transform": "normalise with the dataset mean/std, no augmentation", "environment": env,
-        "wall_seconds": round(wall, 1), "smoke": smoke,
-    }  # fmt: skip
-    full = save_checkpoint_dir(student, ckpt_dir, config, overwrite=True)
-    shutil.copyfile(marker, ckpt_dir / "recipe.yaml")
-    if (student_dir / "metrics.jsonl").is_file():
-        shutil.copyfile(student_dir / "metrics.jsonl", ckpt_dir / "metrics.jsonl")
-    atomic_write_text(ckpt_dir / "README.md", model_card(recipe.name, full))
+    t = recipe.teacher
+    if teacher is not None and t is not None and t.name and t.train is not None:
+        teacher_ckpt = run_dir / "teacher_checkpoint"
+        if not (teacher_ckpt / "model.safetensors").is_file():  # evaluated and written once
+            _write_checkpoint(
+                teacher, teacher_ckpt, recipe, name=t.name, role="teacher", teacher=None,
+                description=f"{t.arch} teacher trained by the recipe {Path(recipe.source).name}",
+                training=training_summary(recipe, run_dir, str(_environment()["device"]), max_steps, ("teacher",)),
+                stage_dir=run_dir / "teacher", smoke=smoke,
+            )  # fmt: skip
+    full = _write_checkpoint(
+        student, ckpt_dir, recipe, name=recipe.name, role="student", description=recipe.description,
+        teacher=(t.pretrained or t.name or t.arch) if t is not None else None,
+        training=training_summary(recipe, run_dir, str(_environment()["device"]), max_steps),
+        stage_dir=run_dir / "student", smoke=smoke, wall=time.perf_counter() - started,
+    )  # fmt: skip
+    metrics = full["metrics"]
 
     passed: bool | None = None
     message = (

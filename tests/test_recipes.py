@@ -37,6 +37,7 @@ def _official() -> dict:
         (lambda d: d["student"].update(genotype="wrn_40_1"), "exactly one of 'genotype' or 'search'"),
         (lambda d: d["student"]["search"].update(budget="lots"), "student.search.budget"),
         (lambda d: d.update(name="nodot"), "must be 'arch.tag'"),
+        (lambda d: d["teacher"].update(name="wrn_16_1.fmnist"), "teacher.name"),
     ],
 )
 def test_bad_recipes_name_field_and_file(edit, fragment: str) -> None:
@@ -62,7 +63,7 @@ def test_unknown_recipe_lists_shipped_ones() -> None:
 def test_reproduce_smoke_end_to_end_on_fashion_mnist(tmp_path: Path) -> None:
     """Teacher training, a search, distillation, evaluation on the real test set, checkpoint and card."""
     d = _official()
-    d["teacher"]["arch"] = "wrn_16_1"
+    d["teacher"].update(arch="wrn_16_1", name="wrn_16_1.fmnist")
     d["student"]["search"].update(backbone="wrn_10_1", budget="40k", samples=4)
     src = tmp_path / "tiny.yaml"
     src.write_text(yaml.safe_dump(d))
@@ -77,6 +78,10 @@ def test_reproduce_smoke_end_to_end_on_fashion_mnist(tmp_path: Path) -> None:
 
     model = create_model(f"local-dir:{ckpt}")
     assert model.genotype.to_dict() == cfg["genotype"] and model.in_chans == 1
+    assert cfg["teacher"] == "wrn_16_1.fmnist" and "student 2 epochs" not in cfg["training"]
+    teacher_cfg = json.loads((tmp_path / "run" / "teacher_checkpoint" / "config.json").read_text())
+    assert teacher_cfg["name"] == "wrn_16_1.fmnist" and teacher_cfg["role"] == "teacher" and teacher_cfg["smoke"]
+    assert "A teacher for BlockSwap" in (tmp_path / "run" / "teacher_checkpoint" / "README.md").read_text()
     # a finished run resumes as a no-op and refuses to be clobbered without --force
     assert reproduce(r, tmp_path / "run", resume=True, max_steps=2, device="cpu").metrics == result.metrics
     with pytest.raises(FileExistsError, match="--resume"):
@@ -85,7 +90,7 @@ def test_reproduce_smoke_end_to_end_on_fashion_mnist(tmp_path: Path) -> None:
 
 def test_teacher_may_be_a_plain_backbone() -> None:
     d = _official()
-    d["teacher"]["arch"] = "wrn_10_1"  # not a registered arch: the all-S backbone
+    d["teacher"].update(arch="wrn_10_1", name="wrn_10_1.fmnist")  # not a registered arch: the all-S backbone
     r = parse_recipe(yaml.safe_dump(d), "backbone.yaml")
     assert plan(r)["teacher"]["train"]["genotype"] == "wrn_10_1:v1:S;S;S"
     d["teacher"]["arch"] = "wrn_10_9x"

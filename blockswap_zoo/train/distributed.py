@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "all_reduce_sum", "barrier", "cleanup", "resolve_device", "setup"]
+__all__ = ["DistInfo", "all_reduce_sum", "barrier", "cleanup", "device_name", "resolve_device", "setup"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,15 @@ class DistInfo:
     @property
     def enabled(self) -> bool:
         return self.world_size > 1
+
+
+def device_name(device: torch.device) -> str:
+    """The hardware behind ``device`` in words: the GPU's name, or the CPU's."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"CPU ({platform.processor() or platform.machine()})"
 
 
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:

@@ -424,6 +424,7 @@ def _train(
         "train_images": n_train,
         "wall_time_s": time.perf_counter() - run_start,
         "device": str(dev),
+        "device_name": D.device_name(dev),
         "world_size": dist.world_size,
     }
     if history:
