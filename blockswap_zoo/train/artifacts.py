@@ -40,20 +40,11 @@ def model_config(model: nn.Module, info: Any, extra: dict[str, Any] | None = Non
     }
 
 
-def state_dict_for_saving(model: nn.Module) -> dict[str, torch.Tensor]:
-    """CPU, contiguous (NCHW) copies of every tensor in the state dict."""
-    return {
-        k: v.detach().to("cpu").contiguous(memory_format=torch.contiguous_format) for k, v in model.state_dict().items()
-    }
-
-
 def write_final(out_dir: str | Path, model: nn.Module, config: dict[str, Any]) -> None:
-    """Write ``model.safetensors`` and ``config.json`` atomically."""
-    from safetensors.torch import save
+    """Write ``model.safetensors`` and ``config.json`` atomically, with the weights' sha256 (a checkpoint dir)."""
+    from ..hub import save_checkpoint_dir
 
-    out = Path(out_dir)
-    atomic_write_bytes(out / "model.safetensors", save(state_dict_for_saving(model), metadata={"format": "pt"}))
-    atomic_write_text(out / "config.json", json.dumps(config, indent=2) + "\n")
+    save_checkpoint_dir(model, out_dir, config, overwrite=True)
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:
@@ -72,16 +63,15 @@ def _build(cfg: dict[str, Any]) -> nn.Module:
 
 
 def load_run(run_dir: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a finished run's model from ``config.json`` and load ``model.safetensors`` strictly."""
-    from safetensors.torch import load_file
+    """Rebuild a finished run's model from ``config.json`` and its sha256-verified ``model.safetensors``."""
+    from ..hub import load_checkpoint_dir
 
-    cfg = read_run_config(run_dir)
-    weights = Path(run_dir) / "model.safetensors"
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights} not found: the run in {run_dir} has not finished")
-    model = _build(cfg)
-    model.load_state_dict(load_file(str(weights), device=str(map_location)), strict=True)
-    return model
+    read_run_config(run_dir)
+    if not (Path(run_dir) / "model.safetensors").is_file():
+        raise FileNotFoundError(
+            f"{Path(run_dir) / 'model.safetensors'} not found: the run in {run_dir} has not finished"
+        )
+    return load_checkpoint_dir(run_dir).to(map_location)
 
 
 def load_model(spec: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
