@@ -44,3 +44,17 @@ def test_new_classifier_keeps_every_other_weight(name: str) -> None:
     x = torch.randn(2, *w.input_size)
     assert tuned.get_classifier().out_features == 3
     torch.testing.assert_close(tuned.forward_features(x), base.forward_features(x), rtol=0, atol=0)
+
+
+def test_cli_evaluate_knows_the_published_dataset() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from blockswap_zoo.cli import app
+
+    name = PUBLISHED[0]
+    r = CliRunner().invoke(app, ["evaluate", name, "--subset", "256", "--device", "cpu", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.output)
+    assert out["dataset"] == load_records()[name].dataset and out["n"] == 256

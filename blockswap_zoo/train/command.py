@@ -188,7 +188,7 @@ def finetune_cmd(
 
 def evaluate_cmd(
     model: str = typer.Argument(..., help="Run directory, checkpoint.pt, or model name."),
-    dataset: str = typer.Option(None, help="Dataset (default: the run's)."),
+    dataset: str = typer.Option(None, help="Dataset (default: the run's, or the published checkpoint's)."),
     data_dir: str = _OPT["data_dir"],
     batch_size: int = typer.Option(128, help="Evaluation batch size."),
     device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
@@ -203,11 +203,16 @@ def evaluate_cmd(
 
     try:
         if dataset is None:
+            from ..pretrained import load_records
+
             p = Path(model)
             run_dir = p if p.is_dir() else p.parent
-            if not (run_dir / "config.json").is_file():
+            if model in load_records():
+                dataset = load_records()[model].dataset  # a published checkpoint names its dataset
+            elif (run_dir / "config.json").is_file():
+                dataset = read_run_config(run_dir)["dataset"]
+            else:
                 fail(f"--dataset is required for {model!r} (no config.json beside it names the dataset)")
-            dataset = read_run_config(run_dir)["dataset"]
         r = evaluate(model, dataset, data_dir=data_dir, batch_size=batch_size, device=device, subset=subset)
     except (DatasetError, DatasetNotFoundError, FileNotFoundError, ValueError) as e:
         fail(str(e))
