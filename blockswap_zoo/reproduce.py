@@ -133,7 +133,7 @@ def stage_costs(run_dir: Path) -> dict[str, tuple[float, str | None]]:
         "teacher": (_jsonl_sum(run_dir / "teacher" / "metrics.jsonl", "epoch_time_s"),
                     _json_field(run_dir / "teacher" / "config.json", "metrics", "device_name")),
         "search": (_jsonl_sum(run_dir / "search" / "candidates.jsonl", "seconds"),
-                   _json_field(search_env, "gpu") or _json_field(search_env, "processor")),
+                   _json_field(search_env, "gpu") or f"CPU ({_json_field(search_env, 'processor')})"),
         "student": (_jsonl_sum(run_dir / "student" / "metrics.jsonl", "epoch_time_s"),
                     _json_field(run_dir / "student" / "config.json", "metrics", "device_name")),
     }  # fmt: skip
@@ -167,12 +167,9 @@ def training_summary(
 
 def _environment() -> dict[str, Any]:
     from . import __version__
+    from .train.distributed import device_name, resolve_device
 
-    dev = (
-        torch.cuda.get_device_name(0)
-        if torch.cuda.is_available()
-        else f"CPU ({platform.processor() or platform.machine()})"
-    )
+    dev = device_name(resolve_device("auto"))
     return {
         "package_version": __version__, "torch": torch.__version__, "python": platform.python_version(),
         "device": dev, "cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
