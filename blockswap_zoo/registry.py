@@ -216,7 +216,7 @@ def resolve_genotype(text: str) -> Genotype:
 
 def create_model(
     name_or_genotype: str | Genotype,
-    pretrained: bool = False,
+    pretrained: bool | str = False,
     num_classes: int | None = None,
     in_chans: int | None = None,
     **kwargs: Any,
@@ -225,7 +225,8 @@ def create_model(
 
     - ``"wrn_40_2_bs811k"``: the arch, randomly initialised (``num_classes`` / ``in_chans``
       default to the arch's);
-    - ``"arch.tag"`` or ``pretrained=True``: published weights, sha256-verified; a different
+    - ``"arch.tag"``, ``pretrained=True`` (the arch's first published tag) or ``pretrained="tag"``:
+      published weights, sha256-verified; a different
       ``num_classes`` replaces only the classifier (fine-tuning);
     - ``"local-dir:<path>"``: any checkpoint directory; ``"hf-hub:ORG/NAME[@REV]"``: one on the Hub;
     - a Genotype, or its JSON / compact text.
@@ -256,7 +257,15 @@ def create_model(
     if pretrained:
         if arch is None:
             raise UnknownModelError("pretrained=True needs a registered model name, not a bare genotype")
-        return _create_pretrained(name_or_genotype, num_classes, in_chans, **kwargs)  # type: ignore[arg-type]
+        name = str(name_or_genotype)
+        if isinstance(pretrained, str):  # pretrained="tag" names the weights
+            given = split_name(name)[1]
+            if given is not None and given != pretrained:
+                raise UnknownModelError(
+                    f"{name!r} already names tag {given!r}; pretrained={pretrained!r} contradicts it"
+                )
+            name = f"{arch.name}.{pretrained}"
+        return _create_pretrained(name, num_classes, in_chans, **kwargs)
     return build_model(
         genotype,
         num_classes=num_classes if num_classes is not None else (arch.num_classes if arch else None),

@@ -58,3 +58,14 @@ def test_cli_evaluate_knows_the_published_dataset() -> None:
     assert r.exit_code == 0, r.output
     out = json.loads(r.output)
     assert out["dataset"] == load_records()[name].dataset and out["n"] == 256
+
+
+def test_pretrained_may_name_the_tag() -> None:
+    from blockswap_zoo.hub import WeightsError
+
+    name = PUBLISHED[0]
+    arch, tag = name.split(".", 1)
+    by_tag = create_model(arch, pretrained=tag)
+    assert by_tag.pretrained_cfg.name == name
+    with pytest.raises(WeightsError, match="no published weights"):
+        create_model(arch, pretrained="no_such_tag")
