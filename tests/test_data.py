@@ -176,6 +176,8 @@ def test_imagenet_folder_minibatch(tmp_path) -> None:
     assert x.shape == (4, 3, 224, 224) and set(y.tolist()) <= {0, 1}
     x2, _ = load_minibatch("imagenet", batch_size=4, seed=0, data_dir=tmp_path)
     assert torch.equal(x, x2)
+    with pytest.raises(ValueError, match="needs 7 training images but imagenet has 6"):
+        load_minibatch("imagenet", batch_size=7, seed=0, data_dir=tmp_path)
     with pytest.raises(DatasetNotFoundError, match="looked in"):
         load_minibatch("imagenet", data_dir=tmp_path / "missing")
 

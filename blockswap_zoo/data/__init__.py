@@ -43,6 +43,14 @@ __all__ = [
 ]
 
 
+def _check_batch_fits(batch_size: int, available: int, dataset: str) -> None:
+    if batch_size > available:
+        raise ValueError(
+            f"a minibatch of {batch_size} needs {batch_size} training images but {dataset} has {available}; "
+            "lower the batch size"
+        )
+
+
 def load_minibatch(
     dataset: str,
     batch_size: int = 128,
@@ -61,6 +69,7 @@ def load_minibatch(
     g = torch.Generator().manual_seed(seed)
     if info.in_memory:
         data = load_arrays(info.name, "train", data_dir)
+        _check_batch_fits(batch_size, len(data), info.name)
         idx = torch.randperm(len(data), generator=g)[:batch_size]
         x = data.images[idx]
         if augment:
@@ -69,6 +78,7 @@ def load_minibatch(
     from .transforms import eval_transform, train_transform
 
     ds = image_folder(info.name, "train", data_dir, train_transform(info) if augment else eval_transform(info))
+    _check_batch_fits(batch_size, len(ds), info.name)
     idx = torch.randperm(len(ds), generator=g)[:batch_size].tolist()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
