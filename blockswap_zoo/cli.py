@@ -43,8 +43,12 @@ def _resolve_genotype(name: str) -> tuple[str, Genotype, int, int, tuple[int, in
 def list_cmd(
     pattern: str = typer.Argument("*", help="Wildcard pattern, e.g. 'wrn_40_2_bs*'."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON for scripts."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="List published weights (arch.tag) instead."),
 ) -> None:
-    """List registered models with their parameters and MACs."""
+    """List registered models with their parameters and MACs (or, with --pretrained, published weights)."""
+    if pretrained:
+        _list_pretrained(pattern, as_json)
+        return
     names = list_models(pattern)
     if not names:
         fail(f"no model matches {pattern!r}; try `blockswap-zoo list` for all names")
@@ -58,6 +62,28 @@ def list_cmd(
     t = Table("name", "role", "params", "MACs", "description")
     for r in rows:
         t.add_row(r["name"], r["role"], f"{r['params'] / 1e6:.3f}M", f"{r['macs'] / 1e6:.1f}M", r["description"])
+    console.print(t)
+
+
+def _list_pretrained(pattern: str, as_json: bool) -> None:
+    from .pretrained import list_pretrained, load_records
+
+    names = list_pretrained(pattern)
+    if not names:
+        fail(f"no published weights match {pattern!r}; published: {', '.join(load_records()) or 'none yet'}")
+    rows = []
+    for n in names:
+        w = load_records()[n]
+        rows.append({"name": n, "dataset": w.dataset, **w.metrics, "params": w.params, "macs": w.macs,
+                     "teacher": w.teacher, "recipe": w.recipe})  # fmt: skip
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    t = Table("name", "dataset", "top-1", "top-5", "params", "MACs", "teacher")
+    t.columns[0].no_wrap = t.columns[1].no_wrap = True  # names are what users copy
+    for r in rows:
+        t.add_row(r["name"], r["dataset"], f"{r.get('top1', float('nan')):.2f}", f"{r.get('top5', float('nan')):.2f}",
+                  f"{r['params'] / 1e6:.3f}M", f"{r['macs'] / 1e6:.1f}M", r["teacher"] or "-")  # fmt: skip
     console.print(t)
 
 

@@ -69,3 +69,17 @@ def test_pretrained_may_name_the_tag() -> None:
     assert by_tag.pretrained_cfg.name == name
     with pytest.raises(WeightsError, match="no published weights"):
         create_model(arch, pretrained="no_such_tag")
+
+
+def test_cli_lists_published_weights() -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from blockswap_zoo.cli import app
+
+    r = CliRunner().invoke(app, ["list", "--pretrained", "--json"])
+    assert r.exit_code == 0, r.output
+    assert [row["name"] for row in json.loads(r.output)] == PUBLISHED
+    missing = CliRunner().invoke(app, ["list", "--pretrained", "nothing*"])
+    assert missing.exit_code != 0 and "published:" in missing.output
