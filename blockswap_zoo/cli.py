@@ -79,11 +79,12 @@ def _list_pretrained(pattern: str, as_json: bool) -> None:
     if as_json:
         print(json.dumps(rows, indent=2))
         return
-    t = Table("name", "dataset", "top-1", "top-5", "params", "MACs", "teacher")
-    t.columns[0].no_wrap = t.columns[1].no_wrap = True  # names are what users copy
+    t = Table("name", "dataset", "top-1", "top-5", "params", "MACs")  # teacher and recipe: --json or `info`
+    for column in t.columns:
+        column.no_wrap = True  # names are what users copy
     for r in rows:
         t.add_row(r["name"], r["dataset"], f"{r.get('top1', float('nan')):.2f}", f"{r.get('top5', float('nan')):.2f}",
-                  f"{r['params'] / 1e6:.3f}M", f"{r['macs'] / 1e6:.1f}M", r["teacher"] or "-")  # fmt: skip
+                  f"{r['params'] / 1e6:.3f}M", f"{r['macs'] / 1e6:.1f}M")  # fmt: skip
     console.print(t)
 
 
