@@ -83,3 +83,17 @@ def test_cli_lists_published_weights() -> None:
     assert [row["name"] for row in json.loads(r.output)] == PUBLISHED
     missing = CliRunner().invoke(app, ["list", "--pretrained", "nothing*"])
     assert missing.exit_code != 0 and "published:" in missing.output
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_record_names_the_shipped_recipe(name: str) -> None:
+    """The recipe in recipes/ is byte for byte the one the checkpoint records (and carries)."""
+    from pathlib import Path
+
+    from blockswap_zoo.recipes import load_recipe
+
+    w = load_records()[name]
+    root = Path(__file__).resolve().parents[1]
+    recipe = load_recipe(root / w.recipe)
+    assert recipe.sha256 == w.extra["recipe_sha256"], "recipe changed since release: reproduce and release again"
+    assert (root / Path(w.file).parent / "recipe.yaml").read_text() == (root / w.recipe).read_text()

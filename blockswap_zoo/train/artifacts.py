@@ -66,10 +66,15 @@ def load_run(run_dir: str | Path, map_location: str | torch.device = "cpu") -> n
     """Rebuild a finished run's model from ``config.json`` and its sha256-verified ``model.safetensors``."""
     from ..hub import load_checkpoint_dir
 
-    read_run_config(run_dir)
-    if not (Path(run_dir) / "model.safetensors").is_file():
-        raise FileNotFoundError(
-            f"{Path(run_dir) / 'model.safetensors'} not found: the run in {run_dir} has not finished"
+    cfg = read_run_config(run_dir)
+    weights = Path(run_dir) / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights} not found: the run in {run_dir} has not finished")
+    if "weights_sha256" not in cfg:
+        raise ValueError(
+            f"{Path(run_dir) / 'config.json'} records no weights_sha256: the run was written by an earlier "
+            "blockswap-zoo, whose runs are not verified on load. If you trust that file, add its sha256 "
+            "(sha256sum model.safetensors) to config.json as weights_sha256; else train it again"
         )
     return load_checkpoint_dir(run_dir).to(map_location)
 
