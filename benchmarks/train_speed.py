@@ -10,6 +10,7 @@ on content; the real CIFAR-10 is not downloadable here). Reports medians of repe
 
     python benchmarks/train_speed.py                       # defaults sized for the device
     python benchmarks/train_speed.py --device cuda --steps 50 --repeats 5 --compile
+    python benchmarks/train_speed.py --amp bf16 --channels-last   # on a CPU with native bf16 (AVX512-BF16)
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ def measure(kind: str, fast: bool, args, images, labels, device) -> list[float]:
     """images/s of ``steps`` optimiser steps, once per repeat (after warmup steps)."""
     info = get_dataset_info("cifar10")
     torch.manual_seed(0)
-    fmt = torch.channels_last if fast and device.type == "cuda" else torch.contiguous_format
-    amp = fast and device.type == "cuda"
+    gpu = device.type == "cuda"  # the engine's defaults: bf16 and channels_last on GPUs only
+    fmt = torch.channels_last if fast and (gpu or args.channels_last) else torch.contiguous_format
+    amp = fast and (gpu or args.amp == "bf16")
     student = create_model(args.student if kind == "distill" else args.teacher).to(device, memory_format=fmt)
     teacher = create_model(args.teacher).to(device, memory_format=fmt).eval() if kind == "distill" else None
     if teacher is not None:
@@ -152,6 +154,8 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=None, help="baseline DataLoader workers (default: CPU count, max 8)")
     p.add_argument("--images", type=int, default=10000, help="synthetic training images")
     p.add_argument("--compile", action="store_true", help="torch.compile the fast step")
+    p.add_argument("--amp", choices=["auto", "bf16"], default="auto", help="bf16: autocast the fast step on a CPU too")
+    p.add_argument("--channels-last", action="store_true", help="channels_last in the fast step on a CPU too")
     p.add_argument("--only", choices=["data", "teacher", "distill"], default=None)
     p.add_argument("--json", action="store_true")
     args = p.parse_args()

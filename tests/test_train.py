@@ -3,6 +3,7 @@ Fashion-MNIST run, evaluation, CLI errors and a 2-process torchrun run."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -338,3 +339,15 @@ def test_torchrun_two_cpu_processes(tmp_path: Path) -> None:
     assert '"world_size": 2' in p.stdout and '"n_test": 200' in p.stdout
     model = load_run(tmp_path / "ddp")
     assert evaluate(model, "fashion_mnist", subset=200)["n"] == 200
+
+
+def test_cli_bf16_and_channels_last_on_cpu(tmp_path: Path) -> None:
+    """The CPU fast path (native bf16 and channels_last) is an option of every training command."""
+    run = tmp_path / "amp"
+    args = ["train-teacher", "--arch", "wrn_10_1", "--dataset", "fashion_mnist", "--out", str(run), "--epochs", "1",
+            "--subset", "64", "--batch-size", "32", "--eval-subset", "64", "--device", "cpu", "--no-progress",
+            "--amp", "bf16", "--channels-last"]  # fmt: skip
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    saved = json.loads((run / "config.json").read_text())["train_config"]
+    assert saved["amp"] == "bf16" and saved["channels_last"] is True

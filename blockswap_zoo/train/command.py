@@ -34,8 +34,11 @@ _OPT = {
     "max_steps": typer.Option(None, help="Stop after this many optimiser steps (smoke tests)."),
     "subset": typer.Option(None, help="Train on the first N training images."),
     "eval_subset": typer.Option(None, help="Evaluate on the first N test images."),
-    "amp": typer.Option(None, help="auto (bf16 on GPU), bf16 or none."),
+    "amp": typer.Option(None, help="auto (bf16 on GPU), bf16 (also on a CPU with native bf16) or none."),
     "compile": typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
+    "channels_last": typer.Option(
+        None, "--channels-last/--no-channels-last", help="channels_last memory format (default: on GPU only)."
+    ),
     "loader": typer.Option(None, help="auto, device (on-device batch augmentation) or dataloader."),
     "num_workers": typer.Option(None, help="DataLoader workers (dataloader path)."),
     "progress": typer.Option(None, "--progress/--no-progress", help="Show the progress bar."),
@@ -105,6 +108,7 @@ def train_teacher_cmd(
     subset: int = _OPT["subset"],
     eval_subset: int = _OPT["eval_subset"],
     amp: str = _OPT["amp"],
+    channels_last: bool = _OPT["channels_last"],
     compile: bool = _OPT["compile"],
     loader: str = _OPT["loader"],
     num_workers: int = _OPT["num_workers"],
@@ -142,6 +146,7 @@ def distill_cmd(
     subset: int = _OPT["subset"],
     eval_subset: int = _OPT["eval_subset"],
     amp: str = _OPT["amp"],
+    channels_last: bool = _OPT["channels_last"],
     compile: bool = _OPT["compile"],
     loader: str = _OPT["loader"],
     num_workers: int = _OPT["num_workers"],
@@ -175,6 +180,7 @@ def finetune_cmd(
     subset: int = _OPT["subset"],
     eval_subset: int = _OPT["eval_subset"],
     amp: str = _OPT["amp"],
+    channels_last: bool = _OPT["channels_last"],
     progress: bool = _OPT["progress"],
 ) -> None:
     """Fine-tune a trained model on a dataset: its weights, a new classifier for the dataset's classes."""
