@@ -6,10 +6,12 @@
 
 Speed: WRN-40-2 candidates at the 800K budget, batch 128 of 3x32x32 (the embedded
 Fashion-MNIST images zero-padded to 32x32 and repeated to 3 channels), every method timed on
-the same candidates, interleaved, in this process; the figure is the median over candidates
-and repeats, plus the ratio to the baseline. The baseline scores the way the paper's code
-does: NCHW fp32, forward and backward hooks on the probes, ``loss.backward()`` computing
-every weight gradient. Build time (with the seeded init) is included in every method.
+the same candidates in this process, in blocks interleaved by repeat; the figure is the median
+over candidates and repeats, plus the ratio to the baseline. The baseline scores the way the
+paper's code does: NCHW fp32, forward and backward hooks on the probes, ``loss.backward()``
+computing every weight gradient. Exact and fast mode run through ``score_candidates``, as
+``blockswap-zoo search`` does. Build time (with the seeded init) is included in every method.
+Accuracy: each method's largest relative difference from the definition computed in float64.
 
 Agreement: for each seed, a search of ``--agreement-candidates`` candidates on the embedded
 batch (the network the CLI's default searches: 1x28x28, 10 classes) is scored in exact and
@@ -32,9 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from blockswap_zoo.models import build_model
-from blockswap_zoo.search import sample_genotypes
+from blockswap_zoo.search import fisher_potential, sample_genotypes
 from blockswap_zoo.search.minibatch import load_embedded_batch
-from blockswap_zoo.search.scoring import candidate_seed, mode_config, score_candidates, score_genotype
+from blockswap_zoo.search.scoring import ScoreConfig, candidate_seed, mode_config, score_candidates, score_genotype
 
 
 def reference_style_score(genotype, images, labels, seed, num_classes, in_chans) -> float:  # noqa: ANN001
@@ -71,37 +73,56 @@ def _speed_batch(device: str) -> tuple[torch.Tensor, torch.Tensor]:
     return x.to(device), batch.labels.to(device)
 
 
+def float64_score(genotype, images, labels, seed, num_classes, in_chans) -> float:  # noqa: ANN001
+    """Fisher potential of the definition in float64 (NCHW): the yardstick for every fp32 method's error."""
+    torch.manual_seed(seed)
+    model = build_model(genotype, num_classes=num_classes, in_chans=in_chans).double().requires_grad_(False)
+    return fisher_potential(model, images.double().cpu(), labels.cpu())
+
+
 def speed(args: argparse.Namespace) -> None:
     x, y = _speed_batch(args.device)
     gs = sample_genotypes("wrn_40_2", "800k", args.speed_candidates, seed=123)
-    exact, fast = mode_config("exact", device=args.device), mode_config("fast", device=args.device)
-    methods = {
-        "reference-style": lambda g, s: reference_style_score(g, x, y, s, 10, 3),
-        "exact": lambda g, s: score_genotype(g, x, y, s, exact, 10, 3),
-        "fast": lambda g, s: score_genotype(g, x, y, s, fast, 10, 3),
-    }
+    seeds = [candidate_seed(0, i) for i in range(len(gs))]
+    jobs = [(i, g.to_string(), g.num_params(10, 3), g.macs(10, 3), s) for i, (g, s) in enumerate(zip(gs, seeds))]
+    modes = {m: mode_config(m, device=args.device) for m in ("exact", "fast")}
+
+    def baseline() -> list[tuple[float, float]]:
+        out = []
+        for g, s in zip(gs, seeds):
+            _sync(args.device)
+            t0 = time.perf_counter()
+            v = reference_style_score(g, x, y, s, 10, 3)
+            _sync(args.device)
+            out.append((time.perf_counter() - t0, v))
+        return out
+
+    def ours(cfg: ScoreConfig) -> list[tuple[float, float]]:
+        # what `blockswap-zoo search` runs (CPU layers, allocator setting), timed per candidate by it
+        return [(c.seconds, c.score) for c in score_candidates(jobs, x, y, cfg, 10, 3)]
+
+    methods = {"reference-style": baseline, **{m: (lambda cfg=cfg: ours(cfg)) for m, cfg in modes.items()}}
+    score_candidates(jobs[:1], x, y, modes["exact"], 10, 3), score_candidates(jobs[:1], x, y, modes["fast"], 10, 3)
+    reference_style_score(gs[0], x, y, 0, 10, 3)  # warm-up
     times: dict[str, list[float]] = {k: [] for k in methods}
-    values: dict[str, list[float]] = {k: [] for k in methods}
-    for f in methods.values():  # warm-up
-        f(gs[0], 0)
-    for r in range(args.repeats):
-        for i, g in enumerate(gs):
-            for name, f in methods.items():
-                _sync(args.device)
-                t0 = time.perf_counter()
-                v = f(g, candidate_seed(0, i))
-                _sync(args.device)
-                times[name].append(time.perf_counter() - t0)
-                if r == 0:
-                    values[name].append(v)
+    values: dict[str, list[float]] = {}
+    for _ in range(args.repeats):  # methods interleaved, one block of candidates each
+        for name, run in methods.items():
+            got = run()
+            times[name] += [t for t, _ in got]
+            values.setdefault(name, [v for _, v in got])
     base = statistics.median(times["reference-style"])
     print(f"speed: wrn_40_2 @ 800K params, batch 128 x 3x32x32, {args.speed_candidates} candidates x {args.repeats}")
     print(f"{'method':<16} {'s/candidate (median)':>21} {'vs baseline':>12} {'1000 candidates':>16}")
     for name in methods:
         med = statistics.median(times[name])
         print(f"{name:<16} {med:>21.3f} {base / med:>11.2f}x {med * 1000 / 60:>13.1f} min")
-    rel = max(abs(a - b) / abs(a) for a, b in zip(values["reference-style"], values["exact"]))
-    print(f"exact vs reference-style values: max relative difference {rel:.2e}")
+    n_fast = modes["fast"].batch_size or len(x)
+    ref = {n: [float64_score(g, x[:n], y[:n], s, 10, 3) for g, s in zip(gs, seeds)] for n in {len(x), n_fast}}
+    for name in methods:
+        n = n_fast if name == "fast" else len(x)  # fast mode scores the first n_fast images
+        err = max(abs(v - r) / abs(r) for v, r in zip(values[name], ref[n]))
+        print(f"{name:<16} max relative difference from float64 (same {n} images): {err:.1e}")
 
 
 def search(args: argparse.Namespace) -> None:

@@ -1,10 +1,11 @@
 """Scoring candidates: build each genotype with a per-candidate init seed and apply a proxy.
 
-Two modes. ``exact``: fp32, NCHW, the whole minibatch: the values of the definition. ``fast``: bf16 autocast on
-a sub-batch of the same minibatch; chosen by measurement (``benchmarks/search_speed.py``
-reports its speed and how often its winner is in exact mode's top 5). Both initialise the network on
-the CPU (the same weights on every device), with parameters that need no gradient, so the only
-backward work is between the loss and the probes.
+Two modes. ``exact``: fp32 on the whole minibatch: the values of the definition (to fp32 rounding).
+``fast``: bf16 autocast on a sub-batch of the same minibatch; chosen by measurement
+(``benchmarks/search_speed.py`` reports its speed and how often its winner is in exact mode's top
+5). Both initialise the network on the CPU (the same weights on every device), with parameters
+that need no gradient, so the only backward work is between the loss and the probes. On the CPU
+both run channels_last with the layers of ``cpu_layers`` and keep freed memory in the process.
 """
 
 from __future__ import annotations
@@ -19,9 +20,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..allocator import retain_freed_memory
 from ..genotype import Genotype
 from ..models import build_model
 from ..numerics import strict_fp32
+from .cpu_layers import adapt_for_cpu_scoring
 from .proxies import fisher_potential, get_proxy
 
 __all__ = ["MODES", "Candidate", "ScoreConfig", "candidate_seed", "score_candidates", "score_genotype"]
@@ -49,9 +52,10 @@ class ScoreConfig:
 
 
 MODES: dict[str, dict[str, object]] = {
-    # fp32, NCHW, whole minibatch: the definition's values. (channels_last fp32 batch norm on CPU
-    # rounds differently enough to move Fisher potential by about 1%, so exact mode keeps NCHW.)
-    "exact": {"autocast": None, "batch_size": None, "channels_last": False},
+    # fp32, whole minibatch: the definition's values. channels_last on CPUs only, where batch norm is
+    # ExactStatsBatchNorm2d (native channels_last batch norm moves Fisher potential by 1-3%); GPUs
+    # keep NCHW, the layout of the published search.
+    "exact": {"autocast": None, "batch_size": None, "channels_last": True},
     # bf16 autocast, channels_last, the first 64 images of the same minibatch (benchmarks/search_speed.py).
     "fast": {"autocast": "bfloat16", "batch_size": 64, "channels_last": True},
 }
@@ -69,6 +73,8 @@ def mode_config(mode: str, proxy: str = "fisher", device: str = "cpu", num_threa
         )  # the ablation proxies run in fp32 (synflow needs float64 range anyway)
     if torch.device(device).type == "cuda" and opts["autocast"] == "bfloat16":
         opts["batch_size"] = None  # on a GPU the whole batch costs about the same as half of it
+    if torch.device(device).type == "cuda" and opts["autocast"] is None:
+        opts["channels_last"] = False
     return ScoreConfig(proxy=proxy, device=device, num_threads=num_threads, **opts)  # type: ignore[arg-type]
 
 
@@ -135,6 +141,8 @@ def score_genotype(
     # Initialised on the CPU, whatever the device: CPU and CUDA generators draw different numbers
     # from one seed, and a search must pick the same winner on every device.
     model = build_model(genotype, num_classes=num_classes, in_chans=in_chans).requires_grad_(False)
+    if cfg.channels_last and torch.device(cfg.device).type == "cpu":
+        adapt_for_cpu_scoring(model, exact_batch_norm=cfg.autocast is None)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model = model.to(cfg.device, memory_format=fmt)
     with strict_fp32() if cfg.autocast is None else contextlib.nullcontext():  # no TF32 in fp32 modes
@@ -143,11 +151,33 @@ def score_genotype(
         return get_proxy(cfg.proxy)(model, images, labels)
 
 
+def _cores_busy_elsewhere(window: float = 0.1) -> float | None:
+    """How many cores other processes keep busy, from /proc/stat over ``window`` seconds (we sleep)."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return sum(fields[:8]) - idle, sum(fields[:8])
+
+    try:
+        busy0, total0 = sample()
+        time.sleep(window)
+        busy1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1)
+
+
 def _auto_threads(device: str, current: int) -> int:
-    """Torch's thread count, or 1 on a CPU whose load average says other jobs already use the cores."""
-    if torch.device(device).type != "cpu" or not hasattr(os, "getloadavg"):
+    """Torch's thread count, or 1 on a CPU whose other processes already keep the cores busy.
+
+    Measured now, not from the load average, which counts this process's own recent work too.
+    """
+    if torch.device(device).type != "cpu":
         return current
-    return 1 if os.getloadavg()[0] >= (os.cpu_count() or 1) - 0.5 else current
+    busy = _cores_busy_elsewhere()
+    return 1 if busy is not None and busy >= (os.cpu_count() or 1) - 0.5 else current
 
 
 Job = tuple[int, str, int, int, int]  # index, compact genotype, params, macs, seed
@@ -171,8 +201,9 @@ def _score_jobs(
     torch.set_num_threads(threads)
     try:
         images, labels = _prepare(images, labels, cfg)
-        for job in jobs:
-            yield _score_job(job, images, labels, cfg, num_classes, in_chans)
+        with retain_freed_memory() if torch.device(cfg.device).type == "cpu" else contextlib.nullcontext():
+            for job in jobs:
+                yield _score_job(job, images, labels, cfg, num_classes, in_chans)
     finally:
         torch.set_num_threads(previous)
 
@@ -185,6 +216,9 @@ _WORKER: dict[str, object] = {}
 
 def _worker_init(images: torch.Tensor, labels: torch.Tensor, cfg: ScoreConfig, num_classes: int, in_chans: int) -> None:
     torch.set_num_threads(cfg.num_threads or 1)
+    memory = contextlib.ExitStack()  # for the worker's lifetime
+    memory.enter_context(retain_freed_memory())
+    _WORKER["memory"] = memory
     images, labels = _prepare(images, labels, cfg)  # once per worker, not once per candidate
     _WORKER.update(images=images, labels=labels, cfg=cfg, num_classes=num_classes, in_chans=in_chans)
 

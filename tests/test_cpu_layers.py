@@ -1,0 +1,118 @@
+"""CPU scoring layers: the same values as the native modules, exact-mode accuracy, the allocator switch."""
+
+from __future__ import annotations
+
+import platform
+import resource
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from blockswap_zoo import build_model
+from blockswap_zoo.allocator import retain_freed_memory
+from blockswap_zoo.search import fisher_potential, mode_config, score_genotype
+from blockswap_zoo.search.cpu_layers import ExactStatsBatchNorm2d, MergedGroupConv2d, adapt_for_cpu_scoring
+
+CL = torch.channels_last
+
+
+def _pair(cls: type[nn.Module], make: callable) -> tuple[nn.Module, nn.Module]:  # type: ignore[valid-type]
+    torch.manual_seed(0)
+    native = make()
+    ours = make()
+    ours.load_state_dict(native.state_dict())
+    ours.__class__ = cls
+    return native, ours
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, CL])
+def test_exact_stats_batch_norm_matches_batch_norm(fmt: torch.memory_format) -> None:
+    native, ours = _pair(ExactStatsBatchNorm2d, lambda: nn.BatchNorm2d(6).double())
+    with torch.no_grad():
+        native.weight.uniform_(0.5, 1.5), native.bias.uniform_(-1, 1)
+    ours.load_state_dict(native.state_dict())
+    x = (torch.randn(8, 6, 5, 5, dtype=torch.float64) * 3 + 2).contiguous(memory_format=fmt)
+    g = torch.randn_like(x)
+    outs = []
+    for m in (native, ours):
+        xi = x.clone().requires_grad_(True)
+        y = m(xi)
+        y.backward(g)
+        outs.append((y, xi.grad, m.weight.grad, m.bias.grad))
+    for a, b in zip(*outs):
+        torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+    for k in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(ours, k), getattr(native, k), rtol=1e-12, atol=1e-12)
+    native.eval(), ours.eval()
+    torch.testing.assert_close(ours(x), native(x), rtol=1e-12, atol=1e-12)  # running stats: rounding apart
+
+
+def test_exact_stats_batch_norm_is_accurate_in_channels_last() -> None:
+    """fp32 channels_last statistics as accurate as float64 allows: the reason the layer exists."""
+    torch.manual_seed(0)
+    x64 = torch.randn(128, 32, 32, 32, dtype=torch.float64) * 0.5 + 3.0  # offset mean: cancellation-prone
+    ref = F.batch_norm(x64, None, None, training=True)
+    y = ExactStatsBatchNorm2d(32, affine=False, track_running_stats=False)(x64.float().contiguous(memory_format=CL))
+    assert (y.double() - ref).abs().max() < 2e-5
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, CL])
+def test_merged_group_conv_matches_conv(stride: int, fmt: torch.memory_format) -> None:
+    native, ours = _pair(MergedGroupConv2d, lambda: nn.Conv2d(16, 16, 3, stride, 1, groups=8, bias=False))
+    x = torch.randn(4, 16, 12, 12).contiguous(memory_format=fmt)
+    torch.testing.assert_close(ours(x), native(x), rtol=1e-6, atol=1e-6)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    g = torch.randn_like(native(x))
+    native(xa).backward(g), ours(xb).backward(g)
+    torch.testing.assert_close(xb.grad, xa.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.weight.grad, native.weight.grad, rtol=1e-5, atol=1e-5)
+
+
+def test_adapt_keeps_the_state_dict_and_swaps_only_what_it_should() -> None:
+    torch.manual_seed(0)
+    model = build_model("wrn_16_2:v1:G(N/2);BG(2,M/2);S;G(N);G(2);B(2)")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    adapt_for_cpu_scoring(model)
+    after = model.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], v) for k, v in before.items())
+    merged = [m for m in model.modules() if isinstance(m, MergedGroupConv2d)]
+    assert merged and all(m.in_channels // m.groups == 2 for m in merged)
+    kinds = {type(m) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    assert kinds == {ExactStatsBatchNorm2d}
+    plain = [m for m in model.modules() if type(m) is nn.Conv2d and m.groups > 1]
+    assert plain and all(m.in_channels // m.groups != 2 for m in plain)  # depthwise and wide groups stay
+
+
+def test_exact_mode_on_cpu_matches_float64() -> None:
+    """Exact mode (channels_last, the CPU layers) is as close to float64 as NCHW fp32 is."""
+    x = F.pad(torch.rand(128, 1, 28, 28), (2, 2, 2, 2)).repeat(1, 3, 1, 1)
+    y = torch.randint(0, 10, (128,))
+    g = "wrn_16_2:v1:G(N/2);BG(2,M/2);S;G(N);G(2);B(2)"
+    cfg = mode_config("exact")
+    assert cfg.channels_last and cfg.autocast is None
+    torch.manual_seed(3)
+    ref = fisher_potential(build_model(g).double(), x.double(), y)
+    torch.manual_seed(3)
+    nchw = fisher_potential(build_model(g), x, y)
+    exact = score_genotype(build_model(g).genotype, x, y, 3, cfg, 10, 3)
+    assert abs(exact - ref) / ref <= max(2e-4, 2 * abs(nchw - ref) / ref)
+
+
+def _faults_of_touching(nbytes: int) -> int:
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    t = torch.empty(nbytes // 4).fill_(1.0)
+    del t
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+def test_retain_freed_memory_keeps_freed_blocks_in_the_process() -> None:
+    size = 48 * 1024 * 1024
+    with retain_freed_memory() as active:
+        _faults_of_touching(size)
+        again = _faults_of_touching(size)  # the freed block is reused: no new pages
+    assert active and again < 100
+    assert _faults_of_touching(size) > 1000  # after the context: back to the kernel, faulted in anew
