@@ -18,7 +18,11 @@ __all__ = ["retain_freed_memory"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-_DEFAULT_THRESHOLD = 128 * 1024  # glibc's initial value of both
+# After the context: where glibc's own adjustment ends up once blocks of 32 MiB have been freed
+# (mmap threshold 32 MiB, trim threshold twice that). Its initial 128 KiB, set by hand, would turn
+# that adjustment off at its slowest point.
+_AFTER_MMAP_THRESHOLD = 32 * 1024 * 1024
+_AFTER_TRIM_THRESHOLD = 2 * _AFTER_MMAP_THRESHOLD
 # Blocks below the mmap threshold come from the heap: 1 GiB where glibc accepts it (2.36 does),
 # else 32 MiB, the largest that glibc's manual promises on 64-bit systems.
 _MMAP_THRESHOLDS = (1 << 30, 32 * 1024 * 1024)
@@ -38,9 +42,9 @@ def _glibc() -> ctypes.CDLL | None:
 def retain_freed_memory() -> Iterator[bool]:
     """Serve large blocks from the heap and never trim it for the duration; yields whether it could.
 
-    On exit the free memory goes back to the kernel (malloc_trim) and both thresholds return to
-    glibc's initial values (their automatic adjustment stays off, as after any mallopt call).
-    Elsewhere than glibc Linux it does nothing.
+    On exit the free memory goes back to the kernel (malloc_trim) and the thresholds become those
+    glibc's automatic adjustment reaches for large blocks (which stays off, as after any mallopt
+    call). Elsewhere than glibc Linux it does nothing.
     """
     libc = _glibc()
     if libc is None:
@@ -51,6 +55,6 @@ def retain_freed_memory() -> Iterator[bool]:
     try:
         yield ok
     finally:
-        libc.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_THRESHOLD)
-        libc.mallopt(_M_MMAP_THRESHOLD, _DEFAULT_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, _AFTER_TRIM_THRESHOLD)
+        libc.mallopt(_M_MMAP_THRESHOLD, _AFTER_MMAP_THRESHOLD)
         libc.malloc_trim(0)
