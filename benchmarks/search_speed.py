@@ -1,7 +1,8 @@
 """Seconds per candidate of Fisher-potential scoring: reference-style baseline vs exact vs fast mode.
 
     python benchmarks/search_speed.py                      # speed + agreement (about 15 min on 2 cores)
-    python benchmarks/search_speed.py --agreement-seeds 0  # speed only (about 1 min)
+    python benchmarks/search_speed.py --agreement-seeds 0  # speed only (about 3 min)
+    python benchmarks/search_speed.py --ablation --agreement-seeds 0  # exact mode's parts (about 4 min)
     python benchmarks/search_speed.py --device cuda --agreement-seeds 0 --search-candidates 1000
 
 Speed: WRN-40-2 candidates at the 800K budget, batch 128 of 3x32x32 (the embedded
@@ -10,8 +11,14 @@ the same candidates in this process, in blocks interleaved by repeat; the figure
 over candidates and repeats, plus the ratio to the baseline. The baseline scores the way the
 paper's code does: NCHW fp32, forward and backward hooks on the probes, ``loss.backward()``
 computing every weight gradient. Exact and fast mode run through ``score_candidates``, as
-``blockswap-zoo search`` does. Build time (with the seeded init) is included in every method.
+``blockswap-zoo search`` does; the baseline runs with the same allocator setting
+(``blockswap_zoo.allocator``), so the ratios leave that setting's gain out. Build time (with the
+seeded init) is included in every method.
 Accuracy: each method's largest relative difference from the definition computed in float64.
+
+Ablation (``--ablation``, instead of speed): exact mode on the CPU with each of its parts off
+(channels_last with the CPU layers, two-pass batch norm, merged 2-channel groups, the allocator
+setting), on the speed candidates: time and page faults per candidate, difference from float64.
 
 Agreement: for each seed, a search of ``--agreement-candidates`` candidates on the embedded
 batch (the network the CLI's default searches: 1x28x28, 10 classes) is scored in exact and
@@ -26,15 +33,19 @@ Search (``--search-candidates N``): the wall time of scoring N such candidates e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import platform
+import resource
 import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
+from blockswap_zoo.allocator import retain_freed_memory
 from blockswap_zoo.models import build_model
 from blockswap_zoo.search import fisher_potential, sample_genotypes
+from blockswap_zoo.search.cpu_layers import adapt_for_cpu_scoring
 from blockswap_zoo.search.minibatch import load_embedded_batch
 from blockswap_zoo.search.scoring import ScoreConfig, candidate_seed, mode_config, score_candidates, score_genotype
 
@@ -89,12 +100,14 @@ def speed(args: argparse.Namespace) -> None:
 
     def baseline() -> list[tuple[float, float]]:
         out = []
-        for g, s in zip(gs, seeds):
-            _sync(args.device)
-            t0 = time.perf_counter()
-            v = reference_style_score(g, x, y, s, 10, 3)
-            _sync(args.device)
-            out.append((time.perf_counter() - t0, v))
+        # the allocator setting is per process: the baseline gets it too (the ratios leave its gain out)
+        with retain_freed_memory() if args.device == "cpu" else contextlib.nullcontext():
+            for g, s in zip(gs, seeds):
+                _sync(args.device)
+                t0 = time.perf_counter()
+                v = reference_style_score(g, x, y, s, 10, 3)
+                _sync(args.device)
+                out.append((time.perf_counter() - t0, v))
         return out
 
     def ours(cfg: ScoreConfig) -> list[tuple[float, float]]:
@@ -123,6 +136,56 @@ def speed(args: argparse.Namespace) -> None:
         n = n_fast if name == "fast" else len(x)  # fast mode scores the first n_fast images
         err = max(abs(v - r) / abs(r) for v, r in zip(values[name], ref[n]))
         print(f"{name:<16} max relative difference from float64 (same {n} images): {err:.1e}")
+
+
+def ablation(args: argparse.Namespace) -> None:
+    """Exact mode on the CPU with each of its parts turned off, in this process, before anything else runs.
+
+    Variants run in blocks interleaved by repeat; "glibc default" first of all, while the process still
+    has glibc's own allocator settings. Reports the median time and page faults per candidate and the
+    largest relative difference from float64.
+    """
+    x, y = _speed_batch("cpu")
+    gs = sample_genotypes("wrn_40_2", "800k", args.speed_candidates, seed=123)
+    seeds = [candidate_seed(0, i) for i in range(len(gs))]
+
+    def score(g, seed: int, channels_last: bool, exact_bn: bool, merge: bool) -> float:  # noqa: ANN001
+        torch.manual_seed(seed)
+        model = build_model(g, num_classes=10, in_chans=3).requires_grad_(False)
+        if channels_last:
+            adapt_for_cpu_scoring(model, exact_batch_norm=exact_bn, merge_groups=merge)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        return fisher_potential(model.to(memory_format=fmt), x.contiguous(memory_format=fmt), y)
+
+    variants = {  # name: (channels_last, exact batch norm, merged groups, allocator setting)
+        "exact mode, glibc default": (True, True, True, False),
+        "exact mode (as shipped)": (True, True, True, True),
+        "NCHW": (False, False, False, True),
+        "native channels_last BN": (True, False, True, True),
+        "unmerged 2-channel groups": (True, True, False, True),
+    }
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    faults: dict[str, list[int]] = {k: [] for k in variants}
+    values: dict[str, list[float]] = {}
+    for r in range(args.repeats):
+        for name, (cl, bn, merge, keep) in variants.items():
+            if name.endswith("glibc default") and r > 0:
+                continue  # once the allocator setting has been used, glibc's defaults are gone
+            out = []
+            with retain_freed_memory() if keep else contextlib.nullcontext():
+                for g, s in zip(gs, seeds):
+                    f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
+                    out.append(score(g, s, cl, bn, merge))
+                    times[name].append(time.perf_counter() - t0)
+                    faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+            values.setdefault(name, out)
+    ref = [float64_score(g, x, y, s, 10, 3) for g, s in zip(gs, seeds)]
+    print(f"ablation: exact mode on the CPU, {len(gs)} wrn_40_2 candidates @ 800K, batch 128 x 3x32x32")
+    print(f"{'variant':<28} {'s/candidate':>12} {'page faults':>12} {'max rel. diff. from float64':>28}")
+    for name in variants:
+        err = max(abs(v - r) / abs(r) for v, r in zip(values[name], ref))
+        t, f = statistics.median(times[name]), statistics.median(faults[name])
+        print(f"{name:<28} {t:>12.3f} {f:>12.0f} {err:>28.1e}")
 
 
 def search(args: argparse.Namespace) -> None:
@@ -182,12 +245,13 @@ def agreement(args: argparse.Namespace) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--speed-candidates", type=int, default=6)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--agreement-seeds", type=int, default=10)
     ap.add_argument("--agreement-candidates", type=int, default=100)
     ap.add_argument("--agreement-budget", default="800k")
     ap.add_argument("--search-candidates", type=int, default=0, help="also time a search of N candidates")
     ap.add_argument("--search-runs", default="fast,exact", help="MODE[:WORKERS],... timed by --search-candidates")
+    ap.add_argument("--ablation", action="store_true", help="exact mode on the CPU with each part off, not speed")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (agreement always runs on the CPU)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     args = ap.parse_args()
@@ -195,7 +259,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     hw = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
     print(f"torch {torch.__version__}, {hw}, threads {torch.get_num_threads()}")
-    if args.speed_candidates:
+    if args.ablation:
+        ablation(args)  # instead of speed: it must run before anything changes the allocator
+    elif args.speed_candidates:
         speed(args)
     if args.search_candidates:
         search(args)

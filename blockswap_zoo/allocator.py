@@ -1,9 +1,10 @@
 """Keep freed memory in the process while a CPU job allocates many large tensors (glibc only).
 
 glibc returns freed blocks of tens of MiB to the kernel, so every fresh network on the CPU faults
-its activations in again, page by page: about 59,000 page faults and 15% of the time of scoring
-one WRN-40-2 candidate (benchmarks/search_speed.py). ``retain_freed_memory`` keeps them instead;
-PyTorch's CPU tuning guides get the same effect by preloading jemalloc or tcmalloc.
+its activations in again, page by page: about 30,000 page faults per WRN-40-2 candidate in exact
+mode, against 4,600 with ``retain_freed_memory``, and 5% of the time (``python
+benchmarks/search_speed.py --ablation``). PyTorch's CPU tuning guides get the same effect by
+preloading jemalloc or tcmalloc.
 """
 
 from __future__ import annotations
