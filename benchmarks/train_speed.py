@@ -10,6 +10,7 @@ on content; the real CIFAR-10 is not downloadable here). Reports medians of repe
 
     python benchmarks/train_speed.py                       # defaults sized for the device
     python benchmarks/train_speed.py --device cuda --steps 50 --repeats 5 --compile
+    python benchmarks/train_speed.py --device cuda --compile --compile-mode reduce-overhead   # CUDA graphs
     python benchmarks/train_speed.py --amp bf16 --channels-last   # on a CPU with native bf16 (AVX512-BF16)
 """
 
@@ -62,7 +63,7 @@ def measure(kind: str, fast: bool, args, images, labels, device) -> list[float]:
         return loss
 
     if fast and args.compile:
-        step_fn = torch.compile(step_fn)
+        step_fn = torch.compile(step_fn, mode=args.compile_mode)
     if fast:
         it = _batches(
             DeviceLoader(images, labels, info, args.batch_size, device, channels_last=fmt != torch.contiguous_format),
@@ -154,6 +155,12 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=None, help="baseline DataLoader workers (default: CPU count, max 8)")
     p.add_argument("--images", type=int, default=10000, help="synthetic training images")
     p.add_argument("--compile", action="store_true", help="torch.compile the fast step")
+    p.add_argument(
+        "--compile-mode",
+        default="default",
+        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+        help="torch.compile mode; reduce-overhead replays CUDA graphs (the step is launch-bound on GPUs)",
+    )
     p.add_argument("--amp", choices=["auto", "bf16"], default="auto", help="bf16: autocast the fast step on a CPU too")
     p.add_argument("--channels-last", action="store_true", help="channels_last in the fast step on a CPU too")
     p.add_argument("--only", choices=["data", "teacher", "distill"], default=None)
