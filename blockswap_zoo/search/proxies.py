@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.profiler import record_function
 
 __all__ = [
     "PROXIES",
@@ -87,18 +88,21 @@ def _fisher_blocks(
                 if autocast_dtype is not None
                 else contextlib.nullcontext()
             )
-            with ctx:
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), labels)
-            grads = torch.autograd.grad(loss, acts)
+            with record_function("fisher/forward"):
+                with ctx:
+                    logits = model(x)
+                loss = F.cross_entropy(logits.float(), labels)
+            with record_function("fisher/backward"):
+                grads = torch.autograd.grad(loss, acts)
     finally:
         for h in hooks:
             h.remove()
     out = []
-    for a, g in zip(acts, grads):
-        dtype = torch.promote_types(a.dtype, torch.float32)  # bf16/fp16 activations are summed in fp32
-        d = (a.detach().to(dtype) * g.to(dtype)).sum(dim=(2, 3))  # N x C
-        out.append(0.5 * d.pow(2).mean(dim=0).sum())
+    with record_function("fisher/reduce"):
+        for a, g in zip(acts, grads):
+            dtype = torch.promote_types(a.dtype, torch.float32)  # bf16/fp16 activations are summed in fp32
+            d = (a.detach().to(dtype) * g.to(dtype)).sum(dim=(2, 3))  # N x C
+            out.append(0.5 * d.pow(2).mean(dim=0).sum())
     return out
 
 

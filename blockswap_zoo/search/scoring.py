@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
+from torch.profiler import record_function
 
 from ..allocator import retain_freed_memory
 from ..genotype import Genotype
@@ -137,14 +138,17 @@ def score_genotype(
     """Build ``genotype`` with init ``seed`` on cfg.device and return its proxy score on the minibatch."""
     if not prepared:
         images, labels = _prepare(images, labels, cfg)
-    torch.manual_seed(seed)
-    # Initialised on the CPU, whatever the device: CPU and CUDA generators draw different numbers
-    # from one seed, and a search must pick the same winner on every device.
-    model = build_model(genotype, num_classes=num_classes, in_chans=in_chans).requires_grad_(False)
-    if cfg.channels_last and torch.device(cfg.device).type == "cpu":
-        adapt_for_cpu_scoring(model, exact_batch_norm=cfg.autocast is None)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    model = model.to(cfg.device, memory_format=fmt)
+    # The record_function ranges name the phases for benchmarks/profile_search_scoring.py.
+    with record_function("score/build"):
+        torch.manual_seed(seed)
+        # Initialised on the CPU, whatever the device: CPU and CUDA generators draw different numbers
+        # from one seed, and a search must pick the same winner on every device.
+        model = build_model(genotype, num_classes=num_classes, in_chans=in_chans).requires_grad_(False)
+        if cfg.channels_last and torch.device(cfg.device).type == "cpu":
+            adapt_for_cpu_scoring(model, exact_batch_norm=cfg.autocast is None)
+    with record_function("score/to_device"):
+        fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        model = model.to(cfg.device, memory_format=fmt)
     with strict_fp32() if cfg.autocast is None else contextlib.nullcontext():  # no TF32 in fp32 modes
         if cfg.proxy == "fisher":
             return fisher_potential(model, images, labels, autocast_dtype=cfg.autocast_dtype)
