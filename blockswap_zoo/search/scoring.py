@@ -54,8 +54,8 @@ class ScoreConfig:
 
 MODES: dict[str, dict[str, object]] = {
     # fp32, whole minibatch: the definition's values. channels_last on CPUs only, where batch norm is
-    # ExactStatsBatchNorm2d (native channels_last batch norm moves Fisher potential by 1-3%); GPUs
-    # keep NCHW, the layout of the published search.
+    # ExactStatsBatchNorm2d (PyTorch's channels_last batch norm put Fisher potential 6e-3 from float64,
+    # NCHW 3.9e-4: benchmarks/search_speed.py --ablation); GPUs keep NCHW, the published search's layout.
     "exact": {"autocast": None, "batch_size": None, "channels_last": True},
     # bf16 autocast, channels_last, the first 64 images of the same minibatch (benchmarks/search_speed.py).
     "fast": {"autocast": "bfloat16", "batch_size": 64, "channels_last": True},
