@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import resource
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from blockswap_zoo.search.cpu_layers import ExactStatsBatchNorm2d, MergedGroupCo
 CL = torch.channels_last
 
 
-def _pair(cls: type[nn.Module], make: callable) -> tuple[nn.Module, nn.Module]:  # type: ignore[valid-type]
+def _pair(cls: type[nn.Module], make: Callable[[], nn.Module]) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
     native = make()
     ours = make()
@@ -55,7 +56,7 @@ def test_exact_stats_batch_norm_is_accurate_in_channels_last() -> None:
     x64 = torch.randn(128, 32, 32, 32, dtype=torch.float64) * 0.5 + 3.0  # offset mean: cancellation-prone
     ref = F.batch_norm(x64, None, None, training=True)
     y = ExactStatsBatchNorm2d(32, affine=False, track_running_stats=False)(x64.float().contiguous(memory_format=CL))
-    assert (y.double() - ref).abs().max() < 2e-5
+    assert (y.double() - ref).abs().max() < 5e-6  # NCHW: 1.1e-6, PyTorch's channels_last: 5.1e-5
 
 
 @pytest.mark.parametrize("stride", [1, 2])
