@@ -1,8 +1,8 @@
 """Seconds per candidate of Fisher-potential scoring: reference-style baseline vs exact vs fast mode.
 
     python benchmarks/search_speed.py                      # speed + agreement (about 15 min on 2 cores)
-    python benchmarks/search_speed.py --agreement-seeds 0  # speed only (about 3 min)
-    python benchmarks/search_speed.py --ablation --agreement-seeds 0  # exact mode's parts (about 4 min)
+    python benchmarks/search_speed.py --agreement-seeds 0  # speed only (a few minutes)
+    python benchmarks/search_speed.py --ablation --agreement-seeds 0  # exact mode's parts (a few minutes)
     python benchmarks/search_speed.py --device cuda --agreement-seeds 0 --search-candidates 1000
 
 Speed: WRN-40-2 candidates at the 800K budget, batch 128 of 3x32x32 (the embedded
