@@ -28,6 +28,7 @@ _AFTER_TRIM_THRESHOLD = 2 * _AFTER_MMAP_THRESHOLD
 # else 32 MiB, the largest that glibc's manual promises on 64-bit systems.
 _MMAP_THRESHOLDS = (1 << 30, 32 * 1024 * 1024)
 _NO_TRIM = 2**31 - 1
+_state = {"depth": 0, "ok": False}  # the settings are per process; so is the nesting depth
 
 
 def _glibc() -> ctypes.CDLL | None:
@@ -51,11 +52,20 @@ def retain_freed_memory() -> Iterator[bool]:
     if libc is None:
         yield False
         return
+    if _state["depth"]:  # nested (a search inside a caller's context): the outermost one sets and restores
+        _state["depth"] += 1
+        try:
+            yield bool(_state["ok"])
+        finally:
+            _state["depth"] -= 1
+        return
     ok = any(libc.mallopt(_M_MMAP_THRESHOLD, t) for t in _MMAP_THRESHOLDS)
     ok = bool(libc.mallopt(_M_TRIM_THRESHOLD, _NO_TRIM)) and ok
+    _state.update(depth=1, ok=ok)
     try:
         yield ok
     finally:
+        _state["depth"] = 0
         libc.mallopt(_M_TRIM_THRESHOLD, _AFTER_TRIM_THRESHOLD)
         libc.mallopt(_M_MMAP_THRESHOLD, _AFTER_MMAP_THRESHOLD)
         libc.malloc_trim(0)
