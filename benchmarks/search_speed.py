@@ -115,8 +115,9 @@ def speed(args: argparse.Namespace) -> None:
         return [(c.seconds, c.score) for c in score_candidates(jobs, x, y, cfg, 10, 3)]
 
     methods = {"reference-style": baseline, **{m: (lambda cfg=cfg: ours(cfg)) for m, cfg in modes.items()}}
-    score_candidates(jobs[:1], x, y, modes["exact"], 10, 3), score_candidates(jobs[:1], x, y, modes["fast"], 10, 3)
-    reference_style_score(gs[0], x, y, 0, 10, 3)  # warm-up
+    for cfg in modes.values():  # warm-up
+        score_candidates(jobs[:1], x, y, cfg, 10, 3)
+    reference_style_score(gs[0], x, y, 0, 10, 3)
     times: dict[str, list[float]] = {k: [] for k in methods}
     values: dict[str, list[float]] = {}
     for _ in range(args.repeats):  # methods interleaved, one block of candidates each

@@ -50,7 +50,7 @@ class ExactStatsBatchNorm2d(nn.BatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training or not self.track_running_stats) or x.dim() != 4:
+        if x.dim() != 4 or (not self.training and self.track_running_stats):  # eval with running stats
             return super().forward(x)
         y, mean, var = _TwoPassBatchNorm.apply(x, self.weight, self.bias, self.eps)
         if self.training and self.track_running_stats:
