@@ -184,7 +184,8 @@ def test_other_proxies_run_and_leave_the_model_alone() -> None:
 
 
 # ----------------------------------------------------------------------------- search loop and report
-SMALL = {"samples": 6, "mode": "exact", "seed": 5}
+# One thread: fp32 sums depend on the thread count, which scoring lowers on a busy CPU (_auto_threads).
+SMALL = {"samples": 6, "mode": "exact", "seed": 5, "threads": 1}
 
 
 def test_same_seed_same_winner_and_report_round_trip(tmp_path: Path) -> None:
@@ -205,8 +206,8 @@ def test_same_seed_same_winner_and_report_round_trip(tmp_path: Path) -> None:
 
 
 def test_worker_processes_give_the_same_scores() -> None:
-    one = run_search("wrn_10_1", "20k", threads=1, **SMALL)
-    two = run_search("wrn_10_1", "20k", workers=2, threads=1, **SMALL)
+    one = run_search("wrn_10_1", "20k", **SMALL)
+    two = run_search("wrn_10_1", "20k", workers=2, **SMALL)
     assert [c.score for c in two.candidates] == [c.score for c in one.candidates] and two.winner == one.winner
 
 
@@ -220,12 +221,47 @@ def test_resume_after_interruption_and_refusals(tmp_path: Path) -> None:
     resumed = run_search("wrn_10_1", "20k", report_dir=out, resume=True, **SMALL)
     assert resumed.rescored == 3 and resumed.winner == full.winner
     assert [c.score for c in resumed.candidates] == [c.score for c in full.candidates]
+    with pytest.raises(ReportError, match="up to index 5, which --samples 4 would drop"):
+        run_search("wrn_10_1", "20k", report_dir=out, resume=True, **{**SMALL, "samples": 4})
+    assert len(load_report(out).candidates) == 6  # the refused resume left the report alone
     with pytest.raises(ReportError, match="already exists"):
         run_search("wrn_10_1", "20k", report_dir=out, **SMALL)
     with pytest.raises(ReportError, match="seed: saved 5, now 6"):
         run_search("wrn_10_1", "20k", report_dir=out, resume=True, **{**SMALL, "seed": 6})
     again = run_search("wrn_10_1", "20k", report_dir=out, force=True, **{**SMALL, "samples": 2})
     assert len(load_report(out).candidates) == 2 and again.rescored == 2
+
+
+def test_a_torn_line_does_not_swallow_the_next_record(tmp_path: Path) -> None:
+    out = tmp_path / "t"
+    run_search("wrn_10_1", "20k", report_dir=out, **{**SMALL, "samples": 2})
+    with (out / "candidates.jsonl").open("a") as f:
+        f.write('{"index": 2, "geno')  # crash mid-write
+    run_search("wrn_10_1", "20k", report_dir=out, resume=True, **{**SMALL, "samples": 3})
+    (out / "summary.json").unlink()  # as if the second run were killed after scoring candidate 2
+    lines = (out / "candidates.jsonl").read_text().splitlines()
+    assert [json.loads(line)["index"] for line in lines] == [0, 1, 2]
+    again = run_search("wrn_10_1", "20k", report_dir=out, resume=True, **SMALL)
+    assert again.rescored == 3 and [c.index for c in again.candidates] == list(range(6))
+
+
+def test_bad_settings_are_refused_before_a_report_is_written(tmp_path: Path) -> None:
+    out = tmp_path / "bad"
+    for kwargs, message in [
+        ({"device": "bogus"}, "unknown device 'bogus'"),
+        ({"device": "mps"}, "cpu or cuda"),
+        ({"workers": 0}, "workers must be >= 1"),
+        ({"threads": 0}, "threads must be >= 1"),
+        ({"mode": "slow"}, "unknown scoring mode"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            run_search("wrn_10_1", "20k", report_dir=out, **{**SMALL, **kwargs})
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no usable CUDA GPU; use --device cpu"):
+            run_search("wrn_10_1", "20k", report_dir=out, **{**SMALL, "device": "cuda"})
+    with pytest.raises(ValueError, match=r"unknown backbone 'wrn_x'.*blockswap-zoo list"):
+        run_search("wrn_x", "20k", report_dir=out, **SMALL)
+    assert not out.exists()
 
 
 def test_search_on_a_dataset() -> None:
@@ -255,6 +291,32 @@ def test_cli_search_on_the_embedded_batch(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "reachable range" in res.output
     res = runner.invoke(app, ["search", "wrn_10_1", "20k", "--proxy", "nope", "--out", str(tmp_path / "y")])
     assert res.exit_code == 2 and "unknown proxy" in res.output
+    res = runner.invoke(app, ["search", "wrn_10_1", "20k", "--device", "bogus", "--out", str(tmp_path / "y")])
+    assert res.exit_code == 2 and "unknown device" in res.output
+    missing = ["--dataset", "imagenet", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "y")]
+    res = runner.invoke(app, ["search", "wrn_10_1", "20k", *missing])
+    assert res.exit_code == 2 and "not found" in res.output and "--data-dir" in res.output
+    assert not (tmp_path / "y").exists()
+
+
+def test_cli_interrupt_keeps_scored_candidates_and_says_how_to_resume(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    out = tmp_path / "int"
+    args = ["search", "wrn_10_1", "20k", "--samples", "500", "--mode", "exact", "--device", "cpu", "--out", str(out)]
+    cli = [sys.executable, "-c", "from blockswap_zoo.cli import main; main()"]
+    proc = subprocess.Popen(cli + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "candidates.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (log.exists() and log.read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    assert "--resume" in err and str(out) in err.replace("\n", "")
+    kept = [json.loads(line)["index"] for line in log.read_text().splitlines()]
+    assert len(kept) >= 2 and kept == list(range(len(kept)))
 
 
 def test_torchrun_two_processes_give_the_same_winner(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -19,6 +20,11 @@ def _fail(message: str) -> None:
     from ..cli import fail
 
     fail(message)
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise)."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def search(
@@ -50,7 +56,7 @@ def search(
     """Search random students within a budget for the highest Fisher potential; write a report directory."""
     import torch
 
-    from ..data import DatasetError
+    from ..data import DatasetError, DatasetNotFoundError
     from . import BudgetError, ReportError, parse_budget, run_search
 
     if device == "auto":
@@ -73,6 +79,7 @@ def search(
         TimeRemainingColumn(),
         console=console,
         transient=False,
+        disable=_rank() != 0,  # under torchrun, rank 0 shows progress and the winner
     )
     state: dict[str, float] = {}
 
@@ -107,8 +114,15 @@ def search(
                 force=force,
                 progress=on_progress,
             )
-    except (BudgetError, ReportError, DatasetError, ValueError) as e:
+    except (BudgetError, ReportError, DatasetError, DatasetNotFoundError, ValueError) as e:
         _fail(str(e))
+    except KeyboardInterrupt:
+        Console(stderr=True).print(
+            f"interrupted; the scored candidates are saved in {out}: rerun the same command with --resume"
+        )
+        raise typer.Exit(130) from None
+    if _rank() != 0:
+        return
     s = result.settings
     g = result.winner
     hw = s.input_size[1:]
@@ -118,7 +132,7 @@ def search(
     console.print(table)
     console.print(
         f"params {result.params:,}  MACs {result.macs / 1e6:.1f}M  ({s.in_chans}x{hw[0]}x{hw[1]}, "
-        f"{s.num_classes} classes)  {s.proxy} {result.score:.6g}"
+        f"{s.num_classes} classes)  {s.proxy} ({s.mode} mode) {result.score:.6g}"
     )
     console.print(f"compact: {g.to_string()}", highlight=False, soft_wrap=True)
     rate = result.rescored / result.seconds if result.seconds > 0 else 0.0

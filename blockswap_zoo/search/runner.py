@@ -121,6 +121,33 @@ def _read_records(report: Path) -> dict[int, Candidate]:
     return out
 
 
+def _check_device(device: str) -> None:
+    """Raise ValueError naming the fix for a device string torch cannot parse or this machine lacks."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}; use cpu, cuda, cuda:<index> or auto") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} asked for, but torch finds no usable CUDA GPU; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif dev.type != "cpu":
+        raise ValueError(f"search runs on cpu or cuda, not {device!r}")
+
+
+def _trim_torn_tail(path: Path) -> None:
+    """Cut a last line left unfinished by a crash, so the next record appended starts on its own line."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+            f.flush()
+            os.fsync(f.fileno())
+
+
 def _environment(device: str, world: int) -> dict[str, object]:
     from .. import __version__
 
@@ -158,6 +185,13 @@ def _prepare_report(report: Path, settings: SearchSettings, resume: bool, force:
                 raise ReportError(
                     f"{report} holds a different search, so it cannot be resumed: {'; '.join(diff)}. "
                     "Use the same settings, another --out, or --force to start over"
+                )
+            beyond = [i for i in _read_records(report) if i >= settings.samples]
+            if beyond:
+                raise ReportError(
+                    f"{report} already holds scored candidates up to index {max(beyond)}, which --samples "
+                    f"{settings.samples} would drop; resume with --samples {max(beyond) + 1} or more "
+                    f"(the search was started with {old.get('samples')})"
                 )
         elif resume:
             raise ReportError(f"{report} is not a search report (no {SETTINGS}); use another --out")
@@ -207,9 +241,15 @@ def run_search(
         raise ValueError(f"samples must be >= 1, got {samples}")
     if proxy not in PROXIES:
         raise ValueError(f"unknown proxy {proxy!r}; choose one of {', '.join(PROXIES)}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1 (1: score in this process), got {workers}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1 (or left out for torch's default), got {threads}")
+    _check_device(device)
     rank, world = _dist()
     if torch.device(device).type == "cuda" and world > 1 and torch.device(device).index is None:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    cfg = mode_config(mode, proxy, device, threads)  # before anything is written: an unknown mode is an error
     bb = _backbone(backbone)
     budget_n = parse_budget(budget)
     batch = load_search_batch(dataset, batch_size, seed, data_dir)
@@ -253,11 +293,10 @@ def run_search(
             raise ReportError(error)
     done: dict[int, Candidate] = {}
     if report is not None and resume:
-        for i, c in _read_records(report).items():
-            if i < samples:
-                if c.genotype != genotypes[i].to_string():
-                    raise ReportError(f"{report}: candidate {i} was {c.genotype}, but this search draws another")
-                done[i] = c
+        for i, c in _read_records(report).items():  # all below samples (_prepare_report checked)
+            if c.genotype != genotypes[i].to_string():
+                raise ReportError(f"{report}: candidate {i} was {c.genotype}, but this search draws another")
+            done[i] = c
     costs = {}
     jobs = []
     for i, g in enumerate(genotypes):
@@ -267,8 +306,9 @@ def run_search(
         m = g.macs(batch.num_classes, batch.in_chans, hw)
         costs[i] = (p, m)
         jobs.append((i, g.to_string(), p, m, candidate_seed(seed, i)))
-    cfg = mode_config(mode, proxy, device, threads)
     shard = report / (CANDIDATES if world == 1 else f"candidates.rank{rank}.jsonl") if report else None
+    if shard is not None:
+        _trim_torn_tail(shard)
     fh = shard.open("a") if shard else None
     counter = [len(done)]
 

@@ -62,15 +62,19 @@ def parse_budget(text: str | int | float) -> int:
 
 
 def _backbone(backbone: str | Backbone) -> Backbone:
+    """A backbone name (wrn_40_2, resnet34) or a registered model's name (its backbone is searched)."""
     if isinstance(backbone, Backbone):
         return backbone
     try:
         return parse_backbone(backbone)
-    except ValueError:
-        pass
-    from ..registry import get_arch  # a teacher arch name such as "wrn_40_2" or "resnet34"
+    except ValueError as e:
+        not_a_backbone = str(e)
+    from ..registry import UnknownModelError, get_arch
 
-    return get_arch(backbone).genotype.backbone_spec
+    try:
+        return get_arch(backbone).genotype.backbone_spec
+    except UnknownModelError:
+        raise BudgetError(f"{not_a_backbone}; or a model name from `blockswap-zoo list`") from None
 
 
 @dataclass(frozen=True)
