@@ -278,3 +278,48 @@ def test_device_loader_batches_resume_and_sharding() -> None:
         assert torch.equal(yf[0::2], y0) and torch.equal(yf[1::2], y1)
     with pytest.raises(ValueError, match="divisible"):
         DeviceLoader(images, labels, info, batch_size=15, world_size=2)
+
+
+def test_device_loader_makes_no_constant_tensors_per_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The batch loop builds no tensors from host values (on CUDA each would be a blocking host copy)."""
+    images = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.arange(40) % 10
+    calls: list[str] = []
+
+    def spy(name: str):
+        real = getattr(torch, name)
+
+        def wrapper(*args, **kwargs):
+            calls.append(name)
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    for augment, hflip in ((True, True), (True, False), (False, True)):
+        info = dataclasses.replace(get_dataset_info("fashion_mnist"), hflip=hflip)
+        loader = DeviceLoader(images, labels, info, batch_size=8, seed=0, augment=augment)
+        with monkeypatch.context() as m:
+            for name in ("tensor", "as_tensor"):
+                m.setattr(torch, name, spy(name))
+            batches = list(loader)
+        assert len(batches) == 5 and calls == [], (augment, hflip, calls)
+
+
+def test_failed_cifar_download_leaves_no_folder_behind(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A download that fails (here: no network) removes the --data-dir folders it created, not the user's."""
+    import urllib.error
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("network is unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    new = tmp_path / "new" / "data"
+    with pytest.raises(DatasetNotFoundError, match="Download into .* failed"):
+        load_arrays("cifar10", "train", data_dir=new, download=True)
+    assert not (tmp_path / "new").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    with pytest.raises(DatasetNotFoundError, match="Download into .* failed"):
+        load_arrays("cifar100", "test", data_dir=mine, download=True)
+    assert mine.is_dir()

@@ -9,6 +9,7 @@ crop and flip, a mask does the padding and the hole, and every random number com
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ import torch
 
 from .datasets import DatasetInfo
 
-__all__ = ["AugParams", "DeviceLoader", "apply_augment", "normalize", "sample_augment"]
+__all__ = ["AugParams", "DeviceLoader", "apply_augment", "norm_constants", "normalize", "sample_augment"]
 
 
 @dataclass(frozen=True)
@@ -39,16 +40,37 @@ def sample_augment(n: int, info: DatasetInfo, generator: torch.Generator, device
         return torch.randint(high, (n,), generator=generator, device=device)
 
     oy, ox = randint(2 * p + 1), randint(2 * p + 1)
-    flip = torch.rand(n, generator=generator, device=device) < 0.5 if info.hflip else torch.zeros(n, dtype=torch.bool)
+    if info.hflip:
+        flip = torch.rand(n, generator=generator, device=device) < 0.5
+    else:
+        flip = torch.zeros(n, dtype=torch.bool, device=device)  # made on the device: no host copy
     cy, cx = randint(h), randint(w)
-    return AugParams(oy, ox, flip.to(device), cy, cx)
+    return AugParams(oy, ox, flip, cy, cx)
 
 
 def normalize(x: torch.Tensor, info: DatasetInfo, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 N x C x H x W -> (x / 255 - mean) / std, as ToTensor + Normalize."""
-    mean = torch.tensor(info.mean, device=x.device, dtype=dtype).view(1, -1, 1, 1)
-    inv = torch.tensor([1.0 / (255.0 * s) for s in info.std], device=x.device, dtype=dtype).view(1, -1, 1, 1)
-    return (x.to(dtype) - 255.0 * mean) * inv
+    shift, inv, _ = norm_constants(info, x.device, dtype)
+    return (x.to(dtype) - shift) * inv
+
+
+def norm_constants(
+    info: DatasetInfo, device: torch.device, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(255 * mean, 1 / (255 * std), value of a zero pixel) as 1 x C x 1 x 1 tensors, made once per device/dtype.
+
+    Cached so the training loop never copies constants from the host (a blocking copy per batch on CUDA).
+    """
+    return _norm_constants(tuple(info.mean), tuple(info.std), torch.device(device), dtype)
+
+
+@functools.lru_cache(maxsize=64)
+def _norm_constants(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    shift = 255.0 * torch.tensor(mean, device=device, dtype=dtype).view(1, -1, 1, 1)  # same rounding as before
+    inv = torch.tensor([1.0 / (255.0 * s) for s in std], device=device, dtype=dtype).view(1, -1, 1, 1)
+    return shift, inv, -shift * inv
 
 
 def apply_augment(x: torch.Tensor, params: AugParams, info: DatasetInfo, dtype: torch.dtype = torch.float32):
@@ -63,7 +85,7 @@ def apply_augment(x: torch.Tensor, params: AugParams, info: DatasetInfo, dtype: 
     idx = rows.clamp(0, h - 1)[:, :, None] * w + cols.clamp(0, w - 1)[:, None, :]
     out = torch.gather(x.reshape(n, c, h * w), 2, idx.reshape(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
     out = normalize(out, info, dtype)
-    pad_value = normalize(torch.zeros(1, c, 1, 1, dtype=torch.uint8, device=dev), info, dtype)
+    pad_value = norm_constants(info, dev, dtype)[2]  # a zero (padding) pixel after normalisation
     out = torch.where(valid[:, None], out, pad_value)
     if info.cutout:
         half = info.cutout // 2
@@ -107,6 +129,7 @@ class DeviceLoader:
         self.rank, self.world_size, self.channels_last = rank, world_size, channels_last
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
+        norm_constants(info, self.images.device)  # made here, once, not in the batch loop
 
     def __len__(self) -> int:
         n = len(self.labels)
