@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .genotype import Genotype
-from .io import atomic_write_text
+from .io import atomic_write_bytes, atomic_write_text
 from .models import SwapNet, build_model
 
 __all__ = [
@@ -152,11 +152,8 @@ def save_checkpoint_dir(
     weights = directory / WEIGHTS_NAME
     if weights.exists() and not overwrite:
         raise FileExistsError(f"{weights} exists; pass overwrite=True (--force) to replace it")
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / f".{WEIGHTS_NAME}.tmp"
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    os.replace(tmp, weights)
+    atomic_write_bytes(weights, save(state, metadata={"format": "pt"}))  # unique temp, fsync, umask permissions
     g = model.genotype
     input_size = config.get("input_size") or list(g.backbone_spec.default_input_size)
     full = {

@@ -1,10 +1,21 @@
-"""CLI: list / info, JSON for scripts, exit code 2 with a clear message on bad input."""
+"""CLI: list / info, JSON for scripts, exit code 2 with a clear message on bad input, training options."""
 
+import dataclasses
+import inspect
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from blockswap_zoo.cli import app
+from blockswap_zoo.data import get_dataset_info
+from blockswap_zoo.data.datasets import FASHION_MNIST_SYSTEM_DIR
+from blockswap_zoo.genotype import Genotype
+from blockswap_zoo.models import build_model
+from blockswap_zoo.train import TrainConfig, engine, save_checkpoint
+from blockswap_zoo.train.artifacts import model_config
+from blockswap_zoo.train.command import distill_cmd, train_teacher_cmd
+from blockswap_zoo.train.engine import TrainResult
 
 runner = CliRunner()
 
@@ -37,3 +48,91 @@ def test_bad_input_exits_2_with_message() -> None:
     assert res.exit_code == 2 and "has 6 swappable blocks" in res.stderr
     res = runner.invoke(app, ["list", "nothing*"])
     assert res.exit_code == 2 and "no model matches" in res.stderr
+
+
+# ---- training commands: options, bad input, output -----------------------------------------------
+
+HAVE_FMNIST = (FASHION_MNIST_SYSTEM_DIR / "train-images-idx3-ubyte.gz").is_file()
+
+
+def _capture_train(monkeypatch: pytest.MonkeyPatch) -> list[TrainConfig]:
+    """Replace the train loop with one that records the config it gets (no data, no training)."""
+    seen: list[TrainConfig] = []
+
+    def fake_train(config: TrainConfig, **kwargs) -> TrainResult:
+        seen.append(config)
+        return TrainResult(kwargs.get("out_dir"), {"top1": 1.0})
+
+    monkeypatch.setattr(engine, "train", fake_train)
+    return seen
+
+
+def test_every_train_setting_is_an_option() -> None:
+    """Each TrainConfig field a user sets is an option of train-teacher (distill adds the teacher's)."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}
+    distill_only = {"teacher", "beta", "at_mode", "kd_alpha", "kd_temperature"}
+    assert fields - distill_only <= set(inspect.signature(train_teacher_cmd).parameters)
+    assert fields <= set(inspect.signature(distill_cmd).parameters)
+
+
+def test_training_options_reach_the_config_and_override_the_file(tmp_path, monkeypatch) -> None:
+    seen = _capture_train(monkeypatch)
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("momentum: 0.5\ngamma: 0.3\neval_every: 5\ndeterministic: true\n")
+    args = ["--config", str(cfg_file), "--out", str(tmp_path / "r"), "--momentum", "0.8", "--step-size", "7",
+            "--lr-scaling", "linear", "--base-batch-size", "64", "--drop-rate", "0.2", "--no-deterministic",
+            "--eval-batch-size", "256", "--no-download"]  # fmt: skip
+    for command in (["train-teacher"], ["distill", "--teacher", "t"]):
+        res = runner.invoke(app, [*command, *args])
+        assert res.exit_code == 0, res.output
+        c = seen.pop()
+        assert (c.momentum, c.step_size, c.lr_scaling, c.base_batch_size, c.drop_rate) == (0.8, 7, "linear", 64, 0.2)
+        assert (c.deterministic, c.eval_batch_size, c.download) == (False, 256, False)
+        assert (c.gamma, c.eval_every) == (0.3, 5)  # from the file: not given as options
+    res = runner.invoke(app, ["train-teacher", "--out", str(tmp_path / "r"), "--drop-rate", "1.5"])
+    assert res.exit_code == 2 and "drop_rate" in res.stderr
+
+
+def test_only_rank_0_prints_the_result(tmp_path, monkeypatch) -> None:
+    _capture_train(monkeypatch)
+    res = runner.invoke(app, ["train-teacher", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0 and json.loads(res.stdout)["top1"] == 1.0
+    monkeypatch.setenv("RANK", "1")
+    res = runner.invoke(app, ["train-teacher", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0 and res.stdout == ""
+
+
+def test_channel_mismatch_is_a_clear_error() -> None:
+    res = runner.invoke(
+        app, ["evaluate", "wrn_16_1", "--dataset", "fashion_mnist", "--subset", "10", "--device", "cpu"]
+    )
+    msg = " ".join(res.stderr.split())
+    assert res.exit_code == 2, res.output  # a traceback would exit 1
+    assert "3-channel input" in msg and "1 channel" in msg and "in_chans=1" in msg
+    res = runner.invoke(app, ["distill", "--arch", "wrn_16_1", "--teacher", "wrn_40_2", "--dataset", "fashion_mnist",
+                              "--device", "cpu", "--no-progress", "--max-steps", "1"])  # fmt: skip
+    msg = " ".join(res.stderr.split())
+    assert res.exit_code == 2 and "teacher wrn_40_2 takes 3-channel input" in msg and "in_chans=1" in msg
+
+
+def test_out_that_is_a_file_is_a_clear_error(tmp_path) -> None:
+    f = tmp_path / "somefile"
+    f.write_text("mine")
+    for out in (f, f / "run"):
+        for extra in ([], ["--resume"]):
+            res = runner.invoke(app, ["train-teacher", "--dataset", "fashion_mnist", "--out", str(out), *extra])
+            assert res.exit_code == 2 and "is a file" in " ".join(res.stderr.split()), res.output
+    assert f.read_text() == "mine"
+
+
+@pytest.mark.skipif(not HAVE_FMNIST, reason="apt-get install dataset-fashion-mnist")
+def test_evaluate_interrupted_run_takes_the_dataset_from_its_checkpoint(tmp_path) -> None:
+    info = get_dataset_info("fashion_mnist")
+    model = build_model(Genotype.uniform("wrn_10_1"), 10, 1)
+    save_checkpoint(
+        tmp_path / "checkpoint.pt", {"model": model.state_dict(), "model_config": model_config(model, info)}
+    )
+    for target in (tmp_path, tmp_path / "checkpoint.pt"):
+        res = runner.invoke(app, ["evaluate", str(target), "--subset", "10", "--device", "cpu", "--json"])
+        assert res.exit_code == 0, res.output
+        assert json.loads(res.stdout)["dataset"] == "fashion_mnist"

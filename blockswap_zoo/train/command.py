@@ -7,6 +7,7 @@ command line win. The heavy imports happen inside the commands, so ``blockswap-z
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,22 @@ _OPT = {
     "loader": typer.Option(None, help="auto, device (on-device batch augmentation) or dataloader."),
     "num_workers": typer.Option(None, help="DataLoader workers (dataloader path)."),
     "progress": typer.Option(None, "--progress/--no-progress", help="Show the progress bar."),
+    "download": typer.Option(
+        None, "--download/--no-download", help="Download a missing CIFAR dataset (default: download)."
+    ),
+    "momentum": typer.Option(None, help="SGD momentum (0.9)."),
+    "step_size": typer.Option(None, help="Epochs between LR decays with --schedule step (30)."),
+    "gamma": typer.Option(None, help="LR decay factor with --schedule step (0.1)."),
+    "lr_scaling": typer.Option(None, help="none (use --lr as given) or linear (lr * batch_size / base_batch_size)."),
+    "base_batch_size": typer.Option(
+        None, help="Batch size --lr is meant for, with --lr-scaling linear (128; ImageNet 256)."
+    ),
+    "drop_rate": typer.Option(None, help="Dropout before the classifier (0)."),
+    "deterministic": typer.Option(
+        None, "--deterministic/--no-deterministic", help="Deterministic algorithms (slower; default off)."
+    ),
+    "eval_every": typer.Option(None, help="Evaluate every N epochs (0: only at the end; default 1)."),
+    "eval_batch_size": typer.Option(None, help="Evaluation batch size (128)."),
 }
 
 
@@ -83,7 +100,13 @@ def _run(
     except KeyboardInterrupt:
         err_console.print(f"interrupted; continue with --resume --out {run_dir}")
         raise typer.Exit(130) from None
-    print(json.dumps({"out": str(run_dir), **result.metrics}, indent=2))
+    if _is_main_process():  # under torchrun every rank gets the metrics; one prints them
+        print(json.dumps({"out": str(run_dir), **result.metrics}, indent=2))
+
+
+def _is_main_process() -> bool:
+    """Whether this is rank 0 of a torchrun job (or not under torchrun at all)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def train_teacher_cmd(
@@ -113,6 +136,16 @@ def train_teacher_cmd(
     loader: str = _OPT["loader"],
     num_workers: int = _OPT["num_workers"],
     progress: bool = _OPT["progress"],
+    download: bool = _OPT["download"],
+    momentum: float = _OPT["momentum"],
+    step_size: int = _OPT["step_size"],
+    gamma: float = _OPT["gamma"],
+    lr_scaling: str = _OPT["lr_scaling"],
+    base_batch_size: int = _OPT["base_batch_size"],
+    drop_rate: float = _OPT["drop_rate"],
+    deterministic: bool = _OPT["deterministic"],
+    eval_every: int = _OPT["eval_every"],
+    eval_batch_size: int = _OPT["eval_batch_size"],
 ) -> None:
     """Train a network with cross-entropy (the paper's teacher recipe by default: WRN-40-2, CIFAR-10)."""
     overrides = {k: v for k, v in locals().items() if k not in ("config", "out", "resume", "force")}
@@ -151,6 +184,16 @@ def distill_cmd(
     loader: str = _OPT["loader"],
     num_workers: int = _OPT["num_workers"],
     progress: bool = _OPT["progress"],
+    download: bool = _OPT["download"],
+    momentum: float = _OPT["momentum"],
+    step_size: int = _OPT["step_size"],
+    gamma: float = _OPT["gamma"],
+    lr_scaling: str = _OPT["lr_scaling"],
+    base_batch_size: int = _OPT["base_batch_size"],
+    drop_rate: float = _OPT["drop_rate"],
+    deterministic: bool = _OPT["deterministic"],
+    eval_every: int = _OPT["eval_every"],
+    eval_batch_size: int = _OPT["eval_batch_size"],
 ) -> None:
     """Distil a student from a frozen teacher: cross-entropy + beta * attention transfer at the stage outputs."""
     overrides = {k: v for k, v in locals().items() if k not in ("config", "out", "resume", "force")}
@@ -192,6 +235,24 @@ def finetune_cmd(
     _run("finetune", overrides, config, out, resume, force, source=model)
 
 
+def _recorded_dataset(model: str) -> str | None:
+    """The dataset a published name, run directory (finished or interrupted) or checkpoint file records."""
+    from ..pretrained import load_records
+    from .artifacts import CHECKPOINT, read_run_config
+    from .checkpoint import load_checkpoint
+
+    if model in load_records():
+        return load_records()[model].dataset  # a published checkpoint names its dataset
+    p = Path(model)
+    run_dir = p if p.is_dir() else p.parent
+    ckpt = p if p.is_file() and p.suffix == ".pt" else run_dir / CHECKPOINT
+    if not (p.is_file() and p.suffix == ".pt") and (run_dir / "config.json").is_file():
+        return read_run_config(run_dir)["dataset"]
+    if ckpt.is_file():  # a checkpoint (e.g. of an interrupted run) records the model's config and dataset
+        return load_checkpoint(ckpt).get("model_config", {}).get("dataset")
+    return None
+
+
 def evaluate_cmd(
     model: str = typer.Argument(..., help="Run directory, checkpoint.pt, or model name."),
     dataset: str = typer.Option(None, help="Dataset (default: the run's, or the published checkpoint's)."),
@@ -204,21 +265,13 @@ def evaluate_cmd(
     """Top-1 / top-5 accuracy on the test split with the dataset's eval transform."""
     from ..cli import console, fail
     from ..data import DatasetError, DatasetNotFoundError
-    from .artifacts import read_run_config
     from .evaluate import evaluate
 
     try:
         if dataset is None:
-            from ..pretrained import load_records
-
-            p = Path(model)
-            run_dir = p if p.is_dir() else p.parent
-            if model in load_records():
-                dataset = load_records()[model].dataset  # a published checkpoint names its dataset
-            elif (run_dir / "config.json").is_file():
-                dataset = read_run_config(run_dir)["dataset"]
-            else:
-                fail(f"--dataset is required for {model!r} (no config.json beside it names the dataset)")
+            dataset = _recorded_dataset(model)
+            if dataset is None:
+                fail(f"--dataset is required for {model!r} (no config.json or checkpoint beside it names the dataset)")
         r = evaluate(model, dataset, data_dir=data_dir, batch_size=batch_size, device=device, subset=subset)
     except (DatasetError, DatasetNotFoundError, FileNotFoundError, ValueError) as e:
         fail(str(e))

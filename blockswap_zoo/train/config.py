@@ -92,6 +92,10 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be a number >= 0; got {getattr(self, key)!r}")
         if self.kd_alpha > 1 or self.label_smoothing >= 1:
             raise ConfigError("kd_alpha must be in [0, 1] and label_smoothing in [0, 1)")
+        if not isinstance(self.drop_rate, (int, float)) or not 0 <= self.drop_rate < 1:
+            raise ConfigError(f"drop_rate must be in [0, 1); got {self.drop_rate!r}")
+        if not isinstance(self.gamma, (int, float)) or self.gamma <= 0:
+            raise ConfigError(f"gamma must be a number > 0; got {self.gamma!r}")
         if self.kd_temperature <= 0:
             raise ConfigError(f"kd_temperature must be > 0; got {self.kd_temperature}")
         if self.eval_every < 0 or self.num_workers < 0:

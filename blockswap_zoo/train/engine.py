@@ -10,7 +10,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from . import distributed as D
 from .artifacts import CHECKPOINT, load_model, model_config, write_curves, write_final, write_metrics
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
 from .config import TrainConfig
-from .evaluate import run_eval
+from .evaluate import check_model_fits, run_eval
 from .losses import attention_transfer, kd_loss
 
 __all__ = ["RunDirError", "TrainResult", "build_student", "load_teacher", "lr_lambda", "train"]
@@ -102,6 +102,7 @@ def _seed_everything(seed: int) -> None:
 def _prepare_out_dir(out: Path, resume: bool, force: bool, main: bool) -> bool:
     """Check (and with ``force``, clear) the run dir; returns whether a checkpoint is to be resumed."""
     ckpt = out / CHECKPOINT
+    _check_dir_path(out)
     if resume:
         if ckpt.is_file():
             return True
@@ -119,10 +120,23 @@ def _prepare_out_dir(out: Path, resume: bool, force: bool, main: bool) -> bool:
     return False
 
 
+def _check_dir_path(out: Path) -> None:
+    """Refuse a run directory path that is, or lies under, an existing file (instead of a NotADirectoryError)."""
+    for p in (out, *out.parents):
+        if p.exists():
+            if not p.is_dir():
+                what = "is a file" if p == out else f"lies under {p}, which is a file"
+                raise RunDirError(f"run directory {out} {what}, not a folder; pass --out a new or existing folder")
+            return
+
+
 def _train_loader(
     config: TrainConfig, info: DatasetInfo, dist: D.DistInfo, channels_last: bool
-) -> tuple[Iterable, Any, int]:
-    """-> (loader, object with state_dict for checkpointing or None, number of training images)."""
+) -> tuple[Iterable, Any, int, DatasetInfo]:
+    """-> (loader, object with state_dict for checkpointing or None, number of training images, dataset info).
+
+    The info returned names an image-folder dataset's classes after its class folders.
+    """
     use_device = info.in_memory and config.loader != "dataloader"
     if use_device:
         data = load_arrays(info.name, "train", config.data_dir, download=config.download)
@@ -138,7 +152,7 @@ def _train_loader(
             world_size=dist.world_size,
             channels_last=channels_last,
         )
-        return loader, loader, n
+        return loader, loader, n, info
     from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
 
     from ..data.transforms import PerSampleDataset, train_transform
@@ -148,6 +162,7 @@ def _train_loader(
         ds = PerSampleDataset(data.images, data.labels, train_transform(info))
     else:
         ds = image_folder(info.name, "train", config.data_dir, train_transform(info))
+        info = _with_folder_labels(info, ds.classes)
     if config.subset is not None:
         ds = Subset(ds, range(min(config.subset, len(ds))))
     if config.batch_size % dist.world_size:
@@ -163,27 +178,48 @@ def _train_loader(
         num_workers=config.num_workers,
         pin_memory=dist.device.type == "cuda",
         drop_last=True,
-        persistent_workers=config.num_workers > 0,
+        generator=torch.Generator(),  # seeds the workers; re-seeded per epoch by _HostLoader.set_epoch
+        persistent_workers=False,  # fresh workers each epoch, seeded from (seed, epoch): resume is exact
     )
-    return _HostLoader(loader, sampler, dist.device, channels_last, config.seed), None, len(ds)
+    return _HostLoader(loader, sampler, dist.device, channels_last, config.seed, dist.rank), None, len(ds), info
+
+
+def _with_folder_labels(info: DatasetInfo, classes: list[str]) -> DatasetInfo:
+    """``info`` with its label names taken from the class folders (ImageFolder's sorted ``classes``)."""
+    if len(classes) > info.num_classes:
+        raise ValueError(
+            f"the {info.name} train folder has {len(classes)} class folders but {info.name} models have "
+            f"{info.num_classes} outputs; keep at most {info.num_classes} class folders"
+        )
+    return replace(info, label_names=tuple(classes))
 
 
 class _HostLoader:
-    """A DataLoader whose batches are moved to the device; its shuffling is re-seeded per epoch."""
+    """A DataLoader whose batches are moved to the device; its shuffling and workers are re-seeded per epoch.
 
-    def __init__(self, loader: Any, sampler: Any, device: torch.device, channels_last: bool, seed: int) -> None:
+    Every random draw of an epoch (the order, each worker's augmentation) follows from (seed, epoch,
+    rank) alone, so a run resumed at an epoch boundary draws what the uninterrupted run drew.
+    """
+
+    def __init__(
+        self, loader: Any, sampler: Any, device: torch.device, channels_last: bool, seed: int, rank: int = 0
+    ) -> None:
         self.loader, self.sampler, self.device, self.seed, self.epoch = loader, sampler, device, seed, 0
+        self.rank = rank
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def set_epoch(self, epoch: int) -> None:
+        """Seed the epoch's shuffle and worker RNGs from (seed, epoch, rank); call before iterating."""
         self.epoch = epoch
         if hasattr(self.sampler, "set_epoch"):
             self.sampler.set_epoch(epoch)
         elif getattr(self.sampler, "generator", None) is not None:
             self.sampler.generator.manual_seed(self.seed * 100_003 + epoch)
+        if self.loader.generator is not None:
+            self.loader.generator.manual_seed(_worker_seed(self.seed, epoch, self.rank))
 
     def __iter__(self):
         for x, y in self.loader:
@@ -191,6 +227,11 @@ class _HostLoader:
                 x.to(self.device, non_blocking=True).contiguous(memory_format=self.fmt),
                 y.to(self.device, non_blocking=True),
             )
+
+
+def _worker_seed(seed: int, epoch: int, rank: int) -> int:
+    """The DataLoader's base seed for an epoch: distinct per epoch and rank, independent of the global RNG."""
+    return int(np.random.SeedSequence([seed, epoch, rank, 0x5EED]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _progress(enabled: bool):
@@ -256,11 +297,12 @@ def _train(
 
     if model is None:
         model = build_student(config, info)
-    if getattr(model, "num_classes", info.num_classes) != info.num_classes:
-        raise ValueError(f"the model has {model.num_classes} classes but {info.name} has {info.num_classes}")
+    check_model_fits(model, info)
     if teacher is None and config.teacher:
         teacher = load_teacher(config.teacher, dev)
     distill = teacher is not None
+    if distill:
+        check_model_fits(teacher, info, f"the teacher {config.teacher or ''}".rstrip(), classes=config.kd_alpha > 0)
     amp = config.amp == "bf16" or (config.amp == "auto" and dev.type == "cuda")
     channels_last = config.channels_last if config.channels_last is not None else dev.type == "cuda"
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -270,7 +312,7 @@ def _train(
             p.requires_grad_(False)
         teacher = teacher.eval().to(dev, memory_format=fmt)
 
-    loader, loader_state, n_train = _train_loader(config, info, dist, channels_last)
+    loader, loader_state, n_train, info = _train_loader(config, info, dist, channels_last)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ValueError(f"{n_train} training images give no batch of {config.batch_size}; lower --batch-size")

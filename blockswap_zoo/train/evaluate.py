@@ -15,7 +15,24 @@ from ..data import DatasetInfo, get_dataset_info, image_folder, load_arrays, nor
 from ..numerics import strict_fp32
 from .distributed import all_reduce_sum, resolve_device
 
-__all__ = ["eval_batches", "evaluate", "run_eval", "test_batches"]
+__all__ = ["check_model_fits", "eval_batches", "evaluate", "run_eval", "test_batches"]
+
+
+def check_model_fits(model: nn.Module, info: DatasetInfo, role: str = "the model", classes: bool = True) -> None:
+    """Raise a ValueError naming both numbers when ``model``'s input channels (or classes) do not fit ``info``.
+
+    Caught here, the mismatch is a clear message instead of a shape error deep in the first conv or the loss.
+    """
+    ic = getattr(model, "in_chans", None)
+    if ic is not None and ic != info.in_chans:
+        raise ValueError(
+            f"{role} takes {ic}-channel input but {info.name} images have {info.in_chans} channel(s); "
+            f"use a model built with in_chans={info.in_chans} (one trained on {info.name}), or pick the dataset "
+            "the model was made for"
+        )
+    nc = getattr(model, "num_classes", None)
+    if classes and nc is not None and nc != info.num_classes:
+        raise ValueError(f"{role} has {nc} classes but {info.name} has {info.num_classes}")
 
 
 def test_batches(
@@ -109,9 +126,7 @@ def evaluate(
     dev = resolve_device("auto" if device is None else str(device))
     if not isinstance(model, nn.Module):
         model = load_model(model)
-    nc = getattr(model, "num_classes", None)
-    if nc is not None and nc != info.num_classes:
-        raise ValueError(f"the model has {nc} classes but {info.name} has {info.num_classes}")
+    check_model_fits(model, info)
     model = model.to(dev)
     with contextlib.nullcontext() if amp else strict_fp32():  # fp32 means fp32 on GPUs too: no TF32
         r = run_eval(model, info, dev, data_dir=data_dir, batch_size=batch_size, subset=subset, amp=amp)
