@@ -200,6 +200,26 @@ def test_distillation_trains_student_and_leaves_teacher_frozen(tmp_path: Path) -
 
 
 @needs_fmnist
+def test_compiled_distillation_matches_eager(tmp_path: Path) -> None:
+    """--compile wraps the student and the teacher in torch.compile; three steps land where eager ones do."""
+    teacher = build_model(Genotype.uniform("wrn_10_1"), 10, 1)
+    student = Genotype("wrn_10_1", ("G(2)", "B(2)", "S")).to_string()
+    runs = {}
+    for compiled in (False, True):
+        # beta 1: with 1000, fp32 reassociation inside the compiled kernels is amplified past any useful bound
+        cfg = _tiny(arch=student, epochs=1, max_steps=3, kd_alpha=0.5, beta=1.0, deterministic=False, compile=compiled)
+        runs[compiled] = train(cfg, teacher=teacher)
+    eager, comp = runs[False].model.state_dict(), runs[True].model.state_dict()
+    for k in eager:  # compiled kernels reassociate fp32 sums and flip ReLU masks near 0: loose per tensor
+        a, b = eager[k].double(), comp[k].double()
+        assert (a - b).norm() <= 1e-2 * a.norm() + 1e-4, k
+    for key in ("train_loss", "at_loss"):
+        assert runs[True].history[0][key] == pytest.approx(runs[False].history[0][key], rel=1e-4)
+    with pytest.raises(ConfigError, match="compile_mode"):
+        TrainConfig(compile_mode="fastest")
+
+
+@needs_fmnist
 def test_real_fashion_mnist_run_reaches_well_above_chance(tmp_path: Path) -> None:
     cfg = TrainConfig(
         arch="wrn_10_1",

@@ -37,6 +37,9 @@ _OPT = {
     "eval_subset": typer.Option(None, help="Evaluate on the first N test images."),
     "amp": typer.Option(None, help="auto (bf16 on GPU), bf16 (also on a CPU with native bf16) or none."),
     "compile": typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
+    "compile_mode": typer.Option(
+        None, help="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, ..."
+    ),
     "channels_last": typer.Option(
         None, "--channels-last/--no-channels-last", help="channels_last memory format (default: on GPU only)."
     ),
@@ -133,6 +136,7 @@ def train_teacher_cmd(
     amp: str = _OPT["amp"],
     channels_last: bool = _OPT["channels_last"],
     compile: bool = _OPT["compile"],
+    compile_mode: str = _OPT["compile_mode"],
     loader: str = _OPT["loader"],
     num_workers: int = _OPT["num_workers"],
     progress: bool = _OPT["progress"],
@@ -181,6 +185,7 @@ def distill_cmd(
     amp: str = _OPT["amp"],
     channels_last: bool = _OPT["channels_last"],
     compile: bool = _OPT["compile"],
+    compile_mode: str = _OPT["compile_mode"],
     loader: str = _OPT["loader"],
     num_workers: int = _OPT["num_workers"],
     progress: bool = _OPT["progress"],

@@ -53,6 +53,7 @@ class TrainConfig:
     amp: str = "auto"
     channels_last: bool | None = None
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile mode; reduce-overhead replays CUDA graphs
     deterministic: bool = False
     max_steps: int | None = None
     subset: int | None = None
@@ -75,6 +76,7 @@ class TrainConfig:
             "at_mode": ("code", "paper"),
             "amp": ("auto", "bf16", "none"),
             "loader": ("auto", "device", "dataloader"),
+            "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

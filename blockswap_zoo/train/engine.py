@@ -348,8 +348,10 @@ def _train(
     fwd: nn.Module = _Forward(model, with_features=distill)
     if dist.enabled:
         fwd = nn.parallel.DistributedDataParallel(fwd, device_ids=[dev.index] if dev.type == "cuda" else None)
-    if config.compile:
-        fwd = torch.compile(fwd)
+    t_fwd = _Forward(teacher, with_features=True) if distill else None  # (logits, stage outputs), no grad
+    if config.compile:  # the teacher too: with reduce-overhead both replay CUDA graphs
+        fwd = torch.compile(fwd, mode=config.compile_mode)
+        t_fwd = torch.compile(t_fwd, mode=config.compile_mode) if t_fwd is not None else None
     autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
     eval_kwargs = dict(
         data_dir=config.data_dir,
@@ -383,16 +385,14 @@ def _train(
                     logits, feats = fwd(x)
                     loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
                     at = None
-                    if distill:
+                    if t_fwd is not None:
                         with torch.no_grad():
-                            t_final, t_feats = teacher.forward_intermediates(x)
+                            t_logits, t_feats = t_fwd(x)
                         if not checked:
                             _check_compatible(feats, t_feats)
                             checked = True
                         at = attention_transfer(feats, t_feats, config.at_mode)
                         if config.kd_alpha > 0:
-                            with torch.no_grad():
-                                t_logits = teacher.forward_head(t_final)
                             kd = kd_loss(logits, t_logits, config.kd_temperature)
                             loss = (1 - config.kd_alpha) * loss + config.kd_alpha * kd
                         loss = loss + config.beta * at
