@@ -31,6 +31,7 @@ from blockswap_zoo.search import (
     sample_genotypes,
 )
 from blockswap_zoo.search.sampler import BudgetSpace
+from blockswap_zoo.search.scoring import resolve_mode
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -262,6 +263,13 @@ def test_bad_settings_are_refused_before_a_report_is_written(tmp_path: Path) -> 
     with pytest.raises(ValueError, match=r"unknown backbone 'wrn_x'.*blockswap-zoo list"):
         run_search("wrn_x", "20k", report_dir=out, **SMALL)
     assert not out.exists()
+
+
+def test_auto_mode_is_fast_on_cpus_and_exact_on_gpus() -> None:
+    assert resolve_mode("auto", "cpu") == "fast" and resolve_mode("auto", "cuda:1") == "exact"
+    assert resolve_mode("exact", "cpu") == "exact"
+    r = run_search("wrn_10_1", "20k", samples=2, seed=5, threads=1)  # the default mode is auto
+    assert r.settings.mode == "fast" and r.extra["score_config"]["autocast"] == "bfloat16"
 
 
 def test_search_on_a_dataset() -> None:

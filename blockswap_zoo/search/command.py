@@ -34,7 +34,10 @@ def search(
     macs: bool = typer.Option(False, "--macs", help="The budget counts multiply-accumulates, not parameters."),
     tolerance: float = typer.Option(0.025, help="Accepted relative distance from the budget (0.025: +-2.5%)."),
     proxy: str = typer.Option("fisher", help="Score: fisher, grad_norm, snip, synflow, naswot."),
-    mode: str = typer.Option("fast", help="fast (bf16, sub-batch) or exact (fp32, the definition's values)."),
+    mode: str = typer.Option(
+        "auto",
+        help="fast (bf16, sub-batch), exact (fp32, the definition's values), or auto: fast on CPUs, exact on GPUs.",
+    ),
     dataset: str = typer.Option(
         "embedded", help="embedded (128 Fashion-MNIST images shipped with the package), fashion_mnist, cifar10, ..."
     ),

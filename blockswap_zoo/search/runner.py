@@ -28,7 +28,7 @@ from ..io import atomic_write_text
 from .minibatch import EMBEDDED, load_search_batch
 from .proxies import PROXIES
 from .sampler import _backbone, parse_budget, sample_genotypes
-from .scoring import Candidate, candidate_seed, mode_config, score_candidates
+from .scoring import Candidate, candidate_seed, mode_config, resolve_mode, score_candidates
 
 __all__ = ["ReportError", "SearchResult", "SearchSettings", "load_report", "run_search"]
 
@@ -215,7 +215,7 @@ def run_search(
     samples: int = 1000,
     *,
     proxy: str = "fisher",
-    mode: str = "fast",
+    mode: str = "auto",
     dataset: str = EMBEDDED,
     data_dir: str | Path | None = None,
     batch_size: int = 128,
@@ -249,6 +249,7 @@ def run_search(
     rank, world = _dist()
     if torch.device(device).type == "cuda" and world > 1 and torch.device(device).index is None:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    mode = resolve_mode(mode, device)
     cfg = mode_config(mode, proxy, device, threads)  # before anything is written: an unknown mode is an error
     bb = _backbone(backbone)
     budget_n = parse_budget(budget)
