@@ -134,9 +134,8 @@ def _tiny(**kw) -> TrainConfig:
     return TrainConfig(**{**base, **kw})
 
 
-@needs_fmnist
-def test_interrupt_and_resume_gives_identical_weights(tmp_path: Path) -> None:
-    straight = train(_tiny(), out_dir=tmp_path / "a")
+def _interrupt_after_epoch_1(cfg: TrainConfig, out: Path) -> None:
+    """Start a run in ``out`` and stop it by an exception at the end of its first epoch (its checkpoint written)."""
 
     class Interrupt(Exception):
         pass
@@ -146,7 +145,13 @@ def test_interrupt_and_resume_gives_identical_weights(tmp_path: Path) -> None:
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train(_tiny(), out_dir=tmp_path / "b", on_epoch_end=stop)
+        train(cfg, out_dir=out, on_epoch_end=stop)
+
+
+@needs_fmnist
+def test_interrupt_and_resume_gives_identical_weights(tmp_path: Path) -> None:
+    straight = train(_tiny(), out_dir=tmp_path / "a")
+    _interrupt_after_epoch_1(_tiny(), tmp_path / "b")
     assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["epoch"] == 0
     with pytest.raises(RunDirError, match="--resume"):
         train(_tiny(), out_dir=tmp_path / "b")
@@ -169,16 +174,7 @@ def test_resume_is_exact_on_the_dataloader_path_with_workers(tmp_path: Path) -> 
     """Worker RNGs are re-seeded per epoch, so interrupting after epoch 1 and resuming changes nothing."""
     cfg = dict(epochs=3, batch_size=16, subset=32, eval_subset=16, eval_every=0, loader="dataloader", num_workers=1)
     straight = train(_tiny(**cfg), out_dir=tmp_path / "a")
-
-    class Interrupt(Exception):
-        pass
-
-    def stop(epoch: int, record: dict) -> None:
-        if epoch == 1:
-            raise Interrupt
-
-    with pytest.raises(Interrupt):
-        train(_tiny(**cfg), out_dir=tmp_path / "b", on_epoch_end=stop)
+    _interrupt_after_epoch_1(_tiny(**cfg), tmp_path / "b")
     resumed = train(_tiny(**cfg), out_dir=tmp_path / "b", resume=True)
     sa, sb = straight.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
