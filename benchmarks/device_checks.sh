@@ -7,7 +7,7 @@
 #   bash benchmarks/device_checks.sh search     # only the search steps (or: train)
 #
 # search: where a candidate's time goes (build, transfer, forward, backward, reduction, kernel
-#         time, launches), then 1000 candidates end to end in exact and fast mode.
+#         time, launches), then 1000 candidates end to end in exact mode, in 1 and in 8 processes.
 # train:  the teacher and distillation steps, eager and compiled with CUDA graphs.
 set -u
 out="${OUT:-device-checks}"
@@ -32,7 +32,7 @@ if [[ $which == all || $which == search ]]; then
     step profile_exact 90 python benchmarks/profile_search_scoring.py --device "$dev" --mode exact --candidates 20
     step profile_fast 90 python benchmarks/profile_search_scoring.py --device "$dev" --mode fast --candidates 20
     step search_1000 200 python benchmarks/search_speed.py --device "$dev" --agreement-seeds 0 --speed-candidates 0 \
-        --search-candidates 1000 --search-runs exact,fast
+        --search-candidates 1000 --search-runs exact,exact:8
 fi
 if [[ $which == all || $which == train ]]; then
     step train_eager 120 python benchmarks/train_speed.py --device "$dev" --only teacher

@@ -46,7 +46,7 @@ def search(
     block_types: str | None = typer.Option(None, help="Comma-separated block types to sample (default: the 23)."),
     seed: int = typer.Option(0, help="Seed of the candidates, the minibatch and the inits."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto (cuda when available)."),
-    workers: int = typer.Option(1, help="CPU worker processes (ignored on a GPU)."),
+    workers: int = typer.Option(1, help="Worker processes (on a GPU they share the device)."),
     threads: int | None = typer.Option(
         None, help="torch threads per process (default: torch's; 1 is faster on a CPU other jobs keep busy)."
     ),

@@ -230,15 +230,17 @@ def _score_jobs(
 
 
 # ---------------------------------------------------------------- worker processes
-# CPU only. On one GPU, 8 processes scored 1000 candidates no faster than one process (65 s vs
-# about 60 s on an H200, benchmarks/search_speed.py --search-runs fast:8): they time-share the GPU.
+# On a CPU each worker gets its share of the cores. On a GPU the workers share the device: a
+# candidate there is bound by the host (building the network, launching ~600 small kernels), so
+# several host processes may keep one GPU busier; not measured yet (benchmarks/device_checks.sh).
 _WORKER: dict[str, object] = {}
 
 
 def _worker_init(images: torch.Tensor, labels: torch.Tensor, cfg: ScoreConfig, num_classes: int, in_chans: int) -> None:
     torch.set_num_threads(cfg.num_threads or 1)
     memory = contextlib.ExitStack()  # for the worker's lifetime
-    memory.enter_context(retain_freed_memory())
+    if torch.device(cfg.device).type == "cpu":
+        memory.enter_context(retain_freed_memory())
     _WORKER["memory"] = memory
     images, labels = _prepare(images, labels, cfg)  # once per worker, not once per candidate
     _WORKER.update(images=images, labels=labels, cfg=cfg, num_classes=num_classes, in_chans=in_chans)
@@ -259,12 +261,12 @@ def score_candidates(
     workers: int = 1,
     on_result: Callable[[Candidate], None] | None = None,
 ) -> list[Candidate]:
-    """Score ``jobs`` in this process (workers=1) or in ``workers`` spawned CPU processes; results in job order.
+    """Score ``jobs`` in this process (workers=1) or in ``workers`` spawned processes; results in job order.
 
     ``on_result`` is called as each candidate finishes (for progress and incremental saving).
     """
     results: list[Candidate] = []
-    if workers <= 1 or torch.device(cfg.device).type != "cpu":
+    if workers <= 1:
         it: Iterator[Candidate] = _score_jobs(jobs, images, labels, cfg, num_classes, in_chans)
         for c in it:
             results.append(c)
@@ -276,7 +278,8 @@ def score_candidates(
     threads = cfg.num_threads or max(1, (os.cpu_count() or 1) // workers)
     wcfg = ScoreConfig(**{**cfg.to_dict(), "num_threads": threads})  # type: ignore[arg-type]
     ctx = mp.get_context("spawn")
-    with ctx.Pool(workers, _worker_init, (images, labels, wcfg, num_classes, in_chans)) as pool:
+    init_args = (images.cpu(), labels.cpu(), wcfg, num_classes, in_chans)  # each worker moves them to its device
+    with ctx.Pool(workers, _worker_init, init_args) as pool:
         for c in pool.imap_unordered(_worker_score, jobs):
             results.append(c)
             if on_result:
