@@ -381,6 +381,8 @@ def _train(
             progress.reset(task, total=steps_per_epoch, description=f"epoch {epoch + 1}/{config.epochs}", ips=0.0)
             t0, seen = time.perf_counter(), 0
             for x, y in loader:
+                if config.compile:  # CUDA graphs (reduce-overhead) may reuse the last step's outputs from here on
+                    torch.compiler.cudagraph_mark_step_begin()
                 with autocast():
                     logits, feats = fwd(x)
                     loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
