@@ -121,8 +121,11 @@ def _read_records(report: Path) -> dict[int, Candidate]:
     return out
 
 
-def _check_device(device: str) -> None:
-    """Raise ValueError naming the fix for a device string torch cannot parse or this machine lacks."""
+def _check_device(device: str) -> str:
+    """The device to score on (``auto``: cuda when available); ValueError naming the fix for one torch
+    cannot parse or this machine lacks."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(device)
     except RuntimeError:
@@ -134,6 +137,7 @@ def _check_device(device: str) -> None:
             raise ValueError(f"device {device!r} does not exist: this machine has {torch.cuda.device_count()} GPU(s)")
     elif dev.type != "cpu":
         raise ValueError(f"search runs on cpu or cuda, not {device!r}")
+    return device
 
 
 def _trim_torn_tail(path: Path) -> None:
@@ -245,7 +249,7 @@ def run_search(
         raise ValueError(f"workers must be >= 1 (1: score in this process), got {workers}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1 (or left out for torch's default), got {threads}")
-    _check_device(device)
+    device = _check_device(device)
     rank, world = _dist()
     if torch.device(device).type == "cuda" and world > 1 and torch.device(device).index is None:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"

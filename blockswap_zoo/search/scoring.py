@@ -230,9 +230,10 @@ def _score_jobs(
 
 
 # ---------------------------------------------------------------- worker processes
-# On a CPU each worker gets its share of the cores. On a GPU the workers share the device: a
-# candidate there is bound by the host (building the network, launching ~600 small kernels), so
-# several host processes may keep one GPU busier; not measured yet (benchmarks/device_checks.sh).
+# On a CPU each worker gets its share of the cores. On a GPU the workers share the device: if a
+# candidate there is bound by the host (building the network, launching many small kernels), as the
+# training step measured on an H200 is, several host processes keep one GPU busier. Not measured
+# yet (benchmarks/device_checks.sh).
 _WORKER: dict[str, object] = {}
 
 
