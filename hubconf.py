@@ -8,15 +8,16 @@ Only torch and safetensors are needed (no torchvision, typer or huggingface_hub)
 
 from __future__ import annotations
 
-from blockswap_zoo.pretrained import Weights, load_records
-from blockswap_zoo.registry import create_model
+from blockswap_zoo.pretrained import Weights as _Weights  # underscored: torch.hub.list shows only entrypoints
+from blockswap_zoo.pretrained import load_records as _load_records
+from blockswap_zoo.registry import create_model as _create_model
 
 dependencies = ["torch", "safetensors"]
 
 
-def _entrypoint(w: Weights):  # noqa: ANN202 - torch.hub reads the function and its docstring
+def _entrypoint(w: _Weights):  # noqa: ANN202 - torch.hub reads the function and its docstring
     def load(pretrained: bool = True, num_classes: int | None = None, **kwargs):  # noqa: ANN003
-        return create_model(w.name if pretrained else w.arch, pretrained=pretrained, num_classes=num_classes,
+        return _create_model(w.name if pretrained else w.arch, pretrained=pretrained, num_classes=num_classes,
                             in_chans=None if pretrained else w.in_chans, **kwargs)  # fmt: skip
 
     top1 = w.metrics.get("top1", float("nan"))
@@ -31,4 +32,4 @@ def _entrypoint(w: Weights):  # noqa: ANN202 - torch.hub reads the function and 
     return load
 
 
-globals().update({w.hub_entrypoint: _entrypoint(w) for w in load_records().values()})
+globals().update({w.hub_entrypoint: _entrypoint(w) for w in _load_records().values()})

@@ -9,10 +9,11 @@ from typing import NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .genotype import Genotype
-from .registry import get_arch, list_models
+from .registry import get_arch, list_models, names_published_weights
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="BlockSwap students: search, distil, load.")
 console = Console()
@@ -21,7 +22,7 @@ err_console = Console(stderr=True)
 
 def fail(message: str, code: int = 2) -> NoReturn:
     """Print a clear error and exit non-zero (2: bad input)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # [..] in a message is text
     raise typer.Exit(code)
 
 
@@ -33,6 +34,11 @@ def _resolve_genotype(name: str) -> tuple[str, Genotype, int, int, tuple[int, in
         g = Genotype.load(name)
     else:
         a = get_arch(name)
+        if names_published_weights(name):  # arch.tag: the published checkpoint's classes, channels and size
+            from .pretrained import get_weights
+
+            w = get_weights(name)
+            return w.name, a.genotype, w.num_classes, w.in_chans, tuple(w.input_size)  # type: ignore[return-value]
         return a.name, a.genotype, a.num_classes, a.in_chans, a.input_size
     default = 1000 if g.backbone.startswith("resnet") else 10
     size = g.backbone_spec.default_input_size
@@ -170,16 +176,16 @@ def export_cmd(
 ) -> None:
     """Export a model and check that the exported file reproduces PyTorch's outputs."""
     from .export import export_model
-    from .registry import create_model
+    from .registry import create_model, names_published_weights
 
     if fmt not in ("onnx", "export"):
         fail(f"--format must be onnx or export, got {fmt!r}")
     try:
-        model = create_model(name)
+        model = create_model(name, pretrained=names_published_weights(name))
         size = _input_size(name, model)
         target = out or Path(f"{name.split(':')[-1].replace('/', '_')}.{'onnx' if fmt == 'onnx' else 'pt2'}")
         check = export_model(model, fmt, target, size, overwrite=force)  # type: ignore[arg-type]
-    except (ValueError, FileExistsError, FileNotFoundError) as e:
+    except (ValueError, FileExistsError, FileNotFoundError, ImportError) as e:
         fail(str(e))
     if not check.ok:
         fail(f"exported {check.path} differs from PyTorch by {check.max_abs_diff:.3g} (> {check.atol})", code=1)

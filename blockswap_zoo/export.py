@@ -37,33 +37,52 @@ def export_model(
     atol: float = 1e-4,
     overwrite: bool = False,
 ) -> ExportCheck:
-    """Export ``model`` (eval mode) and run the exported file on a fresh batch to compare outputs."""
+    """Export ``model`` (eval mode), then run the exported file on a fresh batch of another size (the
+    batch dimension is dynamic) and compare its outputs with PyTorch's. The file appears only once it ran."""
     out = Path(out)
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --force to replace it")
+    if fmt not in ("onnx", "export"):
+        raise ValueError(f"unknown export format {fmt!r}; choose onnx or export")
+    if fmt == "onnx":
+        _require_onnx()  # before anything is written: the check needs onnxruntime
     out.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval()
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(batch_size, *input_size, generator=gen)
+    x = torch.randn(batch_size, *input_size, generator=gen)  # traced
+    fresh = torch.randn(batch_size + 1, *input_size, generator=gen)  # checked
     with torch.no_grad():
-        ref = model(x)
+        ref = model(fresh)
     tmp = out.with_name(f".tmp-{out.name}")  # same suffix: torch.export checks it
-    if fmt == "onnx":
-        torch.onnx.export(
-            model, (x,), str(tmp), input_names=["images"], output_names=["logits"],
-            dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False,
-        )  # fmt: skip
-        tmp.replace(out)
-        import onnxruntime as ort
+    dynamic = {"x": {0: torch.export.Dim("batch")}}
+    try:
+        if fmt == "onnx":
+            torch.onnx.export(
+                model, (x,), str(tmp), input_names=["images"], output_names=["logits"],
+                dynamic_shapes=dynamic, dynamo=True, verbose=False,
+                external_data=False,  # one self-contained file (the weights would go beside the temp name)
+            )  # fmt: skip
+            import onnxruntime as ort
 
-        session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-        got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
-    elif fmt == "export":
-        program = torch.export.export(model, (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
-        torch.export.save(program, str(tmp))
+            session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+            got = torch.from_numpy(session.run(None, {"images": fresh.numpy()})[0])
+        else:
+            torch.export.save(torch.export.export(model, (x,), dynamic_shapes=dynamic), str(tmp))
+            with torch.no_grad():
+                got = torch.export.load(str(tmp)).module()(fresh)
         tmp.replace(out)
-        with torch.no_grad():
-            got = torch.export.load(str(out)).module()(x)
-    else:
-        raise ValueError(f"unknown export format {fmt!r}; choose onnx or export")
+    finally:
+        tmp.unlink(missing_ok=True)
     return ExportCheck(out, float((got - ref).abs().max()), atol)
+
+
+def _require_onnx() -> None:
+    """Raise ImportError naming the install command when ONNX export or its check cannot run here."""
+    import importlib.util
+
+    missing = [m for m in ("onnx", "onnxscript", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ImportError(
+            f"ONNX export needs {', '.join(missing)}; install them with `pip install 'blockswap-zoo[export]'` "
+            "(or use --format export, which needs only torch)"
+        )

@@ -191,7 +191,8 @@ def pull_hf_hub(repo_id: str, revision: str | None = None, cache_dir: str | Path
         root = Path(cache_dir or HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
         raise OfflineError(
             f"offline mode: {repo_id}@{revision or 'main'} is not in the Hugging Face cache; expected it under "
-            f"{root} (snapshots/<commit>/{WEIGHTS_NAME}). Download it once online (`blockswap-zoo download "
+            f"{root} (snapshots/<commit>/{WEIGHTS_NAME}, with refs/{revision or 'main'} holding <commit>, as "
+            f"huggingface_hub lays it out). Download it once online (`blockswap-zoo download "
             f"hf-hub:{repo_id}`) or unset HF_HUB_OFFLINE / BLOCKSWAP_ZOO_OFFLINE"
         ) from None
     return Path(path)

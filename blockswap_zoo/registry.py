@@ -21,6 +21,7 @@ __all__ = [
     "create_model",
     "get_arch",
     "list_models",
+    "names_published_weights",
     "register_arch",
     "resolve_genotype",
 ]
@@ -179,6 +180,12 @@ def list_models(pattern: str | Iterable[str] = "*", exclude: str | Iterable[str]
     return sorted(n for n in names if not any(fnmatch.fnmatchcase(n, e) for e in excludes))
 
 
+def names_published_weights(name: str) -> bool:
+    """Whether ``name`` is ``arch.tag``: on the command line (evaluate, export, --teacher) that means the
+    published weights, as ``create_model(name, pretrained=True)``; in ``create_model`` the tag alone does not."""
+    return ":" not in name and not name.lstrip().startswith("{") and split_name(name)[1] is not None
+
+
 def split_name(name: str) -> tuple[str, str | None]:
     """``arch.tag`` -> (arch, tag); ``arch`` -> (arch, None)."""
     arch, _, tag = name.partition(".")
@@ -225,9 +232,10 @@ def create_model(
 
     - ``"wrn_40_2_bs811k"``: the arch, randomly initialised (``num_classes`` / ``in_chans``
       default to the arch's);
-    - ``"arch.tag"``, ``pretrained=True`` (the arch's first published tag) or ``pretrained="tag"``:
-      published weights, sha256-verified; a different
-      ``num_classes`` replaces only the classifier (fine-tuning);
+    - ``"arch.tag"`` with ``pretrained=True``, ``"arch"`` with ``pretrained=True`` (the arch's first
+      published tag) or ``pretrained="tag"``: published weights, sha256-verified; a different
+      ``num_classes`` replaces only the classifier (fine-tuning). ``"arch.tag"`` without
+      ``pretrained`` is the tag's configuration (classes, channels) randomly initialised, as in timm;
     - ``"local-dir:<path>"``: any checkpoint directory; ``"hf-hub:ORG/NAME[@REV]"``: one on the Hub;
     - a Genotype, or its JSON / compact text.
     """
@@ -253,7 +261,13 @@ def create_model(
     else:
         arch = get_arch(name_or_genotype)
         genotype = arch.genotype
-        pretrained = pretrained or split_name(name_or_genotype)[1] is not None
+        tag = split_name(name_or_genotype)[1]
+        if tag is not None and not pretrained:  # as timm: the tag's configuration, randomly initialised
+            from .pretrained import get_weights
+
+            w = get_weights(name_or_genotype)
+            num_classes = w.num_classes if num_classes is None else num_classes
+            in_chans = w.in_chans if in_chans is None else in_chans
     if pretrained:
         if arch is None:
             raise UnknownModelError("pretrained=True needs a registered model name, not a bare genotype")

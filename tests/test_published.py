@@ -1,6 +1,8 @@
 """The published checkpoints: each loads sha256-verified by name and reproduces its recorded
 test accuracy on the real Fashion-MNIST test set (the README and model cards quote these records)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -54,10 +56,13 @@ def test_cli_evaluate_knows_the_published_dataset() -> None:
     from blockswap_zoo.cli import app
 
     name = PUBLISHED[0]
-    r = CliRunner().invoke(app, ["evaluate", name, "--subset", "256", "--device", "cpu", "--json"])
-    assert r.exit_code == 0, r.output
-    out = json.loads(r.output)
-    assert out["dataset"] == load_records()[name].dataset and out["n"] == 256
+    w = load_records()[name]
+    local = "local-dir:" + str(Path(__file__).parents[1] / Path(w.file).parent)  # its config.json names it
+    for target in (name, local):
+        r = CliRunner().invoke(app, ["evaluate", target, "--subset", "256", "--device", "cpu", "--json"])
+        assert r.exit_code == 0, r.output
+        out = json.loads(r.output)
+        assert out["dataset"] == w.dataset and out["n"] == 256
 
 
 def test_pretrained_may_name_the_tag() -> None:
@@ -97,3 +102,53 @@ def test_record_names_the_shipped_recipe(name: str) -> None:
     recipe = load_recipe(root / w.recipe)
     assert recipe.sha256 == w.extra["recipe_sha256"], "recipe changed since release: reproduce and release again"
     assert (root / Path(w.file).parent / "recipe.yaml").read_text() == (root / w.recipe).read_text()
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_a_tag_without_pretrained_is_its_configuration_randomly_initialised(name: str) -> None:
+    """As timm: ``create_model("arch.tag")`` has the tag's classes and channels but no weights; the
+    command line (evaluate, export, --teacher) reads a tag as the published weights."""
+    from blockswap_zoo.train.artifacts import load_model
+
+    w = load_records()[name]
+    published = create_model(name, pretrained=True).state_dict()
+    fresh = create_model(name)
+    assert (fresh.num_classes, fresh.in_chans) == (w.num_classes, w.in_chans)
+    assert not torch.equal(fresh.state_dict()["fc.weight"], published["fc.weight"])
+    by_cli = load_model(name).state_dict()
+    assert all(torch.equal(by_cli[k], published[k]) for k in published)
+
+
+def test_cli_info_describes_the_published_checkpoint() -> None:
+    from typer.testing import CliRunner
+
+    from blockswap_zoo.cli import app
+
+    name = PUBLISHED[0]
+    w = load_records()[name]
+    res = CliRunner().invoke(app, ["info", name])
+    assert res.exit_code == 0, res.output
+    c, h, wd = w.input_size
+    assert f"params {w.params:,}" in res.output and f"at {c}x{h}x{wd}, {w.num_classes} classes" in res.output
+
+
+def test_cli_export_writes_one_checked_self_contained_file(tmp_path, monkeypatch) -> None:
+    import importlib.util
+
+    from typer.testing import CliRunner
+
+    from blockswap_zoo.cli import app
+
+    runner = CliRunner()
+    name = PUBLISHED[0]
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "m.onnx"
+    res = runner.invoke(app, ["export", name, "--format", "onnx", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]  # weights inside, no temp or data file left
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "onnxruntime" else real(m, *a))
+    res = runner.invoke(app, ["export", name, "--format", "onnx", "--out", str(tmp_path / "n.onnx")])
+    assert res.exit_code == 2 and "blockswap-zoo[export]" in " ".join(res.stderr.split())
+    assert not (tmp_path / "n.onnx").exists()

@@ -97,10 +97,10 @@ def load_model(spec: str | Path, map_location: str | torch.device = "cpu") -> nn
         model = _build(state["model_config"])
         model.load_state_dict(state["model"], strict=True)
         return model
-    from ..registry import create_model
+    from ..registry import create_model, names_published_weights
 
     try:
-        return create_model(str(spec))
+        return create_model(str(spec), pretrained=names_published_weights(str(spec)))
     except ValueError as e:
         raise FileNotFoundError(f"{spec!r} is not a run directory, a checkpoint file, or a model name: {e}") from None
 

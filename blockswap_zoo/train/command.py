@@ -248,7 +248,7 @@ def _recorded_dataset(model: str) -> str | None:
 
     if model in load_records():
         return load_records()[model].dataset  # a published checkpoint names its dataset
-    p = Path(model)
+    p = Path(model.removeprefix("local-dir:"))  # a checkpoint directory names its dataset in config.json
     run_dir = p if p.is_dir() else p.parent
     ckpt = p if p.is_file() and p.suffix == ".pt" else run_dir / CHECKPOINT
     if not (p.is_file() and p.suffix == ".pt") and (run_dir / "config.json").is_file():
