@@ -56,6 +56,14 @@ def _front_matter(name: str, cfg: dict[str, Any]) -> str:
     return "---\n" + json.dumps(meta, indent=2) + "\n---\n"
 
 
+def evaluated_on(cfg: dict[str, Any]) -> str:
+    """Where a checkpoint's accuracy was measured, from the environment its config.json records."""
+    env = cfg.get("environment") or {}
+    if not env.get("device"):
+        return "(hardware not recorded)"
+    return f"on {env['device']} with torch {env.get('torch', '?')}"
+
+
 def model_card(name: str, cfg: dict[str, Any]) -> str:
     """A Hugging Face model card (README.md) for one checkpoint, from its config.json contents."""
     g = Genotype.from_dict(cfg["genotype"]) if isinstance(cfg["genotype"], dict) else Genotype.parse(cfg["genotype"])
@@ -87,8 +95,11 @@ def model_card(name: str, cfg: dict[str, Any]) -> str:
 | training | {cfg.get("training", "n/a")} |
 | weights | `model.safetensors`, sha256 `{cfg.get("weights_sha256", "")}` |
 
-The accuracy was measured by `{cfg.get("eval_command", "blockswap-zoo evaluate")}` with the dataset's
-eval transform ({cfg.get("eval_transform", "normalise only")}; mean {cfg.get("mean")}, std {cfg.get("std")}).
+The accuracy was measured by `{cfg.get("eval_command", "blockswap-zoo evaluate")}` in fp32 {evaluated_on(cfg)},
+with the dataset's eval transform ({cfg.get("eval_transform", "normalise only")}; mean {cfg.get("mean")}, std
+{cfg.get("std")}). `metrics.jsonl` holds the training run's per-epoch records; their test accuracy comes
+from the evaluation during training, in the run's precision (bf16 autocast on GPUs by default), so it
+can differ slightly from the figure above.
 
 ## Use
 
@@ -151,12 +162,19 @@ def zoo_model_card(records: dict[str, Weights] | None = None) -> str:
             "",
             f"- genotype: `{w.genotype}`",
             f"- training: {w.training}",
-            f"- accuracy measured by: `{w.eval_command}` ({w.eval_transform})",
+            f"- accuracy measured by: `{w.eval_command}` in fp32 {evaluated_on(_checkpoint_config(w))}; "
+            f"eval transform: {w.eval_transform}",
             f"- weights: `{w.file}`, {w.size:,} bytes, sha256 `{w.sha256}`; Hub repo `{w.hf_repo}`",
             f"- license: {w.license}",
             "",
         ]
     return "\n".join(parts)
+
+
+def _checkpoint_config(w: Weights) -> dict[str, Any]:
+    """The config.json beside a published checkpoint's weights in this checkout ({} when absent)."""
+    path = Path(__file__).resolve().parents[1] / Path(w.file).parent / "config.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def update_readme(readme: str) -> str:
@@ -183,4 +201,11 @@ def write_docs(repo_root: Path) -> list[Path]:
     if not card.exists() or card.read_text() != text:
         atomic_write_text(card, text)
         changed.append(card)
+    for w in load_records().values():  # each checkpoint's own card, from its config.json
+        folder = repo_root / Path(w.file).parent
+        if (folder / "config.json").is_file():
+            text = model_card(w.name, json.loads((folder / "config.json").read_text()))
+            if not (folder / "README.md").is_file() or (folder / "README.md").read_text() != text:
+                atomic_write_text(folder / "README.md", text)
+                changed.append(folder / "README.md")
     return changed

@@ -1,11 +1,12 @@
 """Generated docs stay in sync with the pretrained records; hubconf exposes one entrypoint per record."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import torch
 
-from blockswap_zoo.cards import update_readme, zoo_model_card
+from blockswap_zoo.cards import model_card, update_readme, zoo_model_card
 from blockswap_zoo.pretrained import load_records
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,6 +16,11 @@ def test_readme_table_and_model_card_match_the_records() -> None:
     readme = (ROOT / "README.md").read_text()
     assert update_readme(readme) == readme, "README table is stale: run `blockswap-zoo docs`"
     assert (ROOT / "MODEL_CARD.md").read_text() == zoo_model_card() + "\n", "run `blockswap-zoo docs`"
+    for w in load_records().values():  # each checkpoint's card, from its config.json
+        folder = ROOT / Path(w.file).parent
+        card = model_card(w.name, json.loads((folder / "config.json").read_text()))
+        assert (folder / "README.md").read_text() == card, f"{folder}/README.md is stale: run `blockswap-zoo docs`"
+        assert "in fp32 on " in card and "(hardware not recorded)" not in card
 
 
 def test_hubconf_entrypoints_are_the_records() -> None:
@@ -22,11 +28,7 @@ def test_hubconf_entrypoints_are_the_records() -> None:
     hubconf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hubconf)
     assert hubconf.dependencies == ["torch", "safetensors"]
-    entries = {n for n in dir(hubconf) if callable(getattr(hubconf, n)) and not n.startswith("_")} - {
-        "create_model",
-        "load_records",
-        "Weights",
-    }
+    entries = {n for n in dir(hubconf) if callable(getattr(hubconf, n)) and not n.startswith("_")}
     assert entries == {w.hub_entrypoint for w in load_records().values()}
     for w in load_records().values():  # the same path torch.hub.load(..., source="local") takes
         model = torch.hub.load(str(ROOT), w.hub_entrypoint, source="local", pretrained=True)
