@@ -8,6 +8,7 @@ verifies the full sha256 first.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import os
@@ -136,8 +137,18 @@ def resolve_weights_file(w: Weights) -> Path:
         )
     from torch.hub import download_url_to_file
 
+    made = not cached.parent.exists()
     cached.parent.mkdir(parents=True, exist_ok=True)
-    download_url_to_file(w.url, str(cached), progress=False)  # writes a temp file, then renames
+    try:
+        download_url_to_file(w.url, str(cached), progress=False)  # writes a temp file, then renames
+    except OSError as e:  # URLError included: no network, DNS, HTTP errors
+        if made:
+            with contextlib.suppress(OSError):
+                cached.parent.rmdir()  # only if empty: leave nothing behind
+        raise OfflineError(
+            f"could not download weights {w.name} from {w.url} ({type(e).__name__}: {e}). Put the file at "
+            f"{cached} (sha256 {w.sha256}) and set HF_HUB_OFFLINE=1, or retry with network access"
+        ) from None
     try:
         load_verified_state_dict(cached, w.sha256, w.size)
     except WeightsError:

@@ -124,6 +124,16 @@ def test_download_from_file_url_is_verified(tmp_path: Path, checkpoint: Path, mo
     assert not path.exists()
 
 
+def test_failed_download_is_a_clear_error_and_leaves_nothing(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
+    monkeypatch.setenv("BLOCKSWAP_ZOO_BASE_URL", (tmp_path / "nowhere").as_uri())  # as unreachable as no network
+    monkeypatch.setenv("BLOCKSWAP_ZOO_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    w = _record(tmp_path, checkpoint)
+    with pytest.raises(OfflineError, match=r"could not download weights wrn_10_1\.test .*HF_HUB_OFFLINE=1"):
+        resolve_weights_file(w)
+    assert not (tmp_path / "cache" / "wrn_10_1.test").exists()
+
+
 def test_hf_hub_cache_offline(tmp_path: Path, checkpoint: Path, monkeypatch) -> None:
     """A Hub cache laid out on disk as huggingface_hub writes it, read with HF_HUB_OFFLINE=1."""
     cache = tmp_path / "hf"
