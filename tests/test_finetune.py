@@ -53,6 +53,8 @@ def test_finetune_cli_on_the_published_student(tmp_path: Path) -> None:
             "--no-progress"]  # fmt: skip
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
-    assert json.loads((out / "config.json").read_text())["train_config"]["lr"] == 0.01  # finetune's default
+    train_config = json.loads((out / "config.json").read_text())["train_config"]
+    assert train_config["lr"] == 0.01  # finetune's default
+    assert train_config["extra"]["finetuned_from"] == "wrn_40_2_bs400k.fmnist_at"  # where its weights came from
     missing = CliRunner().invoke(app, ["finetune", "wrn_40_2_bs400k.fmnist_at"])
     assert missing.exit_code != 0 and "--dataset" in missing.output

@@ -49,4 +49,5 @@ def finetune(source: str, config: TrainConfig, out_dir: str | Path | None = None
     """Train :func:`load_for_finetuning` (``source``, ``config.dataset``) with ``config``; kwargs go to train."""
     model = load_for_finetuning(source, config.dataset)
     config.arch = model.genotype.to_string()  # the run directory records the exact network
+    config.extra = {**config.extra, "finetuned_from": source}  # ... and the weights it started from
     return train(config, model=model, out_dir=out_dir, **kwargs)
