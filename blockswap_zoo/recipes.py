@@ -1,4 +1,4 @@
-"""Recipes: one YAML file per checkpoint, read with ``yaml.safe_load`` into a typed schema.
+"""Recipes: one YAML file per checkpoint, read as plain data (``yaml_io.load_yaml``) into a typed schema.
 
 A recipe is inert data. Every component is picked by name from a closed set (datasets, archs,
 proxies, schedules); an unknown key, a wrong type or a missing field is an error that names the
@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
+
+from .yaml_io import load_yaml
 
 __all__ = [
     "Recipe",
@@ -211,18 +213,31 @@ def _validate(r: Recipe) -> None:
         if spec is not None and (spec.epochs < 1 or spec.batch_size < 1 or spec.lr <= 0):
             raise RecipeError(f"{where}: epochs and batch_size must be >= 1 and lr > 0")
     if r.student.search is not None:
-        from .search.sampler import parse_budget
+        _validate_search(r.student.search)
 
-        try:
-            parse_budget(r.student.search.budget)
-        except ValueError as e:
-            raise RecipeError(f"student.search.budget: {e}") from None
+
+def _validate_search(s: SearchSpec) -> None:
+    """What run_search would refuse, refused here: before a teacher has trained for it."""
+    from .search.sampler import _backbone, parse_budget
+
+    try:
+        _backbone(s.backbone)
+    except ValueError as e:
+        raise RecipeError(f"student.search.backbone: {e}") from None
+    try:
+        parse_budget(s.budget)
+    except ValueError as e:
+        raise RecipeError(f"student.search.budget: {e}") from None
+    if s.samples < 1:
+        raise RecipeError(f"student.search.samples: must be >= 1, got {s.samples}")
+    if not 0 <= s.tolerance < 1:
+        raise RecipeError(f"student.search.tolerance: must be in [0, 1) (0.025: +-2.5%), got {s.tolerance}")
 
 
 def parse_recipe(text: str, source: str = "<string>") -> Recipe:
-    """Parse recipe text (YAML, safe_load only: no tags, no code) and validate it."""
+    """Parse recipe text (YAML: safe tags only, no code, no aliases: ``load_yaml``) and validate it."""
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as e:
         raise RecipeError(f"{source}: not valid YAML (only plain YAML is accepted, no tags): {e}") from None
     try:

@@ -4,6 +4,7 @@ its record to ``pretrained.json``, both derived from the checkpoint's own config
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,46 @@ from .pretrained import RECORDS_FILE, REPO_ROOT, Weights, load_records
 
 __all__ = ["release_checkpoint"]
 
+_NAME = re.compile(r"^[a-z0-9_]+\.[a-z0-9_]+$")
+
+
+def _checked_name(cfg: dict) -> str:
+    """The checkpoint's ``arch.tag``: a registered arch whose genotype the checkpoint has (it becomes a folder name)."""
+    from .registry import UnknownModelError, get_arch
+
+    name = str(cfg.get("name", ""))
+    if not _NAME.match(name):
+        raise ValueError(f"checkpoint name {name!r} is not 'arch.tag' (lowercase letters, digits, underscores)")
+    try:
+        arch = get_arch(name)
+    except UnknownModelError as e:
+        raise ValueError(f"cannot release {name}: {e}; register the arch first") from None
+    if Genotype.from_dict(cfg["genotype"]) != arch.genotype:
+        raise ValueError(f"cannot release {name}: its genotype is not the registered {arch.name}'s")
+    return name
+
+
+def _check_recipe_expectation(cfg: dict, checkpoint: Path) -> None:
+    """The recipe the checkpoint names is in this repository, and the checkpoint meets its expected metric."""
+    from .recipes import load_recipe
+
+    recipe_path = REPO_ROOT / str(cfg.get("recipe", ""))
+    if not cfg.get("recipe") or not recipe_path.is_file():
+        raise ValueError(
+            f"{checkpoint} names recipe {cfg.get('recipe')!r}, which is not in this repository; add it first"
+        )
+    recipe = load_recipe(recipe_path)
+    expected = recipe.expected
+    if expected is None or recipe.name != cfg.get("name"):  # a teacher checkpoint is a by-product: no promise
+        return
+    got = cfg.get("metrics", {}).get(expected.metric)
+    if got is None or abs(got - expected.value) > expected.tolerance:
+        raise ValueError(
+            f"{checkpoint} measured {expected.metric} {got}, outside its recipe's expected {expected.value} "
+            f"+- {expected.tolerance}: not released. Publish what the recipe promises, or change the recipe's "
+            "expectation (with the run that justifies it)"
+        )
+
 
 def release_checkpoint(checkpoint: str | Path, force: bool = False) -> Weights:
     """Verify the checkpoint loads, copy it into ``weights/`` and write its record."""
@@ -22,14 +63,18 @@ def release_checkpoint(checkpoint: str | Path, force: bool = False) -> Weights:
     cfg = json.loads((checkpoint / CONFIG_NAME).read_text())
     if cfg.get("smoke"):
         raise ValueError(f"{checkpoint} comes from a smoke run (--max-steps); only full runs are released")
-    name = cfg["name"]
+    name = _checked_name(cfg)
+    _check_recipe_expectation(cfg, checkpoint)
     records = dict(load_records())
-    if name in records and not force:
-        raise FileExistsError(f"a record named {name} exists; pass --force to replace it")
     target = REPO_ROOT / "weights" / name
+    if (name in records or target.exists()) and not force:
+        raise FileExistsError(f"{name} is already released (weights/{name} or its record); pass --force to replace it")
+    staging = target.with_name(f".release-{name}")  # copied whole first: weights/ never holds half a checkpoint
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(checkpoint, staging)
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(checkpoint, target)
+    staging.rename(target)
     w = Weights(
         name=name, file=f"weights/{name}/{WEIGHTS_NAME}", sha256=cfg["weights_sha256"], size=cfg["weights_size"],
         dataset=cfg["dataset"], num_classes=cfg["num_classes"], in_chans=cfg["in_chans"],

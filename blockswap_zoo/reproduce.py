@@ -265,6 +265,23 @@ def _write_checkpoint(
     return full
 
 
+RUN_KIND = "run.json"  # {"max_steps": null} for a full run, N for a smoke run
+
+
+def _check_same_kind_of_run(run_dir: Path, max_steps: int | None) -> None:
+    """A resumed run keeps its kind: a smoke run's finished stages must not end up in a 'full' checkpoint."""
+    kind = run_dir / RUN_KIND
+    if not kind.is_file():
+        return
+    before = json.loads(kind.read_text()).get("max_steps")
+    if before != max_steps:
+        what = f"a smoke run (--max-steps {before})" if before is not None else "a full run"
+        again = f"--max-steps {before}" if before is not None else "no --max-steps"
+        raise FileExistsError(
+            f"{run_dir} holds {what}; resume it with {again}, or start over with --force or another --out"
+        )
+
+
 def reproduce(
     recipe: Recipe,
     run_dir: str | Path,
@@ -286,7 +303,9 @@ def reproduce(
             raise FileExistsError(f"{run_dir} is not empty; pass --resume to continue it or --force to start over")
         elif marker.is_file() and marker.read_text() != Path(recipe.source).read_text():
             raise FileExistsError(f"{run_dir} was started from a different recipe; use another --out or --force")
+    _check_same_kind_of_run(run_dir, max_steps)
     run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / RUN_KIND, json.dumps({"max_steps": max_steps}) + "\n")
     atomic_write_text(marker, Path(recipe.source).read_text())
     atomic_write_text(run_dir / "plan.json", json.dumps(plan(recipe), indent=2) + "\n")
     started = time.perf_counter()

@@ -38,6 +38,9 @@ def _official() -> dict:
         (lambda d: d["student"]["search"].update(budget="lots"), "student.search.budget"),
         (lambda d: d.update(name="nodot"), "must be 'arch.tag'"),
         (lambda d: d["teacher"].update(name="wrn_16_1.fmnist"), "teacher.name"),
+        (lambda d: d["student"]["search"].update(backbone="resnet50"), "student.search.backbone"),
+        (lambda d: d["student"]["search"].update(samples=0), "student.search.samples"),
+        (lambda d: d["student"]["search"].update(tolerance=-1.0), "student.search.tolerance"),
     ],
 )
 def test_bad_recipes_name_field_and_file(edit, fragment: str) -> None:
@@ -53,6 +56,12 @@ def test_recipes_never_run_code(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match="not valid YAML"):
         parse_recipe(f"name: {evil}\n", "evil.yaml")
     assert not (tmp_path / "pwned").exists()
+
+
+def test_yaml_aliases_are_refused_before_they_expand() -> None:
+    laughs = 'a: &a ["x","x","x","x","x","x","x","x","x"]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nname: *b\n'
+    with pytest.raises(RecipeError, match="aliases"):
+        parse_recipe(laughs, "laughs.yaml")
 
 
 def test_unknown_recipe_lists_shipped_ones() -> None:
@@ -86,6 +95,10 @@ def test_reproduce_smoke_end_to_end_on_fashion_mnist(tmp_path: Path) -> None:
     assert reproduce(r, tmp_path / "run", resume=True, max_steps=2, device="cpu").metrics == result.metrics
     with pytest.raises(FileExistsError, match="--resume"):
         reproduce(r, tmp_path / "run", max_steps=2, device="cpu")
+    # a smoke run stays one: resuming it as a full run would label its 2-step stages a full checkpoint
+    with pytest.raises(FileExistsError, match=r"smoke run \(--max-steps 2\)"):
+        reproduce(r, tmp_path / "run", resume=True, device="cpu")
+    assert json.loads((ckpt / "config.json").read_text())["smoke"] is True
 
 
 def test_teacher_may_be_a_plain_backbone() -> None:

@@ -84,6 +84,9 @@ def test_config_file_rules(tmp_path: Path) -> None:
     f.write_text("arch: !!python/object/apply:os.system ['echo hi']\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         resolve_config(f, {})
+    f.write_text("dataset: &d fashion_mnist\narch: *d\n")  # aliases could expand to gigabytes: refused
+    with pytest.raises(ConfigError, match="aliases"):
+        resolve_config(f, {})
     f.write_text("dataset: fashion_mnist\nepochs: 3\nlr: 0.05\n")
     cfg = resolve_config(f, {"epochs": 5, "lr": None})
     assert (cfg.epochs, cfg.lr, cfg.dataset, cfg.weight_decay) == (5, 0.05, "fashion_mnist", 5e-4)

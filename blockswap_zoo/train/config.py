@@ -1,4 +1,4 @@
-"""Typed training settings: defaults < ``--config`` YAML (safe_load, unknown keys refused) < options."""
+"""Typed training settings: defaults < ``--config`` YAML (plain data, unknown keys refused) < options."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from ..yaml_io import load_yaml
 
 __all__ = ["ConfigError", "TrainConfig", "load_config_file", "paper_defaults", "resolve_config"]
 
@@ -128,10 +130,10 @@ class TrainConfig:
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML settings file with ``yaml.safe_load`` (no tags, no code) into a dict."""
+    """Read a YAML settings file (safe tags only, no code, no aliases: ``load_yaml``) into a dict."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
     except yaml.YAMLError as e:

@@ -1,0 +1,80 @@
+"""``release``: what it refuses (names that are not arch.tag, smoke runs, missed expectations, a missing
+recipe, an existing folder) and what it writes, in a throwaway copy of the repository layout."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from blockswap_zoo import pretrained, release
+from blockswap_zoo.pretrained import load_records
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = "wrn_40_2_bs400k.fmnist_at"
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty repository (recipes/ and weights/) that release writes into instead of this checkout."""
+    root = tmp_path / "repo"
+    shutil.copytree(ROOT / "recipes", root / "recipes")
+    (root / "weights").mkdir()
+    records = root / "pretrained.json"
+
+    def records_here() -> dict:
+        return pretrained.load_records.__wrapped__(records)
+
+    records_here.cache_clear = lambda: None  # type: ignore[attr-defined]
+    monkeypatch.setattr(release, "REPO_ROOT", root)
+    monkeypatch.setattr(release, "RECORDS_FILE", records)
+    monkeypatch.setattr(release, "load_records", records_here)
+    return root
+
+
+def _checkpoint(tmp_path: Path, **changes: object) -> Path:
+    """A copy of the published student's directory with ``changes`` made to its config.json."""
+    ck = tmp_path / "ck"
+    shutil.copytree(ROOT / "weights" / NAME, ck)
+    cfg = json.loads((ck / "config.json").read_text())
+    cfg.update(changes)
+    (ck / "config.json").write_text(json.dumps(cfg))
+    return ck
+
+
+def test_release_writes_the_folder_and_the_record(repo: Path, tmp_path: Path) -> None:
+    before = (ROOT / "blockswap_zoo" / "pretrained.json").read_text()
+    w = release.release_checkpoint(_checkpoint(tmp_path))
+    assert w.name == NAME and w.sha256 == load_records()[NAME].sha256
+    assert (repo / "weights" / NAME / "model.safetensors").is_file()
+    assert [r["name"] for r in json.loads((repo / "pretrained.json").read_text())] == [NAME]
+    assert not list((repo / "weights").glob(".release-*"))
+    with pytest.raises(FileExistsError, match="--force"):
+        release.release_checkpoint(_checkpoint(tmp_path / "again"))
+    release.release_checkpoint(_checkpoint(tmp_path / "forced"), force=True)
+    assert (ROOT / "blockswap_zoo" / "pretrained.json").read_text() == before  # this checkout untouched
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"name": "../tools"}, "is not 'arch.tag'"),
+        ({"name": "no_such_arch.tag"}, "register the arch first"),
+        ({"smoke": True}, "smoke run"),
+        ({"metrics": {"top1": 80.0, "top5": 99.0}}, "outside its recipe's expected"),
+        ({"recipe": "recipes/not_here.yaml"}, "not in this repository"),
+    ],
+)
+def test_release_refuses(repo: Path, tmp_path: Path, changes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        release.release_checkpoint(_checkpoint(tmp_path, **changes))
+    assert list((repo / "weights").iterdir()) == [] and not (repo / "pretrained.json").exists()
+
+
+def test_an_unrecorded_folder_is_not_deleted_without_force(repo: Path, tmp_path: Path) -> None:
+    mine = repo / "weights" / NAME
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="--force"):
+        release.release_checkpoint(_checkpoint(tmp_path))
+    assert (mine / "keep.txt").read_text() == "mine"
