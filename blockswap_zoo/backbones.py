@@ -47,6 +47,7 @@ class Backbone:
 
     name: str
     default_input_size: tuple[int, int, int]
+    default_num_classes: int
     stage_depths: tuple[int, ...]
     stage_widths: tuple[int, ...]
     stage_strides: tuple[int, ...]
@@ -138,6 +139,7 @@ class WideResNetBackbone(Backbone):
         return f"wrn_{self.depth}_{self.width}"
 
     default_input_size = (3, 32, 32)
+    default_num_classes = 10  # CIFAR-10
     stage_strides = (1, 2, 2)
 
     @property
@@ -188,6 +190,7 @@ class ResNetBackbone(Backbone):
         return self.variant
 
     default_input_size = (3, 224, 224)
+    default_num_classes = 1000  # ImageNet
     stage_widths = (64, 128, 256, 512)
     stage_strides = (1, 2, 2, 2)
     stem_reduction = 4

@@ -40,9 +40,8 @@ def _resolve_genotype(name: str) -> tuple[str, Genotype, int, int, tuple[int, in
             w = get_weights(name)
             return w.name, a.genotype, w.num_classes, w.in_chans, tuple(w.input_size)  # type: ignore[return-value]
         return a.name, a.genotype, a.num_classes, a.in_chans, a.input_size
-    default = 1000 if g.backbone.startswith("resnet") else 10
-    size = g.backbone_spec.default_input_size
-    return g.backbone + " (custom genotype)", g, default, 3, size
+    spec = g.backbone_spec
+    return g.backbone + " (custom genotype)", g, spec.default_num_classes, 3, spec.default_input_size
 
 
 @app.command("list")

@@ -75,6 +75,8 @@ class Genotype:
     @classmethod
     def from_reference(cls, backbone: str, convs: Sequence[str]) -> Genotype:
         """From the reference code's list of block names (``['Conv', 'DConvA4', ...]``)."""
+        if isinstance(convs, str):
+            raise GenotypeError(f"from_reference needs a list of block names, got the string {convs!r}")
         return cls(backbone, tuple(convs))
 
     @classmethod
@@ -121,7 +123,7 @@ class Genotype:
         if not isinstance(data["blocks"], list):
             raise GenotypeError("'blocks' must be a list of block names")
         version = data.get("version", FORMAT_VERSION)
-        if not isinstance(version, int):
+        if not isinstance(version, int) or isinstance(version, bool):
             raise GenotypeError(f"'version' must be an integer, got {version!r}")
         return cls(str(data["backbone"]), tuple(data["blocks"]), version)
 
@@ -200,16 +202,23 @@ class Genotype:
         bb = self.backbone_spec
         return [bb.block_cost(t, slot) for t, slot in zip(self.block_types, bb.slots(input_size), strict=True)]
 
-    def num_params(self, num_classes: int = 10, in_chans: int = 3) -> int:
-        """Exact parameter count (weights and BN affine, no buffers) without building the model."""
+    def num_params(self, num_classes: int | None = None, in_chans: int = 3) -> int:
+        """Exact parameter count (weights and BN affine, no buffers) without building the model.
+
+        ``num_classes`` defaults to the backbone's, as build_model's: 10 for WideResNets, 1000 for ResNets.
+        """
         bb = self.backbone_spec
+        num_classes = bb.default_num_classes if num_classes is None else num_classes
         fixed = fixed_cost(bb, num_classes, in_chans, None)[0]
         return fixed + sum(p for p, _ in self.block_costs())
 
-    def macs(self, num_classes: int = 10, in_chans: int = 3, input_size: tuple[int, int] | int | None = None) -> int:
-        """Multiply-accumulates of one forward pass: convolutions and the classifier."""
+    def macs(
+        self, num_classes: int | None = None, in_chans: int = 3, input_size: tuple[int, int] | int | None = None
+    ) -> int:
+        """Multiply-accumulates of one forward pass: convolutions and the classifier (classes as num_params)."""
         hw = _hw(input_size)
         bb = self.backbone_spec
+        num_classes = bb.default_num_classes if num_classes is None else num_classes
         return fixed_cost(bb, num_classes, in_chans, hw)[1] + sum(m for _, m in self.block_costs(hw))
 
 

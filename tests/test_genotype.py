@@ -73,6 +73,8 @@ def test_save_and_load(tmp_path) -> None:
         (lambda: Genotype.from_json('{"backbone": "wrn_16_1", "blocks": [], "extra": 1}'), "unknown genotype keys"),
         (lambda: Genotype.from_string("wrn_16_1 S S"), "compact genotype must look like"),
         (lambda: Genotype("wrn_16_1", ("S",) * 6, version=9), "version 9"),
+        (lambda: Genotype.from_json('{"backbone": "wrn_16_1", "blocks": ["S"], "version": true}'), "an integer"),
+        (lambda: Genotype.from_reference("wrn_40_2", "Conv"), "a list of block names"),
     ],
 )
 def test_errors_name_the_problem(make, fragment: str) -> None:
@@ -98,3 +100,11 @@ def test_reference_csv_import_errors(tmp_path) -> None:
         Genotype.from_reference_csv(bad)
     with pytest.raises(GenotypeError, match="cannot read"):
         Genotype.from_reference_csv(tmp_path / "missing.csv")
+
+
+def test_counts_default_to_the_backbones_classes_as_build_model() -> None:
+    from blockswap_zoo import build_model
+
+    for backbone in ("wrn_16_1", "resnet18"):
+        g = Genotype.uniform(backbone)
+        assert g.num_params() == sum(p.numel() for p in build_model(g).parameters())

@@ -20,6 +20,7 @@ def build_model(
     """
     if isinstance(genotype, str):
         genotype = Genotype.parse(genotype)
+    classes = genotype.backbone_spec.default_num_classes if num_classes is None else num_classes
     if isinstance(genotype.backbone_spec, ResNetBackbone):
-        return ResNet(genotype, 1000 if num_classes is None else num_classes, in_chans, drop_rate)
-    return WideResNet(genotype, 10 if num_classes is None else num_classes, in_chans, drop_rate)
+        return ResNet(genotype, classes, in_chans, drop_rate)
+    return WideResNet(genotype, classes, in_chans, drop_rate)

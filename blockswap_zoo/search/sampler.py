@@ -92,7 +92,7 @@ class BudgetSpace:
         cls,
         backbone: str | Backbone,
         metric: str = "params",
-        num_classes: int = 10,
+        num_classes: int | None = None,
         in_chans: int = 3,
         input_size: int | Sequence[int] | None = None,
         block_types: Sequence[str] | None = None,
@@ -101,6 +101,7 @@ class BudgetSpace:
         if metric not in METRICS:
             raise BudgetError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
         bb = _backbone(backbone)
+        num_classes = bb.default_num_classes if num_classes is None else num_classes  # as build_model
         hw = _hw(input_size)
         names = list(sampled_block_names() if block_types is None else block_types)
         if not names:
@@ -224,7 +225,7 @@ class _Counter:
 def reachable_range(
     backbone: str | Backbone,
     metric: str = "params",
-    num_classes: int = 10,
+    num_classes: int | None = None,
     in_chans: int = 3,
     input_size: int | Sequence[int] | None = None,
     block_types: Sequence[str] | None = None,
@@ -238,7 +239,7 @@ def count_feasible(
     budget: int | str,
     tolerance: float = 0.025,
     metric: str = "params",
-    num_classes: int = 10,
+    num_classes: int | None = None,
     in_chans: int = 3,
     input_size: int | Sequence[int] | None = None,
     block_types: Sequence[str] | None = None,
@@ -256,7 +257,7 @@ def sample_genotypes(
     seed: int = 0,
     tolerance: float = 0.025,
     metric: str = "params",
-    num_classes: int = 10,
+    num_classes: int | None = None,
     in_chans: int = 3,
     input_size: int | Sequence[int] | None = None,
     block_types: Sequence[str] | None = None,
