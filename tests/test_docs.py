@@ -33,3 +33,10 @@ def test_hubconf_entrypoints_are_the_records() -> None:
     for w in load_records().values():  # the same path torch.hub.load(..., source="local") takes
         model = torch.hub.load(str(ROOT), w.hub_entrypoint, source="local", pretrained=True)
         assert model.num_classes == w.num_classes
+
+
+def test_readme_use_a_model_snippet_runs_as_written() -> None:
+    block = (ROOT / "README.md").read_text().split("## Use a model")[1].split("```python")[1].split("```")[0]
+    scope: dict = {}
+    exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 - our own README
+    assert scope["g"].num_params(num_classes=10, in_chans=3) == 476_986 and scope["model"].num_classes == 100
