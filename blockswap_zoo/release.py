@@ -19,7 +19,8 @@ _NAME = re.compile(r"^[a-z0-9_]+\.[a-z0-9_]+$")
 
 
 def _checked_name(cfg: dict) -> str:
-    """The checkpoint's ``arch.tag``: a registered arch whose genotype the checkpoint has (it becomes a folder name)."""
+    """The checkpoint's ``arch.tag`` (it becomes a folder name). A registered arch must have the checkpoint's
+    genotype; a new one (a searched student) is registered by the record this release writes."""
     from .registry import UnknownModelError, get_arch
 
     name = str(cfg.get("name", ""))
@@ -27,10 +28,10 @@ def _checked_name(cfg: dict) -> str:
         raise ValueError(f"checkpoint name {name!r} is not 'arch.tag' (lowercase letters, digits, underscores)")
     try:
         arch = get_arch(name)
-    except UnknownModelError as e:
-        raise ValueError(f"cannot release {name}: {e}; register the arch first") from None
+    except UnknownModelError:
+        return name
     if Genotype.from_dict(cfg["genotype"]) != arch.genotype:
-        raise ValueError(f"cannot release {name}: its genotype is not the registered {arch.name}'s")
+        raise ValueError(f"cannot release {name}: its genotype is not the registered {arch.name}'s; rename it")
     return name
 
 
@@ -44,6 +45,13 @@ def _check_recipe_expectation(cfg: dict, checkpoint: Path) -> None:
             f"{checkpoint} names recipe {cfg.get('recipe')!r}, which is not in this repository; add it first"
         )
     recipe = load_recipe(recipe_path)
+    if cfg.get("recipe_sha256") != recipe.sha256:
+        raise ValueError(f"{cfg['recipe']} has changed since {checkpoint} was made from it; reproduce it again")
+    products = {recipe.name} | ({recipe.teacher.name} if recipe.teacher and recipe.teacher.name else set())
+    if cfg.get("name") not in products:
+        raise ValueError(
+            f"{checkpoint} is named {cfg.get('name')!r}, but its recipe makes {', '.join(sorted(products))}"
+        )
     expected = recipe.expected
     if expected is None or recipe.name != cfg.get("name"):  # a teacher checkpoint is a by-product: no promise
         return

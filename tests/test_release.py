@@ -9,6 +9,7 @@ import pytest
 
 from blockswap_zoo import pretrained, release
 from blockswap_zoo.pretrained import load_records
+from blockswap_zoo.recipes import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "wrn_40_2_bs400k.fmnist_at"
@@ -32,10 +33,10 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-def _checkpoint(tmp_path: Path, **changes: object) -> Path:
-    """A copy of the published student's directory with ``changes`` made to its config.json."""
+def _checkpoint(tmp_path: Path, source: str = NAME, **changes: object) -> Path:
+    """A copy of a published checkpoint's directory with ``changes`` made to its config.json."""
     ck = tmp_path / "ck"
-    shutil.copytree(ROOT / "weights" / NAME, ck)
+    shutil.copytree(ROOT / "weights" / source, ck)
     cfg = json.loads((ck / "config.json").read_text())
     cfg.update(changes)
     (ck / "config.json").write_text(json.dumps(cfg))
@@ -52,6 +53,8 @@ def test_release_writes_the_folder_and_the_record(repo: Path, tmp_path: Path) ->
     with pytest.raises(FileExistsError, match="--force"):
         release.release_checkpoint(_checkpoint(tmp_path / "again"))
     release.release_checkpoint(_checkpoint(tmp_path / "forced"), force=True)
+    teacher = release.release_checkpoint(_checkpoint(tmp_path / "teacher", source="wrn_40_2.fmnist"))
+    assert teacher.name == "wrn_40_2.fmnist"  # the recipe's by-product: named by it, no expectation of its own
     assert (ROOT / "blockswap_zoo" / "pretrained.json").read_text() == before  # this checkout untouched
 
 
@@ -59,16 +62,27 @@ def test_release_writes_the_folder_and_the_record(repo: Path, tmp_path: Path) ->
     ("changes", "message"),
     [
         ({"name": "../tools"}, "is not 'arch.tag'"),
-        ({"name": "no_such_arch.tag"}, "register the arch first"),
+        ({"name": "wrn_40_2_bs811k.fmnist_at"}, "not the registered wrn_40_2_bs811k's"),
         ({"smoke": True}, "smoke run"),
         ({"metrics": {"top1": 80.0, "top5": 99.0}}, "outside its recipe's expected"),
         ({"recipe": "recipes/not_here.yaml"}, "not in this repository"),
+        ({"recipe_sha256": "0" * 64}, "has changed since"),
     ],
 )
 def test_release_refuses(repo: Path, tmp_path: Path, changes: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         release.release_checkpoint(_checkpoint(tmp_path, **changes))
     assert list((repo / "weights").iterdir()) == [] and not (repo / "pretrained.json").exists()
+
+
+def test_a_new_searched_arch_is_released_under_its_own_name(repo: Path, tmp_path: Path) -> None:
+    new = "wrn_40_2_bs391k.fmnist_at"  # an arch nobody has registered: its record will
+    official = (repo / "recipes" / f"{NAME}.yaml").read_text()
+    (repo / "recipes" / f"{new}.yaml").write_text(official.replace(f"name: {NAME}", f"name: {new}"))
+    sha = load_recipe(repo / "recipes" / f"{new}.yaml").sha256
+    ck = _checkpoint(tmp_path, name=new, recipe=f"recipes/{new}.yaml", recipe_sha256=sha)
+    w = release.release_checkpoint(ck)
+    assert w.arch == "wrn_40_2_bs391k" and (repo / "weights" / new).is_dir()
 
 
 def test_an_unrecorded_folder_is_not_deleted_without_force(repo: Path, tmp_path: Path) -> None:
