@@ -333,6 +333,7 @@ def reproduce(
     assert student is not None
     ckpt_dir = run_dir / "checkpoint"
     smoke = max_steps is not None
+    here = str(_environment()["device"])  # the hardware of stages that did not record their own
     t = recipe.teacher
     if teacher is not None and t is not None and t.name and t.train is not None:
         teacher_ckpt = run_dir / "teacher_checkpoint"
@@ -340,13 +341,13 @@ def reproduce(
             _write_checkpoint(
                 teacher, teacher_ckpt, recipe, name=t.name, role="teacher", teacher=None,
                 description=f"{t.arch} teacher trained by the recipe {Path(recipe.source).name}",
-                training=training_summary(recipe, run_dir, str(_environment()["device"]), max_steps, ("teacher",)),
+                training=training_summary(recipe, run_dir, here, max_steps, ("teacher",)),
                 stage_dir=run_dir / "teacher", smoke=smoke,
             )  # fmt: skip
     full = _write_checkpoint(
         student, ckpt_dir, recipe, name=recipe.name, role="student", description=recipe.description,
         teacher=(t.pretrained or t.name or t.arch) if t is not None else None,
-        training=training_summary(recipe, run_dir, str(_environment()["device"]), max_steps),
+        training=training_summary(recipe, run_dir, here, max_steps),
         stage_dir=run_dir / "student", smoke=smoke, wall=time.perf_counter() - started,
     )  # fmt: skip
     metrics = full["metrics"]

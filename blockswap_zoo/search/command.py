@@ -57,13 +57,9 @@ def search(
     force: bool = typer.Option(False, "--force", help="Overwrite an existing report in --out."),
 ) -> None:
     """Search random students within a budget for the highest Fisher potential; write a report directory."""
-    import torch
-
     from ..data import DatasetError, DatasetNotFoundError
     from . import BudgetError, ReportError, parse_budget, run_search
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
     if resume and force:
         _fail("--resume and --force contradict each other; pass one")
     types = None if block_types is None else [t.strip() for t in block_types.split(";" if ";" in block_types else ",")]

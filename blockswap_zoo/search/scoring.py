@@ -204,6 +204,11 @@ def _auto_threads(device: str, current: int) -> int:
 Job = tuple[int, str, int, int, int]  # index, compact genotype, params, macs, seed
 
 
+def _scoring_memory(device: str) -> contextlib.AbstractContextManager:
+    """On a CPU, keep freed memory in the process while scoring (``allocator``); elsewhere nothing."""
+    return retain_freed_memory() if torch.device(device).type == "cpu" else contextlib.nullcontext()
+
+
 def _score_job(
     job: Job, images: torch.Tensor, labels: torch.Tensor, cfg: ScoreConfig, num_classes: int, in_chans: int
 ) -> Candidate:
@@ -222,7 +227,7 @@ def _score_jobs(
     torch.set_num_threads(threads)
     try:
         images, labels = _prepare(images, labels, cfg)
-        with retain_freed_memory() if torch.device(cfg.device).type == "cpu" else contextlib.nullcontext():
+        with _scoring_memory(cfg.device):
             for job in jobs:
                 yield _score_job(job, images, labels, cfg, num_classes, in_chans)
     finally:
@@ -240,8 +245,7 @@ _WORKER: dict[str, object] = {}
 def _worker_init(images: torch.Tensor, labels: torch.Tensor, cfg: ScoreConfig, num_classes: int, in_chans: int) -> None:
     torch.set_num_threads(cfg.num_threads or 1)
     memory = contextlib.ExitStack()  # for the worker's lifetime
-    if torch.device(cfg.device).type == "cpu":
-        memory.enter_context(retain_freed_memory())
+    memory.enter_context(_scoring_memory(cfg.device))
     _WORKER["memory"] = memory
     images, labels = _prepare(images, labels, cfg)  # once per worker, not once per candidate
     _WORKER.update(images=images, labels=labels, cfg=cfg, num_classes=num_classes, in_chans=in_chans)
