@@ -18,11 +18,10 @@ import platform
 import time
 
 import torch
-import torch.nn.functional as F
+from search_speed import _speed_batch  # the same batch (this script's folder is on sys.path)
 from torch.profiler import ProfilerActivity, profile
 
 from blockswap_zoo.search import sample_genotypes
-from blockswap_zoo.search.minibatch import load_embedded_batch
 from blockswap_zoo.search.scoring import candidate_seed, mode_config, score_candidates
 
 PHASES = ["score/build", "score/to_device", "fisher/forward", "fisher/backward", "fisher/reduce"]
@@ -36,17 +35,16 @@ def main() -> None:
     ap.add_argument("--budget", default="800k")
     args = ap.parse_args()
     gpu = torch.device(args.device).type == "cuda"
-    batch = load_embedded_batch(0)
-    x = F.pad(batch.images, (2, 2, 2, 2)).repeat(1, 3, 1, 1).contiguous()
+    x, labels = _speed_batch("cpu")  # moved to the device by score_candidates
     gs = sample_genotypes("wrn_40_2", args.budget, args.candidates + 3, seed=7)
     jobs = [(i, g.to_string(), 0, 0, candidate_seed(7, i)) for i, g in enumerate(gs)]
     cfg = mode_config(args.mode, device=args.device)
-    score_candidates(jobs[:3], x, batch.labels, cfg, 10, 3)  # warm-up
+    score_candidates(jobs[:3], x, labels, cfg, 10, 3)  # warm-up
     n = args.candidates
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
     with profile(activities=activities) as prof:
         t0 = time.perf_counter()
-        score_candidates(jobs[3:], x, batch.labels, cfg, 10, 3)
+        score_candidates(jobs[3:], x, labels, cfg, 10, 3)
         if gpu:
             torch.cuda.synchronize()
         wall = (time.perf_counter() - t0) / n
