@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import platform
 from collections.abc import Iterator
 
@@ -31,6 +32,7 @@ _NO_TRIM = 2**31 - 1
 _state = {"depth": 0, "ok": False}  # the settings are per process; so is the nesting depth
 
 
+@functools.cache  # looked up once per process, not on every scoring run
 def _glibc() -> ctypes.CDLL | None:
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
