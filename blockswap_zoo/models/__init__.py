@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..backbones import ResNetBackbone
 from ..genotype import Genotype
-from .base import SwapNet
+from .base import BlockFactory, SwapNet, fresh_block
 from .resnet import ResNet
 from .wrn import WideResNet
 
@@ -12,15 +12,20 @@ __all__ = ["ResNet", "SwapNet", "WideResNet", "build_model"]
 
 
 def build_model(
-    genotype: Genotype | str, num_classes: int | None = None, in_chans: int = 3, drop_rate: float = 0.0
+    genotype: Genotype | str,
+    num_classes: int | None = None,
+    in_chans: int = 3,
+    drop_rate: float = 0.0,
+    make_block: BlockFactory = fresh_block,
 ) -> SwapNet:
     """Build the network a genotype describes (randomly initialised as the reference does).
 
-    ``num_classes`` defaults to 10 for WideResNets and 1000 for ResNets.
+    ``num_classes`` defaults to 10 for WideResNets and 1000 for ResNets. ``make_block`` supplies
+    each swappable block from its class and parts (the search reuses blocks through it).
     """
     if isinstance(genotype, str):
         genotype = Genotype.parse(genotype)
     classes = genotype.backbone_spec.default_num_classes if num_classes is None else num_classes
     if isinstance(genotype.backbone_spec, ResNetBackbone):
-        return ResNet(genotype, classes, in_chans, drop_rate)
-    return WideResNet(genotype, classes, in_chans, drop_rate)
+        return ResNet(genotype, classes, in_chans, drop_rate, make_block)
+    return WideResNet(genotype, classes, in_chans, drop_rate, make_block)

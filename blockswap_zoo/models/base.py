@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from ..backbones import StageInfo
+from ..backbones import Part, StageInfo
 from ..genotype import Genotype
 
-__all__ = ["SwapNet", "init_weights"]
+__all__ = ["BlockFactory", "SwapNet", "fresh_block", "init_weights"]
+
+BlockFactory = Callable[[type[nn.Module], dict[str, Part]], nn.Module]
+
+
+def fresh_block(block_class: type[nn.Module], parts: dict[str, Part]) -> nn.Module:
+    """A newly constructed block: what the builders use unless given another factory."""
+    return block_class(parts)
 
 
 def init_weights(model: nn.Module) -> None:

@@ -14,7 +14,7 @@ from torch import nn
 from ..backbones import Part, ResNetBackbone
 from ..blocks import build_plan
 from ..genotype import Genotype
-from .base import SwapNet, init_weights, select
+from .base import BlockFactory, SwapNet, fresh_block, init_weights, select
 
 __all__ = ["ResNet", "SwapBasicBlock", "SwapBottleneckBlock"]
 
@@ -68,7 +68,14 @@ class SwapBottleneckBlock(nn.Module):
 class ResNet(SwapNet):
     """ResNet-18/34 in torchvision's layout (ImageNet stem), blocks chosen by a Genotype."""
 
-    def __init__(self, genotype: Genotype, num_classes: int = 1000, in_chans: int = 3, drop_rate: float = 0.0) -> None:
+    def __init__(
+        self,
+        genotype: Genotype,
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        make_block: BlockFactory = fresh_block,
+    ) -> None:
         super().__init__(genotype, num_classes, in_chans, drop_rate)
         spec = genotype.backbone_spec
         if not isinstance(spec, ResNetBackbone):
@@ -79,8 +86,8 @@ class ResNet(SwapNet):
         stages: list[list[nn.Module]] = [[] for _ in spec.stage_depths]
         for block_type, slot in zip(genotype.block_types, spec.slots(), strict=True):
             parts = spec.block_parts(block_type, slot)
-            block = SwapBasicBlock(parts) if block_type.shape == "basic" else SwapBottleneckBlock(parts)
-            stages[slot.stage].append(block)
+            block_class = SwapBasicBlock if block_type.shape == "basic" else SwapBottleneckBlock
+            stages[slot.stage].append(make_block(block_class, parts))
         self.layer1, self.layer2, self.layer3, self.layer4 = (nn.Sequential(*b) for b in stages)
         init_weights(self)
 

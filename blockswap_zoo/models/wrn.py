@@ -10,7 +10,7 @@ from torch import nn
 from ..backbones import Part, WideResNetBackbone
 from ..blocks import build_plan
 from ..genotype import Genotype
-from .base import SwapNet, init_weights, select
+from .base import BlockFactory, SwapNet, fresh_block, init_weights, select
 
 __all__ = ["PreActBlock", "WideResNet"]
 
@@ -48,7 +48,14 @@ class PreActBlock(nn.Module):
 class WideResNet(SwapNet):
     """WRN-depth-width (pre-activation) for small images; any depth 6n+4, width, channels, size."""
 
-    def __init__(self, genotype: Genotype, num_classes: int = 10, in_chans: int = 3, drop_rate: float = 0.0) -> None:
+    def __init__(
+        self,
+        genotype: Genotype,
+        num_classes: int = 10,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        make_block: BlockFactory = fresh_block,
+    ) -> None:
         super().__init__(genotype, num_classes, in_chans, drop_rate)
         spec = genotype.backbone_spec
         if not isinstance(spec, WideResNetBackbone):
@@ -57,7 +64,7 @@ class WideResNet(SwapNet):
         slots = spec.slots()
         stages: list[list[nn.Module]] = [[] for _ in spec.stage_depths]
         for block_type, slot in zip(genotype.block_types, slots, strict=True):
-            stages[slot.stage].append(PreActBlock(spec.block_parts(block_type, slot)))
+            stages[slot.stage].append(make_block(PreActBlock, spec.block_parts(block_type, slot)))
         self.stages = nn.ModuleList(nn.Sequential(*blocks) for blocks in stages)
         self.norm = nn.BatchNorm2d(spec.num_features)
         self.act = nn.ReLU(inplace=True)

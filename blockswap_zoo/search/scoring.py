@@ -6,6 +6,8 @@ Two modes. ``exact``: fp32 on the whole minibatch: the values of the definition 
 5). Both initialise the network on the CPU (the same weights on every device), with parameters
 that need no gradient, so the only backward work is between the loss and the probes. On the CPU
 both run channels_last with the layers of ``cpu_layers`` and keep freed memory in the process.
+A scoring loop builds each network from the blocks of the one before (``block_pool``): the same
+weights as a fresh build, with less Python work per candidate.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from ..allocator import retain_freed_memory
 from ..genotype import Genotype
 from ..models import build_model
 from ..numerics import strict_fp32
+from .block_pool import BlockPool
 from .cpu_layers import adapt_for_cpu_scoring
 from .proxies import fisher_potential, get_proxy
 
@@ -151,8 +154,13 @@ def score_genotype(
     num_classes: int,
     in_chans: int,
     prepared: bool = False,
+    pool: BlockPool | None = None,
 ) -> float:
-    """Build ``genotype`` with init ``seed`` on cfg.device and return its proxy score on the minibatch."""
+    """Build ``genotype`` with init ``seed`` on cfg.device and return its proxy score on the minibatch.
+
+    With a ``pool`` the network reuses the blocks of the pool's previous one (same weights, fewer
+    modules to construct; ``block_pool``); that network must not be used afterwards.
+    """
     if not prepared:
         images, labels = _prepare(images, labels, cfg)
     # The record_function ranges name the phases for benchmarks/profile_search_scoring.py.
@@ -160,7 +168,11 @@ def score_genotype(
         torch.manual_seed(seed)
         # Initialised on the CPU, whatever the device: CPU and CUDA generators draw different numbers
         # from one seed, and a search must pick the same winner on every device.
-        model = build_model(genotype, num_classes=num_classes, in_chans=in_chans).requires_grad_(False)
+        if pool is None:
+            model = build_model(genotype, num_classes=num_classes, in_chans=in_chans)
+        else:
+            model = pool.build(genotype, num_classes=num_classes, in_chans=in_chans)
+        model.requires_grad_(False)
         if cfg.channels_last and torch.device(cfg.device).type == "cpu":
             adapt_for_cpu_scoring(model, exact_batch_norm=cfg.autocast is None)
     with record_function("score/to_device"):
@@ -210,12 +222,18 @@ def _scoring_memory(device: str) -> contextlib.AbstractContextManager:
 
 
 def _score_job(
-    job: Job, images: torch.Tensor, labels: torch.Tensor, cfg: ScoreConfig, num_classes: int, in_chans: int
+    job: Job,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: ScoreConfig,
+    num_classes: int,
+    in_chans: int,
+    pool: BlockPool,
 ) -> Candidate:
     """Score one job on an already prepared minibatch."""
     index, text, params, macs, seed = job
     t0 = time.perf_counter()
-    score = score_genotype(Genotype.from_string(text), images, labels, seed, cfg, num_classes, in_chans, True)
+    score = score_genotype(Genotype.from_string(text), images, labels, seed, cfg, num_classes, in_chans, True, pool)
     return Candidate(index, text, params, macs, seed, score, time.perf_counter() - t0)
 
 
@@ -227,9 +245,10 @@ def _score_jobs(
     torch.set_num_threads(threads)
     try:
         images, labels = _prepare(images, labels, cfg)
+        pool = BlockPool()
         with _scoring_memory(cfg.device):
             for job in jobs:
-                yield _score_job(job, images, labels, cfg, num_classes, in_chans)
+                yield _score_job(job, images, labels, cfg, num_classes, in_chans, pool)
     finally:
         torch.set_num_threads(previous)
 
@@ -248,12 +267,12 @@ def _worker_init(images: torch.Tensor, labels: torch.Tensor, cfg: ScoreConfig, n
     memory.enter_context(_scoring_memory(cfg.device))
     _WORKER["memory"] = memory
     images, labels = _prepare(images, labels, cfg)  # once per worker, not once per candidate
-    _WORKER.update(images=images, labels=labels, cfg=cfg, num_classes=num_classes, in_chans=in_chans)
+    _WORKER.update(images=images, labels=labels, cfg=cfg, num_classes=num_classes, in_chans=in_chans, pool=BlockPool())
 
 
 def _worker_score(job: Job) -> Candidate:
     w = _WORKER
-    return _score_job(job, w["images"], w["labels"], w["cfg"], w["num_classes"], w["in_chans"])  # type: ignore[arg-type]
+    return _score_job(job, w["images"], w["labels"], w["cfg"], w["num_classes"], w["in_chans"], w["pool"])  # type: ignore[arg-type]
 
 
 def score_candidates(

@@ -1,0 +1,98 @@
+"""Reuse the blocks of scored candidates to build the next ones, with the weights a fresh build gets.
+
+A search builds a thousand networks from the same few dozen kinds of block. ``BlockPool`` keeps
+the blocks of the network it built last and hands them to the next one of the same kind (class
+and parts) instead of constructing new modules. A reused block is re-initialised where a new one
+would have been constructed, by calling ``reset_parameters`` of its modules in construction
+order on contiguous CPU fp32 tensors, so the seeded random stream, and with it every weight, is
+the same as ``build_model``'s: the network is equal to a fresh build, bit for bit
+(``tests/test_block_pool.py``). Only the Python work of constructing modules is saved.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Hashable
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from ..backbones import Part
+from ..genotype import Genotype
+from ..models import SwapNet, build_model
+
+__all__ = ["BlockPool"]
+
+BlockKey = tuple[type[nn.Module], Hashable]
+
+
+def _block_key(block_class: type[nn.Module], parts: dict[str, Part]) -> BlockKey:
+    """Blocks with equal keys have the same modules, shapes and construction order."""
+    frozen = tuple((name, tuple((part, tuple(plan)) for part, plan in part_list)) for name, part_list in parts.items())
+    return block_class, frozen
+
+
+class _Entry(NamedTuple):
+    """A block, its ``modules()`` in order and their classes as constructed (scoring may swap them)."""
+
+    block: nn.Module
+    modules: tuple[nn.Module, ...]
+    classes: tuple[type[nn.Module], ...]
+
+
+def _reinitialise(entry: _Entry) -> None:
+    """Put a block in the state a fresh construction leaves it in.
+
+    ``reset_parameters`` overwrites every tensor of its module and draws the same random numbers
+    as construction did, provided the tensors are contiguous CPU tensors of the default dtype
+    (random fills depend on memory layout): scoring may have moved them, so they get new storage.
+    """
+    for module, cls in zip(entry.modules, entry.classes):
+        module.__class__ = cls
+        module.training = True
+        reset = getattr(module, "reset_parameters", None)
+        for tensors in (module._parameters, module._buffers):
+            for name, t in tensors.items():
+                if t is None:
+                    continue
+                dtype = torch.get_default_dtype() if t.is_floating_point() else t.dtype
+                if t.device.type != "cpu" or t.dtype != dtype or not t.is_contiguous():
+                    # nothing to copy where reset_parameters overwrites the values anyway
+                    t.data = torch.empty(t.shape, dtype=dtype) if reset else t.data.to("cpu", dtype).contiguous()
+                if name in module._parameters:
+                    t.requires_grad_(True)
+        if reset is not None:
+            reset()
+
+
+class BlockPool:
+    """Builds networks like ``build_model``, reusing the blocks of the network built before.
+
+    Building a network hands the previous one's blocks to the new one: use a network only until
+    the next ``build`` of the same pool. One pool per process (it is not thread-safe).
+    """
+
+    def __init__(self) -> None:
+        self._free: defaultdict[BlockKey, list[_Entry]] = defaultdict(list)
+        self._lent: list[tuple[BlockKey, _Entry]] = []
+
+    def build(self, genotype: Genotype, num_classes: int | None = None, in_chans: int = 3) -> SwapNet:
+        """The network ``build_model(genotype, num_classes, in_chans)`` returns under the same RNG state."""
+        for key, entry in self._lent:
+            self._free[key].append(entry)
+        self._lent.clear()
+        return build_model(genotype, num_classes, in_chans, make_block=self._make_block)
+
+    def _make_block(self, block_class: type[nn.Module], parts: dict[str, Part]) -> nn.Module:
+        key = _block_key(block_class, parts)
+        free = self._free[key]
+        if free:
+            entry = free.pop()
+            _reinitialise(entry)
+        else:
+            block = block_class(parts)
+            modules = tuple(block.modules())  # kept, so reuse does not walk the module tree again
+            entry = _Entry(block, modules, tuple(type(m) for m in modules))
+        self._lent.append((key, entry))
+        return entry.block
