@@ -14,7 +14,7 @@ from blockswap_zoo.genotype import Genotype
 from blockswap_zoo.models import build_model
 from blockswap_zoo.train import TrainConfig, engine, save_checkpoint
 from blockswap_zoo.train.artifacts import model_config
-from blockswap_zoo.train.command import distill_cmd, train_teacher_cmd
+from blockswap_zoo.train.command import distill_cmd, finetune_cmd, train_teacher_cmd
 from blockswap_zoo.train.engine import TrainResult
 
 runner = CliRunner()
@@ -68,11 +68,13 @@ def _capture_train(monkeypatch: pytest.MonkeyPatch) -> list[TrainConfig]:
 
 
 def test_every_train_setting_is_an_option() -> None:
-    """Each TrainConfig field a user sets is an option of train-teacher (distill adds the teacher's)."""
+    """Each TrainConfig field a user sets is an option of train-teacher (distill adds the teacher's;
+    finetune takes its network as the argument)."""
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"extra"}
     distill_only = {"teacher", "beta", "at_mode", "kd_alpha", "kd_temperature"}
     assert fields - distill_only <= set(inspect.signature(train_teacher_cmd).parameters)
     assert fields <= set(inspect.signature(distill_cmd).parameters)
+    assert fields - distill_only - {"arch"} <= set(inspect.signature(finetune_cmd).parameters)
 
 
 def test_training_options_reach_the_config_and_override_the_file(tmp_path, monkeypatch) -> None:

@@ -1,5 +1,6 @@
 """Fine-tuning: a trained model's weights, a new classifier for the target dataset, the usual engine."""
 
+import importlib
 import json
 from pathlib import Path
 
@@ -38,10 +39,18 @@ def test_channel_mismatch_is_a_clear_error() -> None:
         load_for_finetuning("wrn_40_2_bs400k.fmnist_at", "cifar10")
 
 
-def test_finetune_trains_and_writes_a_run(five_class_checkpoint: Path, tmp_path: Path) -> None:
+def test_finetune_trains_and_writes_a_run(five_class_checkpoint: Path, tmp_path: Path, monkeypatch) -> None:
+    finetune_module = importlib.import_module("blockswap_zoo.train.finetune")  # the package's finetune is the function
+
     cfg = TrainConfig(dataset="fashion_mnist", epochs=1, lr=0.01, batch_size=32, max_steps=3, subset=256,
-                      eval_subset=256, device="cpu", progress=False)  # fmt: skip
+                      eval_subset=256, device="cpu", progress=False, drop_rate=0.3)  # fmt: skip
+    trained = []
+    real_train = finetune_module.train
+    monkeypatch.setattr(
+        finetune_module, "train", lambda c, model, **kw: trained.append(model) or real_train(c, model=model, **kw)
+    )
     result = finetune(f"local-dir:{five_class_checkpoint}", cfg, out_dir=tmp_path / "ft")
+    assert trained[0].head_drop.p == 0.3  # the config's dropout applies to the loaded network too
     saved = json.loads((tmp_path / "ft" / "config.json").read_text())
     assert saved["num_classes"] == 10 and saved["compact"] == GENOTYPE and result.metrics["steps"] == 3
 
@@ -50,11 +59,13 @@ def test_finetune_cli_on_the_published_student(tmp_path: Path) -> None:
     out = tmp_path / "cli"
     args = ["finetune", "wrn_40_2_bs400k.fmnist_at", "--dataset", "fashion_mnist", "--max-steps", "2",
             "--batch-size", "32", "--subset", "128", "--eval-subset", "128", "--device", "cpu", "--out", str(out),
-            "--no-progress"]  # fmt: skip
+            "--no-progress", "--momentum", "0.8", "--nesterov", "--drop-rate", "0.1", "--eval-batch-size", "64"]  # fmt: skip
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     train_config = json.loads((out / "config.json").read_text())["train_config"]
     assert train_config["lr"] == 0.01  # finetune's default
+    assert (train_config["momentum"], train_config["nesterov"], train_config["drop_rate"]) == (0.8, True, 0.1)
+    assert train_config["eval_batch_size"] == 64
     assert train_config["extra"]["finetuned_from"] == "wrn_40_2_bs400k.fmnist_at"  # where its weights came from
     missing = CliRunner().invoke(app, ["finetune", "wrn_40_2_bs400k.fmnist_at"])
     assert missing.exit_code != 0 and "--dataset" in missing.output

@@ -48,6 +48,7 @@ def load_for_finetuning(source: str, dataset: str) -> nn.Module:
 def finetune(source: str, config: TrainConfig, out_dir: str | Path | None = None, **kwargs) -> TrainResult:  # noqa: ANN003
     """Train :func:`load_for_finetuning` (``source``, ``config.dataset``) with ``config``; kwargs go to train."""
     model = load_for_finetuning(source, config.dataset)
+    model.drop_rate = model.head_drop.p = config.drop_rate  # as train() builds a new network with it
     config.arch = model.genotype.to_string()  # the run directory records the exact network
     config.extra = {**config.extra, "finetuned_from": source}  # ... and the weights it started from
     return train(config, model=model, out_dir=out_dir, **kwargs)
