@@ -245,9 +245,14 @@ def _write_checkpoint(
 
     metrics = evaluate(model.eval(), recipe.dataset.name, data_dir=recipe.dataset.data_dir)
     info = get_dataset_info(recipe.dataset.name)
+    label_names = list(info.label_names)
+    if (stage_dir / "config.json").is_file():  # the training run's: an image folder's class names
+        label_names = (
+            json.loads((stage_dir / "config.json").read_text(encoding="utf-8")).get("label_names") or label_names
+        )
     config = {
         "name": name, "arch": name.partition(".")[0], "role": role, "description": description,
-        "dataset": info.name, "label_names": list(info.label_names), "input_size": list(info.input_size),
+        "dataset": info.name, "label_names": label_names, "input_size": list(info.input_size),
         "mean": list(info.mean), "std": list(info.std), "metrics": {k: float(v) for k, v in metrics.items()},
         "teacher": teacher, "recipe": f"recipes/{Path(recipe.source).name}", "recipe_sha256": recipe.sha256,
         "license": recipe.license, "training": training,

@@ -109,3 +109,26 @@ def test_teacher_may_be_a_plain_backbone() -> None:
     d["teacher"]["arch"] = "wrn_10_9x"
     with pytest.raises(RecipeError, match="backbone.yaml"):
         parse_recipe(yaml.safe_dump(d), "backbone.yaml")
+
+
+def test_checkpoint_keeps_the_training_runs_class_names(tmp_path: Path, monkeypatch) -> None:
+    """An image-folder run names its classes after the folders; the checkpoint must keep those names."""
+    import blockswap_zoo.reproduce as reproduce_module
+    import blockswap_zoo.train as train_package
+    from blockswap_zoo import create_model
+
+    monkeypatch.setattr(train_package, "evaluate", lambda *a, **k: {"top1": 50.0, "top5": 90.0, "n": 4})
+    stage = tmp_path / "student"
+    stage.mkdir()
+    (stage / "config.json").write_text(json.dumps({"label_names": ["cat", "dog"]}))
+    model = create_model("wrn_16_1", num_classes=10, in_chans=1)
+    cfg = reproduce_module._write_checkpoint(
+        model, tmp_path / "ckpt", load_recipe(OFFICIAL), name="wrn_16_1.test", role="student",
+        description="d", teacher=None, training="t", stage_dir=stage,
+    )  # fmt: skip
+    assert cfg["label_names"] == ["cat", "dog"]
+    no_run = reproduce_module._write_checkpoint(
+        model, tmp_path / "ckpt2", load_recipe(OFFICIAL), name="wrn_16_1.test", role="student",
+        description="d", teacher=None, training="t", stage_dir=tmp_path / "none",
+    )  # fmt: skip
+    assert no_run["label_names"][0] == "T-shirt/top"  # the dataset's own names otherwise
