@@ -205,7 +205,9 @@ def _input_size(name: str, model: object) -> tuple[int, int, int]:
 
 @app.command()
 def download(
-    name: str = typer.Argument(..., help="arch.tag of a published checkpoint, or hf-hub:ORG/NAME[@REV]."),
+    name: str = typer.Argument(
+        ..., help="arch.tag of a published checkpoint, or hf-hub:ORG/NAME or hf-hub:ORG/NAME@REV."
+    ),
 ) -> None:
     """Fetch a checkpoint into the local cache (verified), so later loads work offline."""
     from .hub import pull_hf_hub

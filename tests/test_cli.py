@@ -138,3 +138,14 @@ def test_evaluate_interrupted_run_takes_the_dataset_from_its_checkpoint(tmp_path
         res = runner.invoke(app, ["evaluate", str(target), "--subset", "10", "--device", "cpu", "--json"])
         assert res.exit_code == 0, res.output
         assert json.loads(res.stdout)["dataset"] == "fashion_mnist"
+
+
+def test_help_texts_have_no_brackets_rich_would_swallow() -> None:
+    """Typer renders help with rich markup: an unescaped ``[@REV]`` vanishes from ``--help``."""
+    import typer.main
+
+    root = typer.main.get_command(app)
+    for name, command in root.commands.items():  # type: ignore[attr-defined]
+        texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        for text in texts:
+            assert "[" not in text.replace("\\[", ""), f"{name}: {text!r}"

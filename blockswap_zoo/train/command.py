@@ -6,8 +6,10 @@ command line win. The heavy imports happen inside the commands, so ``blockswap-z
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,54 +17,94 @@ import typer
 
 __all__ = ["distill_cmd", "evaluate_cmd", "finetune_cmd", "train_teacher_cmd"]
 
-_OPT = {
-    "config": typer.Option(None, "--config", help="YAML settings file (safe_load; unknown keys are errors)."),
-    "dataset": typer.Option(None, help="fashion_mnist, cifar10, cifar100 or imagenet."),
-    "data_dir": typer.Option(None, help="Folder holding the dataset (default: system / cache locations)."),
-    "epochs": typer.Option(None, help="Epochs (paper: 200 CIFAR, 100 ImageNet)."),
-    "batch_size": typer.Option(None, help="Global batch size, split across torchrun processes."),
-    "lr": typer.Option(None, help="Learning rate (0.1)."),
-    "weight_decay": typer.Option(None, help="Weight decay (5e-4 CIFAR, 1e-4 ImageNet)."),
-    "schedule": typer.Option(None, help="cosine, step or constant."),
-    "warmup_epochs": typer.Option(None, help="Linear warmup epochs."),
-    "nesterov": typer.Option(None, "--nesterov/--no-nesterov", help="Nesterov momentum."),
-    "label_smoothing": typer.Option(None, help="Cross-entropy label smoothing."),
-    "out": typer.Option(None, "--out", help="Run directory (default runs/<arch>_<dataset>)."),
-    "resume": typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint."),
-    "force": typer.Option(False, "--force", help="Overwrite an existing run directory."),
-    "device": typer.Option(None, help="auto, cpu, cuda, cuda:1 ..."),
-    "seed": typer.Option(None, help="Random seed."),
-    "max_steps": typer.Option(None, help="Stop after this many optimiser steps (smoke tests)."),
-    "subset": typer.Option(None, help="Train on the first N training images."),
-    "eval_subset": typer.Option(None, help="Evaluate on the first N test images."),
-    "amp": typer.Option(None, help="auto (bf16 on GPU), bf16 (also on a CPU with native bf16) or none."),
-    "compile": typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
-    "compile_mode": typer.Option(
-        None, help="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, ..."
+# Every training setting (and the run options) as (type, typer.Option), in --help order. The
+# train-teacher, distill and finetune commands share them through ``_with_training_options``.
+_OPTIONS: dict[str, tuple[type, Any]] = {
+    "config": (Path, typer.Option(None, "--config", help="YAML settings file (safe_load; unknown keys are errors).")),
+    "dataset": (str, typer.Option(None, help="fashion_mnist, cifar10, cifar100 or imagenet.")),
+    "data_dir": (str, typer.Option(None, help="Folder holding the dataset (default: system / cache locations).")),
+    "epochs": (int, typer.Option(None, help="Epochs (paper: 200 CIFAR, 100 ImageNet).")),
+    "batch_size": (int, typer.Option(None, help="Global batch size, split across torchrun processes.")),
+    "lr": (float, typer.Option(None, help="Learning rate (0.1).")),
+    "weight_decay": (float, typer.Option(None, help="Weight decay (5e-4 CIFAR, 1e-4 ImageNet).")),
+    "schedule": (str, typer.Option(None, help="cosine, step or constant.")),
+    "warmup_epochs": (float, typer.Option(None, help="Linear warmup epochs.")),
+    "nesterov": (bool, typer.Option(None, "--nesterov/--no-nesterov", help="Nesterov momentum.")),
+    "label_smoothing": (float, typer.Option(None, help="Cross-entropy label smoothing.")),
+    "out": (Path, typer.Option(None, "--out", help="Run directory (default runs/<arch>_<dataset>).")),
+    "resume": (bool, typer.Option(False, "--resume", help="Continue the run in --out from its checkpoint.")),
+    "force": (bool, typer.Option(False, "--force", help="Overwrite an existing run directory.")),
+    "device": (str, typer.Option(None, help="auto, cpu, cuda, cuda:1 ...")),
+    "seed": (int, typer.Option(None, help="Random seed.")),
+    "max_steps": (int, typer.Option(None, help="Stop after this many optimiser steps (smoke tests).")),
+    "subset": (int, typer.Option(None, help="Train on the first N training images.")),
+    "eval_subset": (int, typer.Option(None, help="Evaluate on the first N test images.")),
+    "amp": (str, typer.Option(None, help="auto (bf16 on GPU), bf16 (also on a CPU with native bf16) or none.")),
+    "channels_last": (
+        bool,
+        typer.Option(
+            None, "--channels-last/--no-channels-last", help="channels_last memory format (default: on GPU only)."
+        ),
     ),
-    "channels_last": typer.Option(
-        None, "--channels-last/--no-channels-last", help="channels_last memory format (default: on GPU only)."
+    "compile": (bool, typer.Option(None, "--compile/--no-compile", help="torch.compile the model.")),
+    "compile_mode": (
+        str,
+        typer.Option(None, help="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, ..."),
     ),
-    "loader": typer.Option(None, help="auto, device (on-device batch augmentation) or dataloader."),
-    "num_workers": typer.Option(None, help="DataLoader workers (dataloader path)."),
-    "progress": typer.Option(None, "--progress/--no-progress", help="Show the progress bar."),
-    "download": typer.Option(
-        None, "--download/--no-download", help="Download a missing CIFAR dataset (default: download)."
+    "loader": (str, typer.Option(None, help="auto, device (on-device batch augmentation) or dataloader.")),
+    "num_workers": (int, typer.Option(None, help="DataLoader workers (dataloader path).")),
+    "progress": (bool, typer.Option(None, "--progress/--no-progress", help="Show the progress bar.")),
+    "download": (
+        bool,
+        typer.Option(None, "--download/--no-download", help="Download a missing CIFAR dataset (default: download)."),
     ),
-    "momentum": typer.Option(None, help="SGD momentum (0.9)."),
-    "step_size": typer.Option(None, help="Epochs between LR decays with --schedule step (30)."),
-    "gamma": typer.Option(None, help="LR decay factor with --schedule step (0.1)."),
-    "lr_scaling": typer.Option(None, help="none (use --lr as given) or linear (lr * batch_size / base_batch_size)."),
-    "base_batch_size": typer.Option(
-        None, help="Batch size --lr is meant for, with --lr-scaling linear (128; ImageNet 256)."
+    "momentum": (float, typer.Option(None, help="SGD momentum (0.9).")),
+    "step_size": (int, typer.Option(None, help="Epochs between LR decays with --schedule step (30).")),
+    "gamma": (float, typer.Option(None, help="LR decay factor with --schedule step (0.1).")),
+    "lr_scaling": (
+        str,
+        typer.Option(None, help="none (use --lr as given) or linear (lr * batch_size / base_batch_size)."),
     ),
-    "drop_rate": typer.Option(None, help="Dropout before the classifier (0)."),
-    "deterministic": typer.Option(
-        None, "--deterministic/--no-deterministic", help="Deterministic algorithms (slower; default off)."
+    "base_batch_size": (
+        int,
+        typer.Option(None, help="Batch size --lr is meant for, with --lr-scaling linear (128; ImageNet 256)."),
     ),
-    "eval_every": typer.Option(None, help="Evaluate every N epochs (0: only at the end; default 1)."),
-    "eval_batch_size": typer.Option(None, help="Evaluation batch size (128)."),
+    "drop_rate": (float, typer.Option(None, help="Dropout before the classifier (0).")),
+    "deterministic": (
+        bool,
+        typer.Option(
+            None, "--deterministic/--no-deterministic", help="Deterministic algorithms (slower; default off)."
+        ),
+    ),
+    "eval_every": (int, typer.Option(None, help="Evaluate every N epochs (0: only at the end; default 1).")),
+    "eval_batch_size": (int, typer.Option(None, help="Evaluation batch size (128).")),
 }
+_RUN_OPTIONS = ("config", "out", "resume", "force")  # how to run, not what to train: not TrainConfig fields
+
+
+def _with_training_options(**changed_defaults: Any) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command taking ``**settings`` every option of ``_OPTIONS`` (Typer reads ``__signature__``).
+
+    ``changed_defaults`` replaces an option's typer.Option (finetune's own epochs and lr defaults).
+    """
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        signature = inspect.signature(command)
+        params = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        for name, (kind, option) in _OPTIONS.items():
+            default = changed_defaults.get(name, option)
+            params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=kind))
+        command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        command.__annotations__ = {**command.__annotations__, **{n: k for n, (k, _) in _OPTIONS.items()}}
+        return command
+
+    return decorate
+
+
+def _split(settings: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The TrainConfig settings and the run options (config, out, resume, force) of a command's options."""
+    run = {k: settings.pop(k) for k in _RUN_OPTIONS}
+    return settings, run
 
 
 def _run(
@@ -112,50 +154,17 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+@_with_training_options()
 def train_teacher_cmd(
     arch: str = typer.Option(None, "--arch", "--genotype", help="Model name, backbone or genotype (JSON file/string)."),
-    config: Path = _OPT["config"],
-    dataset: str = _OPT["dataset"],
-    data_dir: str = _OPT["data_dir"],
-    epochs: int = _OPT["epochs"],
-    batch_size: int = _OPT["batch_size"],
-    lr: float = _OPT["lr"],
-    weight_decay: float = _OPT["weight_decay"],
-    schedule: str = _OPT["schedule"],
-    warmup_epochs: float = _OPT["warmup_epochs"],
-    nesterov: bool = _OPT["nesterov"],
-    label_smoothing: float = _OPT["label_smoothing"],
-    out: Path = _OPT["out"],
-    resume: bool = _OPT["resume"],
-    force: bool = _OPT["force"],
-    device: str = _OPT["device"],
-    seed: int = _OPT["seed"],
-    max_steps: int = _OPT["max_steps"],
-    subset: int = _OPT["subset"],
-    eval_subset: int = _OPT["eval_subset"],
-    amp: str = _OPT["amp"],
-    channels_last: bool = _OPT["channels_last"],
-    compile: bool = _OPT["compile"],
-    compile_mode: str = _OPT["compile_mode"],
-    loader: str = _OPT["loader"],
-    num_workers: int = _OPT["num_workers"],
-    progress: bool = _OPT["progress"],
-    download: bool = _OPT["download"],
-    momentum: float = _OPT["momentum"],
-    step_size: int = _OPT["step_size"],
-    gamma: float = _OPT["gamma"],
-    lr_scaling: str = _OPT["lr_scaling"],
-    base_batch_size: int = _OPT["base_batch_size"],
-    drop_rate: float = _OPT["drop_rate"],
-    deterministic: bool = _OPT["deterministic"],
-    eval_every: int = _OPT["eval_every"],
-    eval_batch_size: int = _OPT["eval_batch_size"],
+    **settings: Any,
 ) -> None:
     """Train a network with cross-entropy (the paper's teacher recipe by default: WRN-40-2, CIFAR-10)."""
-    overrides = {k: v for k, v in locals().items() if k not in ("config", "out", "resume", "force")}
-    _run("train-teacher", overrides, config, out, resume, force)
+    overrides, run = _split(settings)
+    _run("train-teacher", {"arch": arch, **overrides}, **run)
 
 
+@_with_training_options()
 def distill_cmd(
     arch: str = typer.Option(None, "--arch", "--genotype", help="Student: model name or genotype (JSON file/string)."),
     teacher: str = typer.Option(None, "--teacher", help="Teacher run directory or checkpoint.pt."),
@@ -163,96 +172,30 @@ def distill_cmd(
     at_mode: str = typer.Option(None, help="code (reference: mean squared) or paper (un-squared L2 norm)."),
     kd_alpha: float = typer.Option(None, help="Weight of Hinton KD (0: off)."),
     kd_temperature: float = typer.Option(None, help="KD temperature."),
-    config: Path = _OPT["config"],
-    dataset: str = _OPT["dataset"],
-    data_dir: str = _OPT["data_dir"],
-    epochs: int = _OPT["epochs"],
-    batch_size: int = _OPT["batch_size"],
-    lr: float = _OPT["lr"],
-    weight_decay: float = _OPT["weight_decay"],
-    schedule: str = _OPT["schedule"],
-    warmup_epochs: float = _OPT["warmup_epochs"],
-    nesterov: bool = _OPT["nesterov"],
-    label_smoothing: float = _OPT["label_smoothing"],
-    out: Path = _OPT["out"],
-    resume: bool = _OPT["resume"],
-    force: bool = _OPT["force"],
-    device: str = _OPT["device"],
-    seed: int = _OPT["seed"],
-    max_steps: int = _OPT["max_steps"],
-    subset: int = _OPT["subset"],
-    eval_subset: int = _OPT["eval_subset"],
-    amp: str = _OPT["amp"],
-    channels_last: bool = _OPT["channels_last"],
-    compile: bool = _OPT["compile"],
-    compile_mode: str = _OPT["compile_mode"],
-    loader: str = _OPT["loader"],
-    num_workers: int = _OPT["num_workers"],
-    progress: bool = _OPT["progress"],
-    download: bool = _OPT["download"],
-    momentum: float = _OPT["momentum"],
-    step_size: int = _OPT["step_size"],
-    gamma: float = _OPT["gamma"],
-    lr_scaling: str = _OPT["lr_scaling"],
-    base_batch_size: int = _OPT["base_batch_size"],
-    drop_rate: float = _OPT["drop_rate"],
-    deterministic: bool = _OPT["deterministic"],
-    eval_every: int = _OPT["eval_every"],
-    eval_batch_size: int = _OPT["eval_batch_size"],
+    **settings: Any,
 ) -> None:
     """Distil a student from a frozen teacher: cross-entropy + beta * attention transfer at the stage outputs."""
-    overrides = {k: v for k, v in locals().items() if k not in ("config", "out", "resume", "force")}
-    _run("distill", overrides, config, out, resume, force)
+    overrides, run = _split(settings)
+    student = {"arch": arch, "teacher": teacher, "beta": beta, "at_mode": at_mode}
+    _run("distill", {**student, "kd_alpha": kd_alpha, "kd_temperature": kd_temperature, **overrides}, **run)
 
 
+@_with_training_options(
+    epochs=typer.Option(None, help="Epochs (default 10)."), lr=typer.Option(None, help="Learning rate (default 0.01).")
+)
 def finetune_cmd(
     model: str = typer.Argument(
-        ..., help="Published name (arch.tag), local-dir:PATH, hf-hub:ORG/NAME[@REV], or a run directory."
+        ..., help="Published name (arch.tag), local-dir:PATH, hf-hub:ORG/NAME(@REV), or a run directory."
     ),
-    config: Path = _OPT["config"],
-    dataset: str = _OPT["dataset"],
-    data_dir: str = _OPT["data_dir"],
-    epochs: int = typer.Option(None, help="Epochs (default 10)."),
-    batch_size: int = _OPT["batch_size"],
-    lr: float = typer.Option(None, help="Learning rate (default 0.01)."),
-    weight_decay: float = _OPT["weight_decay"],
-    schedule: str = _OPT["schedule"],
-    warmup_epochs: float = _OPT["warmup_epochs"],
-    nesterov: bool = _OPT["nesterov"],
-    label_smoothing: float = _OPT["label_smoothing"],
-    out: Path = _OPT["out"],
-    resume: bool = _OPT["resume"],
-    force: bool = _OPT["force"],
-    device: str = _OPT["device"],
-    seed: int = _OPT["seed"],
-    max_steps: int = _OPT["max_steps"],
-    subset: int = _OPT["subset"],
-    eval_subset: int = _OPT["eval_subset"],
-    amp: str = _OPT["amp"],
-    channels_last: bool = _OPT["channels_last"],
-    compile: bool = _OPT["compile"],
-    compile_mode: str = _OPT["compile_mode"],
-    loader: str = _OPT["loader"],
-    num_workers: int = _OPT["num_workers"],
-    progress: bool = _OPT["progress"],
-    download: bool = _OPT["download"],
-    momentum: float = _OPT["momentum"],
-    step_size: int = _OPT["step_size"],
-    gamma: float = _OPT["gamma"],
-    lr_scaling: str = _OPT["lr_scaling"],
-    base_batch_size: int = _OPT["base_batch_size"],
-    drop_rate: float = _OPT["drop_rate"],
-    deterministic: bool = _OPT["deterministic"],
-    eval_every: int = _OPT["eval_every"],
-    eval_batch_size: int = _OPT["eval_batch_size"],
+    **settings: Any,
 ) -> None:
     """Fine-tune a trained model on a dataset: its weights, a new classifier for the dataset's classes."""
-    if dataset is None and config is None:
+    overrides, run = _split(settings)
+    if overrides["dataset"] is None and run["config"] is None:
         from ..cli import fail
 
         fail("finetune needs --dataset (or a --config that names one)")
-    overrides = {k: v for k, v in locals().items() if k not in ("model", "config", "out", "resume", "force")}
-    _run("finetune", overrides, config, out, resume, force, source=model)
+    _run("finetune", overrides, **run, source=model)
 
 
 def _recorded_dataset(model: str) -> str | None:
@@ -276,7 +219,7 @@ def _recorded_dataset(model: str) -> str | None:
 def evaluate_cmd(
     model: str = typer.Argument(..., help="Run directory, checkpoint.pt, or model name."),
     dataset: str = typer.Option(None, help="Dataset (default: the run's, or the published checkpoint's)."),
-    data_dir: str = _OPT["data_dir"],
+    data_dir: str = _OPTIONS["data_dir"][1],
     batch_size: int = typer.Option(128, help="Evaluation batch size."),
     device: str = typer.Option("auto", help="auto, cpu, cuda ..."),
     subset: int = typer.Option(None, help="Only the first N test images."),
