@@ -70,8 +70,13 @@ def test_search_scores_with_reused_blocks_equal_fresh_ones() -> None:
     genotypes += genotypes[:2]
     x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     y = torch.randint(0, 10, (16,), generator=torch.Generator().manual_seed(1))
-    cfg = mode_config("exact")
+    cfg = mode_config("exact", num_threads=1)  # one thread for both: fp32 sums depend on the thread count
     jobs = [(i, g.to_string(), 0, 0, candidate_seed(9, i)) for i, g in enumerate(genotypes)]
     pooled = [c.score for c in score_candidates(jobs, x, y, cfg, 10, 3)]  # one pool for the loop
-    fresh = [score_genotype(g, x, y, candidate_seed(9, i), cfg, 10, 3) for i, g in enumerate(genotypes)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fresh = [score_genotype(g, x, y, candidate_seed(9, i), cfg, 10, 3) for i, g in enumerate(genotypes)]
+    finally:
+        torch.set_num_threads(threads)
     assert pooled == fresh

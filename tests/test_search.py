@@ -356,3 +356,112 @@ def test_torchrun_two_processes_give_the_same_winner(tmp_path: Path) -> None:
     assert [c.index for c in back.candidates] == list(range(6)) and not list((tmp_path / "rep").glob("*.rank*"))
     for c, s in zip(back.candidates, single.candidates):
         assert c.genotype == s.genotype and c.score == pytest.approx(s.score, rel=1e-4)
+
+
+def test_an_interrupted_resume_leaves_no_stale_winner(tmp_path: Path) -> None:
+    out = tmp_path / "s"
+    run_search("wrn_10_1", "20k", report_dir=out, **{**SMALL, "samples": 2})
+
+    def stop_after_one_new(done: int, total: int) -> None:
+        if done >= 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_search("wrn_10_1", "20k", report_dir=out, resume=True, progress=stop_after_one_new, **SMALL)
+    assert not (out / "winner.json").exists() and not (out / "summary.json").exists()  # not "finished" any more
+    with pytest.raises(ReportError, match="3 of 6 candidates are scored; finish it with"):
+        load_report(out)
+    done = run_search("wrn_10_1", "20k", report_dir=out, resume=True, **SMALL)
+    assert done.rescored == 3 and load_report(out).winner == done.winner
+
+
+def test_resume_refuses_another_minibatch(tmp_path: Path, monkeypatch) -> None:
+    from blockswap_zoo.search import runner
+
+    out = tmp_path / "m"
+    run_search("wrn_10_1", "20k", report_dir=out, **{**SMALL, "samples": 2})
+    real = runner.load_search_batch
+
+    def other_images(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        batch = real(*args, **kwargs)
+        return type(batch)(batch.images.flip(0), *(getattr(batch, f) for f in ("labels", "dataset", "num_classes",
+                           "in_chans", "input_size")))  # fmt: skip
+
+    monkeypatch.setattr(runner, "load_search_batch", other_images)
+    with pytest.raises(ReportError, match="minibatch_sha256: saved"):
+        run_search("wrn_10_1", "20k", report_dir=out, resume=True, **SMALL)
+
+
+def test_force_only_overwrites_a_search_report_and_only_its_files(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "settings.json").write_text('{"my": "settings"}')
+    with pytest.raises(ReportError, match="not a blockswap-zoo search's settings"):
+        run_search("wrn_10_1", "20k", report_dir=mine, force=True, **SMALL)
+    (mine / "settings.json").unlink()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(ReportError, match="holds no search report"):
+        run_search("wrn_10_1", "20k", report_dir=mine, force=True, **SMALL)
+    out = tmp_path / "r"
+    run_search("wrn_10_1", "20k", report_dir=out, **{**SMALL, "samples": 2})
+    (out / "candidates_old.jsonl").write_text("a user's file\n")
+    run_search("wrn_10_1", "20k", report_dir=out, force=True, **{**SMALL, "samples": 3})
+    assert (out / "candidates_old.jsonl").read_text() == "a user's file\n" and (mine / "notes.txt").exists()
+    assert len(load_report(out).candidates) == 3
+
+
+def test_more_bad_input_is_refused_up_front(tmp_path: Path) -> None:
+    out = tmp_path / "bad"
+    with pytest.raises(ValueError, match="batch_size must be >= 2"):
+        run_search("wrn_10_1", "20k", report_dir=out, dataset="fashion_mnist", batch_size=1, **SMALL)
+    with pytest.raises(ValueError, match="--data-dir .* is only read with --dataset"):
+        run_search("wrn_10_1", "20k", report_dir=out, data_dir=tmp_path, **SMALL)
+    with pytest.raises(ValueError, match="choose embedded"):
+        run_search("wrn_10_1", "20k", report_dir=out, dataset="mnist", **SMALL)
+    with pytest.raises(BudgetError, match="rounds to 0"):
+        parse_budget("0.4")
+    assert not out.exists()
+    same = run_search("wrn_10_1", "20k", samples=2, seed=5, threads=1, mode="exact", proxy="GRAD-NORM")
+    assert same.settings.proxy == "grad_norm"
+
+
+def test_windows_are_exact_at_any_magnitude_and_deep_backbones_sample() -> None:
+    space = BudgetSpace.build("wrn_40_2", "macs", 10, 3, None, None)
+    assert space.window(2_000_000_000, 0.025) == (1_950_000_000, 2_050_000_000)
+    assert space.window(400_000, 0.025) == (390_000, 410_000)
+    deep = sample_genotypes("wrn_118_1", "400k", 2, seed=0)  # more blocks than 8 primes' worth of counts
+    assert all(abs(g.num_params(10, 3) - 400_000) <= 10_000 for g in deep)
+
+
+def test_no_finite_score_is_an_error_not_a_winner(tmp_path: Path, monkeypatch) -> None:
+    from blockswap_zoo.search import runner
+
+    real = runner.score_candidates
+
+    def nan_scores(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        import dataclasses
+
+        return [dataclasses.replace(c, score=float("nan")) for c in real(*args, **kwargs)]
+
+    monkeypatch.setattr(runner, "score_candidates", nan_scores)
+    with pytest.raises(ValueError, match="no candidate got a finite fisher score"):
+        run_search("wrn_10_1", "20k", report_dir=tmp_path / "n", **{**SMALL, "samples": 2})
+    assert not (tmp_path / "n" / "winner.json").exists()
+
+
+def test_cli_block_types_with_commas_and_unwritable_out(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from blockswap_zoo.cli import app
+
+    runner = CliRunner()
+    args = ["search", "wrn_10_1", "20k", "--samples", "2", "--mode", "exact", "--device", "cpu"]
+    res = runner.invoke(
+        app, [*args, "--block-types", "S,BG(2,4),G(N)", "--tolerance", "0.5", "--out", str(tmp_path / "bt")]
+    )
+    assert res.exit_code == 0, res.output
+    saved = json.loads((tmp_path / "bt" / "settings.json").read_text())
+    assert saved["block_types"] == ["S", "BG(2,4)", "G(N)"]
+    (tmp_path / "afile").write_text("x")
+    res = runner.invoke(app, [*args, "--out", str(tmp_path / "afile" / "sub")])
+    assert res.exit_code == 2 and "cannot write the report" in res.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -27,6 +28,11 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def _split_block_types(text: str) -> list[str]:
+    """``'S,G(4),BG(2,M/4)'`` -> the names; commas inside parentheses belong to a name (``;`` also separates)."""
+    return [t.strip() for t in re.split(r"[,;](?![^()]*\))", text) if t.strip()]
+
+
 def search(
     backbone: str = typer.Argument(..., help="Backbone or teacher arch: wrn_40_2, wrn_16_2, resnet34, ..."),
     budget: str = typer.Argument(..., help="Parameter budget, e.g. 200k, 811k, 1.5m (MACs with --macs)."),
@@ -36,19 +42,22 @@ def search(
     proxy: str = typer.Option("fisher", help="Score: fisher, grad_norm, snip, synflow, naswot."),
     mode: str = typer.Option(
         "auto",
-        help="fast (bf16, sub-batch), exact (fp32, the definition's values), or auto: fast on CPUs, exact on GPUs.",
+        help="fast (bf16, sub-batch), exact (fp32, the definition's values), or auto: fast on CPUs, exact on GPUs. "
+        "Scores compare within one mode and batch size only (the loss is a batch mean).",
     ),
     dataset: str = typer.Option(
         "embedded", help="embedded (128 Fashion-MNIST images shipped with the package), fashion_mnist, cifar10, ..."
     ),
     data_dir: Path | None = typer.Option(None, help="Where the dataset lives (default: the data module's search)."),
     batch_size: int = typer.Option(128, help="Minibatch size (the embedded batch has 128)."),
-    block_types: str | None = typer.Option(None, help="Comma-separated block types to sample (default: the 23)."),
+    block_types: str | None = typer.Option(
+        None, help="Block types to sample, separated by commas, e.g. 'S,G(4),BG(2,M/4)' (default: the 23)."
+    ),
     seed: int = typer.Option(0, help="Seed of the candidates, the minibatch and the inits."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto (cuda when available)."),
     workers: int = typer.Option(1, help="Worker processes (on a GPU they share the device)."),
     threads: int | None = typer.Option(
-        None, help="torch threads per process (default: torch's; 1 is faster on a CPU other jobs keep busy)."
+        None, help="torch threads per process (default: torch's, or 1 when other jobs keep the CPU busy)."
     ),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Report directory (default: search-<arch>-<budget>-s<seed>)."
@@ -62,7 +71,7 @@ def search(
 
     if resume and force:
         _fail("--resume and --force contradict each other; pass one")
-    types = None if block_types is None else [t.strip() for t in block_types.split(";" if ";" in block_types else ",")]
+    types = None if block_types is None else _split_block_types(block_types)
     try:
         n_budget = parse_budget(budget)
     except BudgetError as e:
@@ -115,6 +124,8 @@ def search(
             )
     except (BudgetError, ReportError, DatasetError, DatasetNotFoundError, ValueError) as e:
         _fail(str(e))
+    except OSError as e:  # e.g. --out under a file, or somewhere not writable
+        _fail(f"cannot write the report to {out}: {e.strerror or e} ({e.filename or out}); choose another --out")
     except KeyboardInterrupt:
         Console(stderr=True).print(
             f"interrupted; the scored candidates are saved in {out}: rerun the same command with --resume"

@@ -58,12 +58,27 @@ def load_search_batch(
     dataset: str = EMBEDDED, batch_size: int = 128, seed: int = 0, data_dir: str | Path | None = None
 ) -> SearchBatch:
     """The search minibatch: the embedded default, or one seeded training batch of ``dataset``."""
-    if dataset == EMBEDDED:
+    if batch_size < 2:
+        raise ValueError(
+            f"batch_size must be >= 2, got {batch_size}: the scores need batch-norm statistics over the minibatch"
+        )
+    if dataset.strip().lower() == EMBEDDED:
+        if data_dir is not None:
+            raise ValueError(
+                f"--data-dir {data_dir} is only read with --dataset (fashion_mnist, cifar10, cifar100 or imagenet); "
+                "the embedded batch ships with the package"
+            )
         if batch_size != 128:
             raise ValueError(f"the embedded batch has 128 images; batch_size={batch_size} needs --dataset")
         return load_embedded_batch(seed)
-    from ..data import get_dataset_info, load_minibatch
+    from ..data import DatasetError, get_dataset_info, list_datasets, load_minibatch
 
-    info = get_dataset_info(dataset)
+    try:
+        info = get_dataset_info(dataset)
+    except DatasetError:
+        raise DatasetError(
+            f"unknown dataset {dataset!r}; choose {EMBEDDED} (the batch shipped with the package) or one of "
+            f"{', '.join(list_datasets())}"
+        ) from None
     images, labels = load_minibatch(info.name, batch_size=batch_size, seed=seed, data_dir=data_dir, augment=True)
     return SearchBatch(images, labels, info.name, info.num_classes, info.in_chans, tuple(info.input_size))

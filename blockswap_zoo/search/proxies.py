@@ -22,6 +22,7 @@ __all__ = [
     "fisher_per_block",
     "fisher_potential",
     "get_proxy",
+    "get_proxy_name",
     "grad_norm",
     "naswot",
     "snip",
@@ -180,9 +181,14 @@ PROXIES: dict[str, Proxy] = {
 }
 
 
-def get_proxy(name: str) -> Proxy:
-    """The proxy called ``name`` (fisher, grad_norm, snip, synflow, naswot)."""
+def get_proxy_name(name: str) -> str:
+    """The canonical name of a proxy (case, spaces and ``-`` for ``_`` forgiven); ValueError if unknown."""
     key = name.strip().lower().replace("-", "_")
     if key not in PROXIES:
         raise ValueError(f"unknown proxy {name!r}; choose one of {', '.join(PROXIES)}")
-    return PROXIES[key]
+    return key
+
+
+def get_proxy(name: str) -> Proxy:
+    """The proxy called ``name`` (fisher, grad_norm, snip, synflow, naswot)."""
+    return PROXIES[get_proxy_name(name)]

@@ -11,6 +11,7 @@ i % world_size == r, and rank 0 gathers the results: the same winner as one proc
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -26,7 +27,7 @@ import torch
 from ..genotype import Genotype
 from ..io import atomic_write_text
 from .minibatch import EMBEDDED, load_search_batch
-from .proxies import PROXIES
+from .proxies import get_proxy_name
 from .sampler import _backbone, parse_budget, sample_genotypes
 from .scoring import Candidate, candidate_seed, mode_config, resolve_mode, score_candidates
 
@@ -34,7 +35,9 @@ __all__ = ["ReportError", "SearchResult", "SearchSettings", "load_report", "run_
 
 SETTINGS = "settings.json"
 CANDIDATES = "candidates.jsonl"
-REPORT_FILES = (SETTINGS, "environment.json", CANDIDATES, "winner.json", "summary.json", "score_vs_params.png")
+RANK_SHARDS = "candidates.rank*.jsonl"  # one per torchrun process until the search ends
+FINAL_FILES = ("winner.json", "summary.json", "score_vs_params.png")  # written when every candidate is scored
+REPORT_FILES = (SETTINGS, "environment.json", CANDIDATES, *FINAL_FILES)
 
 
 class ReportError(RuntimeError):
@@ -60,6 +63,7 @@ class SearchSettings:
     in_chans: int
     input_size: tuple[int, int, int]
     block_types: tuple[str, ...] | None = None
+    minibatch_sha256: str | None = None  # the scored images and labels: a resume must see the same ones
     format: str = "blockswap-search-settings/1"
 
     def to_dict(self) -> dict[str, object]:
@@ -69,12 +73,17 @@ class SearchSettings:
         return d
 
     def differences(self, other: dict) -> list[str]:
-        """Keys (other than ``samples``) whose values differ from a saved settings dict."""
+        """Keys (other than ``samples``) whose values differ from a saved settings dict.
+
+        Reports written before ``minibatch_sha256`` existed lack it; their minibatch goes unchecked.
+        """
         mine = self.to_dict()
         return [
             f"{k}: saved {other.get(k)!r}, now {mine[k]!r}"
             for k in mine
-            if k != "samples" and json.loads(json.dumps(mine[k])) != other.get(k)
+            if k != "samples"
+            and not (k == "minibatch_sha256" and k not in other)
+            and json.loads(json.dumps(mine[k])) != other.get(k)
         ]
 
 
@@ -109,7 +118,9 @@ def _dist() -> tuple[int, int]:
 def _read_records(report: Path) -> dict[int, Candidate]:
     """Scored candidates found in the report's JSONL files; a torn last line (a crash mid-write) is skipped."""
     out: dict[int, Candidate] = {}
-    for path in sorted(report.glob("candidates*.jsonl")):
+    for path in [report / CANDIDATES, *sorted(report.glob(RANK_SHARDS))]:
+        if not path.is_file():
+            continue
         for line in path.read_text().splitlines():
             if not line.strip():
                 continue
@@ -119,6 +130,15 @@ def _read_records(report: Path) -> dict[int, Candidate]:
                 continue
             out[c.index] = c
     return out
+
+
+def _minibatch_sha256(images: torch.Tensor, labels: torch.Tensor) -> str:
+    """sha256 of the minibatch's images and labels (their bytes, dtypes and shapes)."""
+    h = hashlib.sha256()
+    for t in (images, labels):
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def _check_device(device: str) -> str:
@@ -173,36 +193,53 @@ def _environment(device: str, world: int) -> dict[str, object]:
     return env
 
 
+def _read_settings(saved: Path) -> dict:
+    """A report's saved settings; ReportError if they are not a search's."""
+    try:
+        old = json.loads(saved.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ReportError(f"{saved} is damaged ({e}); use another --out or --force") from None
+    if not isinstance(old, dict) or not str(old.get("format", "")).startswith("blockswap-search-settings/"):
+        raise ReportError(f"{saved} is not a blockswap-zoo search's settings; use another --out")
+    return old
+
+
 def _prepare_report(report: Path, settings: SearchSettings, resume: bool, force: bool) -> None:
-    """Check or create the report directory (rank 0 only); raise ReportError with the fix."""
+    """Check or create the report directory (rank 0 only); raise ReportError with the fix.
+
+    A resumed search drops the previous run's winner and summary first: they are written again
+    when every candidate is scored, so an interrupted resume never leaves a stale "finished" report.
+    """
     saved = report / SETTINGS
     if report.exists() and not report.is_dir():
         raise ReportError(f"report path {report} exists and is not a directory")
     if report.exists() and any(report.iterdir()):
-        if resume and saved.exists():
-            try:
-                old = json.loads(saved.read_text())
-            except json.JSONDecodeError as e:
-                raise ReportError(f"{saved} is damaged ({e}); use another --out or --force") from None
+        if not saved.exists():
+            how = "use another --out" if resume or force else "choose another --out"
+            raise ReportError(f"{report} is not empty and holds no search report (no {SETTINGS}); {how}")
+        if resume:
+            old = _read_settings(saved)
             diff = settings.differences(old)
             if diff:
                 raise ReportError(
                     f"{report} holds a different search, so it cannot be resumed: {'; '.join(diff)}. "
                     "Use the same settings, another --out, or --force to start over"
                 )
-            beyond = [i for i in _read_records(report) if i >= settings.samples]
+            records = _read_records(report)
+            beyond = [i for i in records if i >= settings.samples]
             if beyond:
                 raise ReportError(
                     f"{report} already holds scored candidates up to index {max(beyond)}, which --samples "
                     f"{settings.samples} would drop; resume with --samples {max(beyond) + 1} or more "
-                    f"(the search was started with {old.get('samples')})"
+                    f"({len(records)} candidates are scored)"
                 )
-        elif resume:
-            raise ReportError(f"{report} is not a search report (no {SETTINGS}); use another --out")
+            for name in FINAL_FILES:
+                (report / name).unlink(missing_ok=True)
         elif force:
+            _read_settings(saved)  # only a search report is overwritten, and only its own files
             for name in REPORT_FILES:
                 (report / name).unlink(missing_ok=True)
-            for p in report.glob("candidates*.jsonl"):
+            for p in report.glob(RANK_SHARDS):
                 p.unlink()
         else:
             raise ReportError(
@@ -243,8 +280,7 @@ def run_search(
     t_start = time.perf_counter()
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
-    if proxy not in PROXIES:
-        raise ValueError(f"unknown proxy {proxy!r}; choose one of {', '.join(PROXIES)}")
+    proxy = get_proxy_name(proxy)
     if workers < 1:
         raise ValueError(f"workers must be >= 1 (1: score in this process), got {workers}")
     if threads is not None and threads < 1:
@@ -278,6 +314,7 @@ def run_search(
         batch.in_chans,
         tuple(batch.input_size),
         None if block_types is None else tuple(block_types),
+        _minibatch_sha256(batch.images, batch.labels),
     )
     report = Path(report_dir) if report_dir is not None else None
     if report is not None:
@@ -344,6 +381,11 @@ def run_search(
     records = {**done, **{c.index: c for c in new}}
     candidates = [records[i] for i in sorted(records)]
     best = max(candidates, key=lambda c: (c.score if math.isfinite(c.score) else -math.inf, -c.index))
+    if not math.isfinite(best.score):
+        raise ValueError(
+            f"no candidate got a finite {proxy} score ({len(candidates)} scored, saved in the report); "
+            "try --mode exact, another --proxy, or check the minibatch"
+        )
     result = SearchResult(
         winner=Genotype.from_string(best.genotype),
         winner_index=best.index,
@@ -368,7 +410,7 @@ def write_report(result: SearchResult) -> None:
     assert report is not None
     lines = "".join(json.dumps(c.to_dict()) + "\n" for c in result.candidates)
     atomic_write_text(report / CANDIDATES, lines)
-    for p in report.glob("candidates.rank*.jsonl"):
+    for p in report.glob(RANK_SHARDS):
         p.unlink()
     result.winner.save(report / "winner.json")
     s = result.settings
@@ -403,15 +445,20 @@ def plot_scores(result: SearchResult, path: Path) -> None:
 
     from ..io import atomic_write_bytes
 
+    s = result.settings
     cs = [c for c in result.candidates if math.isfinite(c.score)]
+    macs = s.metric == "macs"  # the x axis is the budget's metric
+
+    def cost(c: Candidate | SearchResult) -> float:
+        return c.macs / 1e6 if macs else c.params / 1e3
+
     fig = Figure(figsize=(7, 4.5), dpi=110)
     ax = fig.add_subplot()
-    ax.scatter([c.params / 1e3 for c in cs], [c.score for c in cs], s=9, alpha=0.5, label="candidates")
-    ax.scatter([result.params / 1e3], [result.score], s=160, marker="*", color="crimson", label="winner", zorder=3)
+    ax.scatter([cost(c) for c in cs], [c.score for c in cs], s=9, alpha=0.5, label="candidates")
+    ax.scatter([cost(result)], [result.score], s=160, marker="*", color="crimson", label="winner", zorder=3)
     if cs and min(c.score for c in cs) > 0:
         ax.set_yscale("log")
-    s = result.settings
-    ax.set_xlabel("parameters (K)")
+    ax.set_xlabel("MACs (M)" if macs else "parameters (K)")
     ax.set_ylabel(s.proxy.replace("_", " ") + (" potential" if s.proxy == "fisher" else ""))
     ax.set_title(f"{s.backbone} @ {s.budget:,} {s.metric}, {len(result.candidates)} candidates, seed {s.seed}")
     ax.legend(loc="best")
@@ -424,17 +471,24 @@ def plot_scores(result: SearchResult, path: Path) -> None:
 def load_report(report_dir: str | Path) -> SearchResult:
     """Read a finished report directory back into a SearchResult."""
     report = Path(report_dir)
-    try:
-        sd = json.loads((report / SETTINGS).read_text())
-        summary = json.loads((report / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ReportError(f"{report} is not a finished search report: {e}") from None
+    if not (report / SETTINGS).is_file():
+        raise ReportError(f"{report} is not a search report (no {SETTINGS})")
+    sd = _read_settings(report / SETTINGS)
     sd.pop("format", None)
     sd["input_size"] = tuple(sd["input_size"])
     sd["block_types"] = None if sd.get("block_types") is None else tuple(sd["block_types"])
     settings = SearchSettings(**sd)
     records = _read_records(report)
     candidates = [records[i] for i in sorted(records)]
+    try:
+        summary = json.loads((report / "summary.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        summary = {}
+    if len(candidates) != settings.samples or summary.get("candidates") != len(candidates):
+        raise ReportError(
+            f"{report} is not a finished search report: {len(candidates)} of {settings.samples} candidates "
+            "are scored; finish it with `blockswap-zoo search ... --resume`"
+        )
     return SearchResult(
         winner=Genotype.load(report / "winner.json"),
         winner_index=summary["winner_index"],

@@ -17,6 +17,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from functools import reduce
 
 import numpy as np
@@ -36,8 +37,44 @@ __all__ = [
 
 METRICS = ("params", "macs")
 # Primes just below 2^31: a sum of up to 2^32 residues, or a cumulative sum over 2^32 of them, fits in int64.
-_PRIMES = (2147483647, 2147483629, 2147483587, 2147483579, 2147483563, 2147483549, 2147483543, 2147483497)
 _MAX_BUCKETS = 50_000_000
+_MAX_TABLE_BYTES = 4 << 30  # the counting tables of one search (blocks x primes x buckets int64)
+
+
+def _is_prime(n: int) -> bool:
+    """Miller-Rabin with bases 2, 3, 5, 7: exact for every n < 3,215,031,751."""
+    if n < 2:
+        return False
+    for p in (2, 3, 5, 7):
+        if n % p == 0:
+            return n == p
+    d, r = n - 1, 0
+    while d % 2 == 0:
+        d, r = d // 2, r + 1
+    for a in (2, 3, 5, 7):
+        x = pow(a, d, n)
+        if x in (1, n - 1):
+            continue
+        for _ in range(r - 1):
+            x = x * x % n
+            if x == n - 1:
+                break
+        else:
+            return False
+    return True
+
+
+def _primes(count: int) -> list[int]:
+    """The ``count`` largest primes below 2**31 (residues and their sums of ~30 terms fit int64)."""
+    while len(_PRIMES) < count:
+        n = _PRIMES[-1] - 2
+        while not _is_prime(n):
+            n -= 2
+        _PRIMES.append(n)
+    return _PRIMES[:count]
+
+
+_PRIMES = [2147483647]
 
 
 class BudgetError(ValueError):
@@ -58,6 +95,8 @@ def parse_budget(text: str | int | float) -> int:
             raise BudgetError(f"budget {text!r} is not a number; write e.g. 200k, 1.5m or 811370") from None
     if not math.isfinite(value) or value <= 0:
         raise BudgetError(f"budget must be a positive number, got {text!r}")
+    if round(value) < 1:
+        raise BudgetError(f"budget {text!r} rounds to 0; budgets count whole parameters or MACs, e.g. 200k")
     return int(round(value))
 
 
@@ -136,7 +175,8 @@ class BudgetSpace:
         """The inclusive integer cost interval [budget (1 - tol), budget (1 + tol)]."""
         if not 0 <= tolerance < 1:
             raise BudgetError(f"tolerance must be in [0, 1), got {tolerance}")
-        return math.ceil(budget * (1 - tolerance) - 1e-9), math.floor(budget * (1 + tolerance) + 1e-9)
+        tol = Fraction(repr(float(tolerance)))  # the decimal the user wrote (0.025 is 1/40), in exact arithmetic
+        return math.ceil(budget * (1 - tol)), math.floor(budget * (1 + tol))
 
 
 def _hw(input_size: int | Sequence[int] | None) -> tuple[int, int] | None:
@@ -173,10 +213,18 @@ class _Counter:
                 f"the budget spans {self.length:,} cost buckets (cost gcd {g}), more than this sampler's "
                 f"{_MAX_BUCKETS:,}; use a coarser metric or a smaller backbone"
             )
-        bound = math.prod(len(c) for c in space.costs)
-        primes: list[int] = []
-        while math.prod(primes) <= bound:
-            primes.append(_PRIMES[len(primes)])
+        bound = math.prod(len(c) for c in space.costs)  # no count can reach the number of genotypes
+        n_primes = 1
+        while math.prod(_primes(n_primes)) <= bound:
+            n_primes += 1
+        primes = _primes(n_primes)
+        table_bytes = (len(space.costs) + 1) * n_primes * (self.length + 1) * 8
+        if table_bytes > _MAX_TABLE_BYTES:
+            raise BudgetError(
+                f"exact sampling of {space.backbone.name} at this budget needs {table_bytes / 2**30:.1f} GiB of "
+                f"counting tables ({len(space.costs)} blocks, {self.length:,} cost buckets), more than "
+                f"{_MAX_TABLE_BYTES / 2**30:.0f} GiB; use a shallower backbone or a smaller budget"
+            )
         self.primes = tuple(primes)
         p = np.array(primes, dtype=np.int64)[:, None]
         modulus = math.prod(primes)

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import math
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
@@ -262,6 +263,7 @@ _WORKER: dict[str, object] = {}
 
 
 def _worker_init(images: torch.Tensor, labels: torch.Tensor, cfg: ScoreConfig, num_classes: int, in_chans: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
     torch.set_num_threads(cfg.num_threads or 1)
     memory = contextlib.ExitStack()  # for the worker's lifetime
     memory.enter_context(_scoring_memory(cfg.device))
