@@ -97,7 +97,8 @@ def model_card(name: str, cfg: dict[str, Any]) -> str:
 
 The accuracy was measured by `{cfg.get("eval_command", "blockswap-zoo evaluate")}` in fp32 {evaluated_on(cfg)},
 with the dataset's eval transform ({cfg.get("eval_transform", "normalise only")}; mean {cfg.get("mean")}, std
-{cfg.get("std")}). `metrics.jsonl` holds the training run's per-epoch records; their test accuracy comes
+{cfg.get("std")}). `metrics.jsonl` holds the training run's per-epoch records (`lr`: the rate after the epoch's last
+step); their test accuracy comes
 from the evaluation during training, in the run's precision (bf16 autocast on GPUs by default), so it
 can differ slightly from the figure above.
 

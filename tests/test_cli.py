@@ -84,7 +84,7 @@ def test_training_options_reach_the_config_and_override_the_file(tmp_path, monke
     args = ["--config", str(cfg_file), "--out", str(tmp_path / "r"), "--momentum", "0.8", "--step-size", "7",
             "--lr-scaling", "linear", "--base-batch-size", "64", "--drop-rate", "0.2", "--no-deterministic",
             "--eval-batch-size", "256", "--no-download"]  # fmt: skip
-    for command in (["train-teacher"], ["distill", "--teacher", "t"]):
+    for command in (["train-teacher"], ["distill", "--teacher", "t", "--arch", "wrn_16_1"]):
         res = runner.invoke(app, [*command, *args])
         assert res.exit_code == 0, res.output
         c = seen.pop()
@@ -104,17 +104,31 @@ def test_only_rank_0_prints_the_result(tmp_path, monkeypatch) -> None:
     assert res.exit_code == 0 and res.stdout == ""
 
 
-def test_channel_mismatch_is_a_clear_error() -> None:
-    res = runner.invoke(
-        app, ["evaluate", "wrn_16_1", "--dataset", "fashion_mnist", "--subset", "10", "--device", "cpu"]
-    )
+def test_channel_mismatch_is_a_clear_error(tmp_path) -> None:
+    from blockswap_zoo import create_model
+    from blockswap_zoo.hub import save_checkpoint_dir
+
+    rgb = tmp_path / "rgb"  # a trained-looking 3-channel checkpoint, evaluated on 1-channel images
+    save_checkpoint_dir(create_model("wrn_16_1").eval(), rgb, {"dataset": "cifar10", "metrics": {}})
+    res = runner.invoke(app, ["evaluate", str(rgb), "--dataset", "fashion_mnist", "--subset", "10", "--device", "cpu"])
     msg = " ".join(res.stderr.split())
     assert res.exit_code == 2, res.output  # a traceback would exit 1
     assert "3-channel input" in msg and "1 channel" in msg and "in_chans=1" in msg
-    res = runner.invoke(app, ["distill", "--arch", "wrn_16_1", "--teacher", "wrn_40_2", "--dataset", "fashion_mnist",
-                              "--device", "cpu", "--no-progress", "--max-steps", "1"])  # fmt: skip
+    res = runner.invoke(app, ["distill", "--arch", "wrn_16_1", "--teacher", str(rgb), "--dataset", "fashion_mnist",
+                              "--device", "cpu", "--no-progress", "--max-steps", "1", "--out", str(tmp_path / "d")])  # fmt: skip
     msg = " ".join(res.stderr.split())
-    assert res.exit_code == 2 and "teacher wrn_40_2 takes 3-channel input" in msg and "in_chans=1" in msg
+    assert res.exit_code == 2 and f"teacher {rgb} takes 3-channel input" in msg and "in_chans=1" in msg
+
+
+def test_untrained_architectures_are_not_teachers_or_evaluated(tmp_path) -> None:
+    """A bare arch or genotype has no trained weights: refused, not silently used at random init."""
+    for name, hint in (("wrn_40_2", "published: wrn_40_2.fmnist"), ("wrn_10_1:v1:S;S;S", "published arch.tag")):
+        res = runner.invoke(app, ["evaluate", name, "--dataset", "fashion_mnist", "--subset", "10"])
+        assert res.exit_code == 2 and "names an architecture, not trained weights" in res.stderr, res.output
+        assert hint in " ".join(res.stderr.split())
+    res = runner.invoke(app, ["distill", "--arch", "wrn_16_1", "--teacher", "wrn_40_2", "--dataset", "fashion_mnist",
+                              "--device", "cpu", "--no-progress", "--max-steps", "1", "--out", str(tmp_path / "d")])  # fmt: skip
+    assert res.exit_code == 2 and "names an architecture, not trained weights" in res.stderr
 
 
 def test_out_that_is_a_file_is_a_clear_error(tmp_path) -> None:

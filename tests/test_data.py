@@ -323,3 +323,38 @@ def test_failed_cifar_download_leaves_no_folder_behind(tmp_path, monkeypatch: py
     with pytest.raises(DatasetNotFoundError, match="Download into .* failed"):
         load_arrays("cifar100", "test", data_dir=mine, download=True)
     assert mine.is_dir()
+
+
+def test_cifar_missing_file_says_how_to_get_it(tmp_path) -> None:
+    _write_cifar(tmp_path, "cifar10")
+    (tmp_path / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(DatasetNotFoundError, match="test_batch is missing. To get it"):
+        load_arrays("cifar10", "test", data_dir=tmp_path, download=False)
+
+
+def _png_folder(root, classes: list[str], n: int = 2) -> None:
+    rng = np.random.default_rng(0)
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+
+
+def test_image_folder_splits_share_the_train_class_indices_and_errors_name_the_path(tmp_path) -> None:
+    from blockswap_zoo.data import image_folder
+
+    _png_folder(tmp_path / "train", ["cat", "dog", "eel"])
+    _png_folder(tmp_path / "val", ["dog", "eel"])  # a class missing from val must not shift the others
+    val = image_folder("imagenet", "val", tmp_path, None)
+    assert val.classes == ["cat", "dog", "eel"] and sorted({y for _, y in val.samples}) == [1, 2]
+    _png_folder(tmp_path / "val", ["fox"])
+    with pytest.raises(DatasetError, match="class folders the train split lacks .*fox"):
+        image_folder("imagenet", "val", tmp_path, None)
+    (tmp_path / "train" / "cat" / "0.png").write_bytes(b"not a png")
+    train = image_folder("imagenet", "train", tmp_path, None)
+    with pytest.raises(DatasetError, match="cannot read image .*0.png"):
+        train[0]
+    empty = tmp_path / "empty"
+    (empty / "train").mkdir(parents=True)
+    with pytest.raises(DatasetError, match="one sub-folder of images per class"):
+        image_folder("imagenet", "train", empty, None)

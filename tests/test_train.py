@@ -160,7 +160,12 @@ def test_interrupt_and_resume_gives_identical_weights(tmp_path: Path) -> None:
         train(_tiny(), out_dir=tmp_path / "b")
     with pytest.raises(RunDirError, match="batch_size"):
         train(_tiny(batch_size=16), out_dir=tmp_path / "b", resume=True)
-    resumed = train(_tiny(), out_dir=tmp_path / "b", resume=True)
+    for changed in ({"lr": 0.5}, {"momentum": 0.5}, {"weight_decay": 0.1}, {"max_steps": 100}):
+        with pytest.raises(RunDirError, match=f"{next(iter(changed))} was .*keeps its settings"):
+            train(_tiny(**changed), out_dir=tmp_path / "b", resume=True)  # the optimiser would keep the old ones
+    with pytest.raises(RunDirError, match="contradict"):
+        train(_tiny(), out_dir=tmp_path / "b", resume=True, force=True)
+    resumed = train(_tiny(eval_batch_size=64), out_dir=tmp_path / "b", resume=True)  # how it runs may change
     sa, sb = straight.model.state_dict(), resumed.model.state_dict()
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     assert [h["train_loss"] for h in straight.history] == [h["train_loss"] for h in resumed.history]
@@ -423,3 +428,53 @@ def test_run_files_are_written_atomically_with_normal_permissions(tmp_path: Path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]
     assert {(tmp_path / n).stat().st_mode & 0o777 for n in ("config.json", "model.safetensors")} == {0o644}
     assert all(torch.equal(v, load_run(tmp_path).state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_a_run_stopped_before_its_first_checkpoint_can_start_again(tmp_path: Path) -> None:
+    run = tmp_path / "early"
+    run.mkdir()
+    (run / "config.yaml").write_text("arch: wrn_10_1\n")  # all that a run interrupted in epoch 1 leaves
+    result = train(_tiny(epochs=1, max_steps=1), out_dir=run, resume=True)
+    assert result.metrics["steps"] == 1 and (run / "checkpoint.pt").is_file()
+
+
+def test_settings_are_validated_with_the_key_named(tmp_path: Path) -> None:
+    bad = [
+        ({"lr": float("nan")}, "lr must be a finite number"),
+        ({"warmup_epochs": float("inf")}, "warmup_epochs must be a finite number"),
+        ({"eval_every": "1"}, "eval_every must be an integer"),
+        ({"kd_temperature": "four"}, "kd_temperature must be a finite number"),
+        ({"epochs": True}, "epochs must be a positive integer"),
+        ({"extra": 5}, "extra must be a mapping"),
+        ({"nesterov": True, "momentum": 0}, "nesterov needs momentum > 0"),
+        ({"device": "foo"}, "device must be auto, cpu, cuda"),
+        ({"loader": "device", "dataset": "imagenet"}, None),  # valid settings; refused when the run starts
+    ]
+    for kwargs, message in bad:
+        if message is None:
+            with pytest.raises(ValueError, match="--loader device keeps a dataset in memory"):
+                train(_tiny(**kwargs, data_dir=str(tmp_path)), out_dir=tmp_path / "x")
+            continue
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig.from_dict({**_tiny().to_dict(), **kwargs})
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("weight_decay: 5e-4\nlr: 1e-1\n")  # YAML 1.1 reads these as strings
+    cfg = resolve_config(cfg_file, {})
+    assert (cfg.weight_decay, cfg.lr) == (5e-4, 0.1)
+
+
+def test_cli_refuses_settings_that_belong_to_another_command(tmp_path: Path) -> None:
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("teacher: some/run\n")
+    res = CliRunner().invoke(app, ["train-teacher", "--config", str(cfg_file), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "teacher is a distill setting" in " ".join(res.output.split())
+    res = CliRunner().invoke(app, ["distill", "--teacher", "some/run", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "distill needs --arch" in " ".join(res.output.split())
+    res = CliRunner().invoke(app, ["evaluate", "wrn_40_2.fmnist", "--subset", "-5"])
+    assert res.exit_code == 2 and "subset must be a positive number" in " ".join(res.output.split())
+    res = CliRunner().invoke(app, ["evaluate", "wrn_40_2.fmnist", "--device", "foo"])
+    assert res.exit_code == 2 and "unknown device 'foo'" in " ".join(res.output.split())
+    bare = tmp_path / "bare.pt"
+    torch.save({"model": build_model(Genotype.uniform("wrn_10_1"), 10, 1).state_dict()}, bare)
+    res = CliRunner().invoke(app, ["evaluate", str(bare), "--dataset", "fashion_mnist"])
+    assert res.exit_code == 2 and "is not a blockswap-zoo checkpoint" in " ".join(res.output.split())

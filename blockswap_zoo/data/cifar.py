@@ -149,6 +149,8 @@ def _load(path: Path) -> Any:
         return safe_unpickle(path.read_bytes())
     except UnsafePickleError as e:
         raise UnsafePickleError(f"{path}: {e}") from None
+    except FileNotFoundError:
+        raise  # missing, not corrupt: the caller says how to get the dataset
     except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as e:
         raise CifarFormatError(f"{path}: not a readable CIFAR batch ({type(e).__name__}: {e})") from None
 

@@ -313,16 +313,22 @@ def load_arrays(
 
 
 def image_folder(name: str, split: str, data_dir: str | Path | None, transform: object) -> object:
-    """An ImageNet-style split as a torchvision ImageFolder (``split``: train, or val/test)."""
-    from torchvision.datasets import ImageFolder
+    """An ImageNet-style split as a torchvision ImageFolder (``split``: train, or val/test).
 
+    An evaluation split takes its class indices from the train folder beside it (when there is one),
+    so a class missing from ``val/`` cannot shift the labels of the others. A folder without class
+    folders or an image that cannot be read is a DatasetError naming the path.
+    """
     info = get_dataset_info(name)
     roots = candidate_roots(data_dir)
     names = ("train",) if split == "train" else ("val", "validation", "test")
     for r in roots:
         for n in names:
             if (r / n).is_dir():
-                return ImageFolder(str(r / n), transform=transform)
+                from .image_folders import CheckedImageFolder, class_folders
+
+                classes = class_folders(r / "train") if split != "train" and (r / "train").is_dir() else None
+                return CheckedImageFolder(r / n, transform, classes)
     looked = ", ".join(str(r / n) for r in roots for n in names) or "nowhere: no --data-dir given"
     raise DatasetNotFoundError(
         f"{info.name} {split} split not found (looked in: {looked}). To get it: {info.how_to_get}"

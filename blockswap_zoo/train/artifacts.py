@@ -94,15 +94,32 @@ def load_model(spec: str | Path, map_location: str | torch.device = "cpu") -> nn
         from .checkpoint import load_checkpoint
 
         state = load_checkpoint(path, map_location)
+        if not isinstance(state, dict) or not {"model_config", "model"} <= set(state):
+            raise ValueError(
+                f"{path} is not a blockswap-zoo checkpoint (it needs 'model' and 'model_config'); pass a run "
+                "directory or the checkpoint.pt a training run wrote"
+            )
         model = _build(state["model_config"])
-        model.load_state_dict(state["model"], strict=True)
+        try:
+            model.load_state_dict(state["model"], strict=True)
+        except RuntimeError as e:
+            raise ValueError(f"{path}: its weights do not fit the model its model_config describes: {e}") from None
         return model
-    from ..registry import create_model, names_published_weights
+    from ..pretrained import list_pretrained
+    from ..registry import create_model, names_published_weights, split_name
 
+    name = str(spec)
+    if not names_published_weights(name) and not name.startswith(("local-dir:", "hf-hub:")):
+        tags = list_pretrained(f"{split_name(name)[0]}.*") if ":" not in name else []
+        hint = f" (published: {', '.join(tags)})" if tags else ""
+        raise FileNotFoundError(
+            f"{name!r} names an architecture, not trained weights; pass a run directory, a checkpoint, "
+            f"local-dir:PATH, hf-hub:ORG/NAME or a published arch.tag{hint}"
+        )
     try:
-        return create_model(str(spec), pretrained=names_published_weights(str(spec)))
+        return create_model(name, pretrained=True)
     except ValueError as e:
-        raise FileNotFoundError(f"{spec!r} is not a run directory, a checkpoint file, or a model name: {e}") from None
+        raise FileNotFoundError(f"{name!r} is not a run directory, a checkpoint file, or a model name: {e}") from None
 
 
 def write_metrics(out_dir: str | Path, history: list[dict[str, Any]]) -> None:

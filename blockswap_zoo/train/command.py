@@ -132,6 +132,11 @@ def _run(
         cfg = resolve_config(config, overrides, defaults)
         if command == "distill" and not cfg.teacher:
             fail("distill needs --teacher (a run directory or checkpoint of the teacher)")
+        if command == "distill" and overrides.get("arch") is None and "arch" not in defaults:
+            if config is None or "arch" not in load_config_file(config):
+                fail("distill needs --arch: the student to train (a genotype, a JSON file or a model name)")
+        if command != "distill" and cfg.teacher:
+            fail(f"teacher is a distill setting ({cfg.teacher!r} came from {config}); use `blockswap-zoo distill`")
         name = source.replace(":", "_") if source is not None else cfg.arch
         run_dir = out if out is not None else Path("runs") / f"{name}_{cfg.dataset}".replace("/", "_")
         if source is not None:
@@ -167,9 +172,16 @@ def train_teacher_cmd(
 @_with_training_options()
 def distill_cmd(
     arch: str = typer.Option(None, "--arch", "--genotype", help="Student: model name or genotype (JSON file/string)."),
-    teacher: str = typer.Option(None, "--teacher", help="Teacher run directory or checkpoint.pt."),
+    teacher: str = typer.Option(
+        None,
+        "--teacher",
+        help="Trained teacher: run directory, checkpoint.pt, local-dir:PATH, hf-hub:ORG/NAME or a published arch.tag.",
+    ),
     beta: float = typer.Option(None, help="Attention-transfer weight (1000 CIFAR, 750 ImageNet)."),
-    at_mode: str = typer.Option(None, help="code (reference: mean squared) or paper (un-squared L2 norm)."),
+    at_mode: str = typer.Option(
+        None,
+        help="code (reference: mean squared) or paper (un-squared L2 norm, hundreds of times larger: lower --beta).",
+    ),
     kd_alpha: float = typer.Option(None, help="Weight of Hinton KD (0: off)."),
     kd_temperature: float = typer.Option(None, help="KD temperature."),
     **settings: Any,
@@ -191,7 +203,8 @@ def finetune_cmd(
 ) -> None:
     """Fine-tune a trained model on a dataset: its weights, a new classifier for the dataset's classes."""
     overrides, run = _split(settings)
-    if overrides["dataset"] is None and run["config"] is None:
+    resumable = run["resume"] and run["out"] is not None and (run["out"] / "config.yaml").is_file()
+    if overrides["dataset"] is None and run["config"] is None and not resumable:
         from ..cli import fail
 
         fail("finetune needs --dataset (or a --config that names one)")

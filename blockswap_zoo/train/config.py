@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from ..yaml_io import load_yaml
@@ -83,27 +85,57 @@ class TrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
+
+        def is_int(v: object) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def is_number(v: object) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
         positive = ("epochs", "batch_size", "base_batch_size", "eval_batch_size", "step_size")
         for key in positive:
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
+            if not is_int(getattr(self, key)) or getattr(self, key) < 1:
                 raise ConfigError(f"{key} must be a positive integer; got {getattr(self, key)!r}")
         for key in ("max_steps", "subset", "eval_subset"):
             v = getattr(self, key)
-            if v is not None and (not isinstance(v, int) or v < 1):
+            if v is not None and (not is_int(v) or v < 1):
                 raise ConfigError(f"{key} must be a positive integer or null; got {v!r}")
+        for key in ("eval_every", "num_workers", "seed"):
+            v = getattr(self, key)
+            if not is_int(v) or (key != "seed" and v < 0):
+                raise ConfigError(f"{key} must be an integer{'' if key == 'seed' else ' >= 0'}; got {v!r}")
         for key in ("lr", "weight_decay", "beta", "warmup_epochs", "label_smoothing", "kd_alpha", "momentum"):
-            if not isinstance(getattr(self, key), (int, float)) or getattr(self, key) < 0:
-                raise ConfigError(f"{key} must be a number >= 0; got {getattr(self, key)!r}")
+            if not is_number(getattr(self, key)) or getattr(self, key) < 0:
+                raise ConfigError(f"{key} must be a finite number >= 0; got {getattr(self, key)!r}")
         if self.kd_alpha > 1 or self.label_smoothing >= 1:
             raise ConfigError("kd_alpha must be in [0, 1] and label_smoothing in [0, 1)")
-        if not isinstance(self.drop_rate, (int, float)) or not 0 <= self.drop_rate < 1:
+        if not is_number(self.drop_rate) or not 0 <= self.drop_rate < 1:
             raise ConfigError(f"drop_rate must be in [0, 1); got {self.drop_rate!r}")
-        if not isinstance(self.gamma, (int, float)) or self.gamma <= 0:
-            raise ConfigError(f"gamma must be a number > 0; got {self.gamma!r}")
-        if self.kd_temperature <= 0:
-            raise ConfigError(f"kd_temperature must be > 0; got {self.kd_temperature}")
-        if self.eval_every < 0 or self.num_workers < 0:
-            raise ConfigError("eval_every and num_workers must be >= 0")
+        if not is_number(self.gamma) or self.gamma <= 0:
+            raise ConfigError(f"gamma must be a finite number > 0; got {self.gamma!r}")
+        if not is_number(self.kd_temperature) or self.kd_temperature <= 0:
+            raise ConfigError(f"kd_temperature must be a finite number > 0; got {self.kd_temperature!r}")
+        if self.nesterov and self.momentum == 0:
+            raise ConfigError("nesterov needs momentum > 0; set --momentum (0.9) or drop --nesterov")
+        for key in ("download", "nesterov", "compile", "deterministic", "progress"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key} must be true or false; got {getattr(self, key)!r}")
+        if self.channels_last is not None and not isinstance(self.channels_last, bool):
+            raise ConfigError(f"channels_last must be true, false or null; got {self.channels_last!r}")
+        for key in ("arch", "dataset", "device"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
+                raise ConfigError(f"{key} must be a non-empty string; got {getattr(self, key)!r}")
+        for key in ("data_dir", "teacher"):
+            if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
+                raise ConfigError(f"{key} must be a string or null; got {getattr(self, key)!r}")
+        if not isinstance(self.extra, dict):
+            raise ConfigError(f"extra must be a mapping; got {self.extra!r}")
+        try:
+            device = torch.device(self.device) if self.device != "auto" else None
+        except RuntimeError:
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:<index>; got {self.device!r}") from None
+        if device is not None and device.type not in ("cpu", "cuda"):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:<index>; got {self.device!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -121,12 +153,24 @@ class TrainConfig:
                 close = difflib.get_close_matches(str(key), names, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ConfigError(f"{source}: unknown setting {key!r}{hint}")
+        floats = {f.name for f in dataclasses.fields(cls) if f.type == "float"}
+        data = {k: _yaml_float(v) if k in floats else v for k, v in data.items()}
         try:
             return cls(**data)
         except TypeError as e:
             raise ConfigError(f"{source}: {e}") from None
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
+
+
+def _yaml_float(value: Any) -> Any:  # noqa: ANN401
+    """``'5e-4'`` -> 5e-4: YAML 1.1 (PyYAML) reads exponents without a dot as strings. Other values pass."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

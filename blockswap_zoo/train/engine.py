@@ -33,6 +33,11 @@ from .losses import attention_transfer, kd_loss
 __all__ = ["RunDirError", "TrainResult", "build_student", "load_teacher", "lr_lambda", "train"]
 
 RUN_FILES = (CHECKPOINT, "metrics.jsonl", "curves.png", "model.safetensors", "config.json", "config.yaml")
+# Settings a resumed run may change: where the data is and how the run is executed or shown, not what is trained.
+RESUME_MAY_CHANGE = frozenset(
+    {"data_dir", "download", "device", "progress", "num_workers", "eval_every", "eval_batch_size", "compile",
+     "compile_mode"}
+)  # fmt: skip
 
 
 class RunDirError(FileExistsError):
@@ -100,16 +105,23 @@ def _seed_everything(seed: int) -> None:
 
 
 def _prepare_out_dir(out: Path, resume: bool, force: bool, main: bool) -> bool:
-    """Check (and with ``force``, clear) the run dir; returns whether a checkpoint is to be resumed."""
+    """Check (and with ``force``, clear) the run dir; returns whether a checkpoint is to be resumed.
+
+    A directory holding only the ``config.yaml`` of a run stopped before its first epoch ended
+    counts as empty: there is nothing to resume, and nothing of value to overwrite.
+    """
+    if resume and force:
+        raise RunDirError("--resume and --force contradict each other: pass --resume to continue, --force to restart")
     ckpt = out / CHECKPOINT
     _check_dir_path(out)
+    leftovers_only = out.exists() and {p.name for p in out.iterdir()} <= {"config.yaml"}
     if resume:
         if ckpt.is_file():
             return True
-        if out.exists() and any(out.iterdir()):
+        if out.exists() and not leftovers_only:
             raise RunDirError(f"cannot resume: {ckpt} does not exist (pass --force to start {out} afresh)")
         return False
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and not leftovers_only:
         if not force:
             raise RunDirError(
                 f"run directory {out} already exists; pass --resume to continue it or --force to overwrite"
@@ -137,6 +149,11 @@ def _train_loader(
 
     The info returned names an image-folder dataset's classes after its class folders.
     """
+    if config.loader == "device" and not info.in_memory:
+        raise ValueError(
+            f"--loader device keeps a dataset in memory, but {info.name} streams from an image folder; "
+            "use --loader dataloader (or auto)"
+        )
     use_device = info.in_memory and config.loader != "dataloader"
     if use_device:
         data = load_arrays(info.name, "train", config.data_dir, download=config.download)
@@ -330,9 +347,12 @@ def _train(
     if resuming:
         state = load_checkpoint(out / CHECKPOINT, map_location="cpu")
         saved = state.get("config", {})
-        for key in ("arch", "dataset", "batch_size", "epochs", "subset", "seed", "schedule"):
-            if key in saved and saved[key] != getattr(config, key):
-                raise RunDirError(f"cannot resume {out}: {key} was {saved[key]!r}, now {getattr(config, key)!r}")
+        for key, now in config.to_dict().items():
+            if key in saved and key not in RESUME_MAY_CHANGE and saved[key] != now:
+                raise RunDirError(
+                    f"cannot resume {out}: {key} was {saved[key]!r}, now {now!r}. A resumed run keeps its "
+                    f"settings ({out / 'config.yaml'}); start a new run (another --out) to change them"
+                )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

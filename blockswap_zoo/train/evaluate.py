@@ -122,6 +122,10 @@ def evaluate(
     """
     from .artifacts import load_model
 
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if subset is not None and (isinstance(subset, bool) or not isinstance(subset, int) or subset < 1):
+        raise ValueError(f"subset must be a positive number of test images (or None for all), got {subset!r}")
     info = get_dataset_info(dataset)
     dev = resolve_device("auto" if device is None else str(device))
     if not isinstance(model, nn.Module):
