@@ -478,3 +478,17 @@ def test_cli_refuses_settings_that_belong_to_another_command(tmp_path: Path) -> 
     torch.save({"model": build_model(Genotype.uniform("wrn_10_1"), 10, 1).state_dict()}, bare)
     res = CliRunner().invoke(app, ["evaluate", str(bare), "--dataset", "fashion_mnist"])
     assert res.exit_code == 2 and "is not a blockswap-zoo checkpoint" in " ".join(res.output.split())
+
+
+@needs_fmnist
+def test_a_missing_test_split_fails_before_any_training(tmp_path: Path) -> None:
+    import shutil
+
+    from blockswap_zoo.data import DatasetNotFoundError
+
+    for f in Path(FASHION_MNIST_SYSTEM_DIR).glob("train-*"):
+        shutil.copy(f, tmp_path / f.name)
+    started = []
+    with pytest.raises(DatasetNotFoundError, match="test split not found"):
+        train(_tiny(data_dir=str(tmp_path)), out_dir=tmp_path / "run", on_epoch_end=lambda *a: started.append(a))
+    assert not started

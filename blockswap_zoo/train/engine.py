@@ -201,6 +201,14 @@ def _train_loader(
     return _HostLoader(loader, sampler, dist.device, channels_last, config.seed, dist.rank), None, len(ds), info
 
 
+def _check_test_split(config: TrainConfig, info: DatasetInfo) -> None:
+    """Open the test split the run evaluates on (in-memory splits are cached, so this loads them once)."""
+    if info.in_memory:
+        load_arrays(info.name, "test", config.data_dir, download=config.download)
+    else:
+        image_folder(info.name, "test", config.data_dir, None)
+
+
 def _with_folder_labels(info: DatasetInfo, classes: list[str]) -> DatasetInfo:
     """``info`` with its label names taken from the class folders (ImageFolder's sorted ``classes``)."""
     if len(classes) > info.num_classes:
@@ -330,6 +338,7 @@ def _train(
         teacher = teacher.eval().to(dev, memory_format=fmt)
 
     loader, loader_state, n_train, info = _train_loader(config, info, dist, channels_last)
+    _check_test_split(config, info)  # a missing or corrupt test split fails now, not after the first epoch
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise ValueError(f"{n_train} training images give no batch of {config.batch_size}; lower --batch-size")
