@@ -28,10 +28,17 @@ def fail(message: str, code: int = 2) -> NoReturn:
 
 def _resolve_genotype(name: str) -> tuple[str, Genotype, int, int, tuple[int, int, int]]:
     """A registered name or a genotype text/file -> (label, genotype, classes, in_chans, input size)."""
+    if Path(name).is_dir() and (Path(name) / "winner.json").is_file():
+        name = str(Path(name) / "winner.json")  # a search report: its winner
     if ":" in name or name.lstrip().startswith("{"):
         g = Genotype.parse(name)
     elif name.endswith(".json"):
         g = Genotype.load(name)
+        summary = Path(name).parent / "summary.json"  # beside a search's winner: the shape it was searched at
+        if Path(name).name == "winner.json" and summary.is_file():
+            s = json.loads(summary.read_text())
+            if {"num_classes", "in_chans", "input_size"} <= set(s):
+                return name, g, int(s["num_classes"]), int(s["in_chans"]), tuple(s["input_size"])  # type: ignore[return-value]
     else:
         a = get_arch(name)
         if names_published_weights(name):  # arch.tag: the published checkpoint's classes, channels and size
@@ -95,7 +102,9 @@ def _list_pretrained(pattern: str, as_json: bool) -> None:
 
 @app.command()
 def info(
-    name: str = typer.Argument(..., help="Model name, genotype JSON file, or compact genotype string."),
+    name: str = typer.Argument(
+        ..., help="Model name, genotype JSON file, compact genotype string, or a search report directory."
+    ),
     num_classes: int | None = typer.Option(None, help="Classes (default: the arch's)."),
     in_chans: int | None = typer.Option(None, help="Input channels (default: the arch's)."),
     input_size: int | None = typer.Option(None, help="Input height = width for MACs (default: the arch's)."),

@@ -465,3 +465,16 @@ def test_cli_block_types_with_commas_and_unwritable_out(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
     res = runner.invoke(app, [*args, "--out", str(tmp_path / "afile" / "sub")])
     assert res.exit_code == 2 and "cannot write the report" in res.output
+
+
+def test_info_reads_a_search_report_at_the_shape_it_was_searched(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from blockswap_zoo.cli import app
+
+    r = run_search("wrn_10_1", "20k", report_dir=tmp_path / "rep", **{**SMALL, "samples": 2})
+    for target in (tmp_path / "rep", tmp_path / "rep" / "winner.json"):
+        res = CliRunner().invoke(app, ["info", str(target), "--json"])
+        assert res.exit_code == 0, res.output
+        shown = json.loads(res.output)
+        assert (shown["params"], shown["in_chans"], shown["input_size"]) == (r.params, 1, [1, 28, 28])
