@@ -129,6 +129,8 @@ def test_untrained_architectures_are_not_teachers_or_evaluated(tmp_path) -> None
     res = runner.invoke(app, ["distill", "--arch", "wrn_16_1", "--teacher", "wrn_40_2", "--dataset", "fashion_mnist",
                               "--device", "cpu", "--no-progress", "--max-steps", "1", "--out", str(tmp_path / "d")])  # fmt: skip
     assert res.exit_code == 2 and "names an architecture, not trained weights" in res.stderr
+    res = runner.invoke(app, ["evaluate", str(tmp_path / "runs" / "typo"), "--dataset", "fashion_mnist"])
+    assert res.exit_code == 2 and "no such file or folder" in " ".join(res.stderr.split())
 
 
 def test_out_that_is_a_file_is_a_clear_error(tmp_path) -> None:

@@ -358,3 +358,9 @@ def test_image_folder_splits_share_the_train_class_indices_and_errors_name_the_p
     (empty / "train").mkdir(parents=True)
     with pytest.raises(DatasetError, match="one sub-folder of images per class"):
         image_folder("imagenet", "train", empty, None)
+    flat = tmp_path / "flat"  # ImageNet's own val layout: images without class folders
+    _png_folder(flat / "train", ["cat"])
+    (flat / "val").mkdir()
+    (flat / "train" / "cat" / "1.png").rename(flat / "val" / "img0.png")
+    with pytest.raises(DatasetError, match="holds no images in class sub-folders"):
+        image_folder("imagenet", "val", flat, None)

@@ -492,3 +492,12 @@ def test_a_missing_test_split_fails_before_any_training(tmp_path: Path) -> None:
     with pytest.raises(DatasetNotFoundError, match="test split not found"):
         train(_tiny(data_dir=str(tmp_path)), out_dir=tmp_path / "run", on_epoch_end=lambda *a: started.append(a))
     assert not started
+
+
+def test_a_resumed_teacher_may_be_spelt_differently(tmp_path: Path, monkeypatch) -> None:
+    from blockswap_zoo.train.engine import _same_setting
+
+    (tmp_path / "t").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert _same_setting("teacher", "t", "./t") and _same_setting("teacher", "t", str(tmp_path / "t"))
+    assert not _same_setting("teacher", "t", "other") and not _same_setting("lr", 0.1, 0.2)

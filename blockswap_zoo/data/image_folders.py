@@ -29,9 +29,12 @@ class CheckedImageFolder(ImageFolder):
     def __init__(self, root: Path, transform: object, classes: list[str] | None = None) -> None:
         self.fixed_classes = classes
         try:
+            # a split may lack some of the train folder's classes, but not all its images (below)
             super().__init__(str(root), transform=transform, allow_empty=classes is not None)
         except FileNotFoundError as e:  # no class folders, or no images in them
             raise DatasetError(f"{root}: {e}; an image folder holds one sub-folder of images per class") from None
+        if not self.samples:
+            raise DatasetError(f"{root} holds no images in class sub-folders; put each class's images in root/<class>/")
 
     def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
         if self.fixed_classes is None:

@@ -193,12 +193,12 @@ def _environment(device: str, world: int) -> dict[str, object]:
     return env
 
 
-def _read_settings(saved: Path) -> dict:
-    """A report's saved settings; ReportError if they are not a search's."""
+def _read_settings(saved: Path, fix: str = "use another --out or --force") -> dict:
+    """A report's saved settings; ReportError (ending with ``fix``) if they are not a search's."""
     try:
         old = json.loads(saved.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ReportError(f"{saved} is damaged ({e}); use another --out or --force") from None
+        raise ReportError(f"{saved} is damaged ({e}); {fix}") from None
     if not isinstance(old, dict) or not str(old.get("format", "")).startswith("blockswap-search-settings/"):
         raise ReportError(f"{saved} is not a blockswap-zoo search's settings; use another --out")
     return old
@@ -236,7 +236,7 @@ def _prepare_report(report: Path, settings: SearchSettings, resume: bool, force:
             for name in FINAL_FILES:
                 (report / name).unlink(missing_ok=True)
         elif force:
-            _read_settings(saved)  # only a search report is overwritten, and only its own files
+            _read_settings(saved, "use another --out")  # only a search report is overwritten, and only its files
             for name in REPORT_FILES:
                 (report / name).unlink(missing_ok=True)
             for p in report.glob(RANK_SHARDS):

@@ -110,6 +110,10 @@ def load_model(spec: str | Path, map_location: str | torch.device = "cpu") -> nn
 
     name = str(spec)
     if not names_published_weights(name) and not name.startswith(("local-dir:", "hf-hub:")):
+        if not _names_an_architecture(name):
+            raise FileNotFoundError(
+                f"{name!r} is not a run directory, a checkpoint file, or a model name (no such file or folder)"
+            )
         tags = list_pretrained(f"{split_name(name)[0]}.*") if ":" not in name else []
         hint = f" (published: {', '.join(tags)})" if tags else ""
         raise FileNotFoundError(
@@ -120,6 +124,17 @@ def load_model(spec: str | Path, map_location: str | torch.device = "cpu") -> nn
         return create_model(name, pretrained=True)
     except ValueError as e:
         raise FileNotFoundError(f"{name!r} is not a run directory, a checkpoint file, or a model name: {e}") from None
+
+
+def _names_an_architecture(name: str) -> bool:
+    """Whether ``name`` is a registered arch, a backbone or a genotype (text or JSON), not a mistyped path."""
+    from ..registry import resolve_genotype
+
+    try:
+        resolve_genotype(name)
+    except (ValueError, KeyError, OSError):
+        return False
+    return True
 
 
 def write_metrics(out_dir: str | Path, history: list[dict[str, Any]]) -> None:

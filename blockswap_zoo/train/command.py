@@ -136,7 +136,8 @@ def _run(
             if config is None or "arch" not in load_config_file(config):
                 fail("distill needs --arch: the student to train (a genotype, a JSON file or a model name)")
         if command != "distill" and cfg.teacher:
-            fail(f"teacher is a distill setting ({cfg.teacher!r} came from {config}); use `blockswap-zoo distill`")
+            where = f"from {config}" if config is not None else f"from {out}/config.yaml, a distillation run's"
+            fail(f"teacher is a distill setting ({cfg.teacher!r}, {where}); use `blockswap-zoo distill`")
         name = source.replace(":", "_") if source is not None else cfg.arch
         run_dir = out if out is not None else Path("runs") / f"{name}_{cfg.dataset}".replace("/", "_")
         if source is not None:

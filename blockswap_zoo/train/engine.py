@@ -33,11 +33,21 @@ from .losses import attention_transfer, kd_loss
 __all__ = ["RunDirError", "TrainResult", "build_student", "load_teacher", "lr_lambda", "train"]
 
 RUN_FILES = (CHECKPOINT, "metrics.jsonl", "curves.png", "model.safetensors", "config.json", "config.yaml")
-# Settings a resumed run may change: where the data is and how the run is executed or shown, not what is trained.
+# Settings a resumed run may change: where the data is, how the run executes, is evaluated or shown, and its
+# notes (extra); not what is trained. (max_steps shapes the LR schedule, loader the data order: both fixed.)
 RESUME_MAY_CHANGE = frozenset(
-    {"data_dir", "download", "device", "progress", "num_workers", "eval_every", "eval_batch_size", "compile",
-     "compile_mode"}
+    {"data_dir", "download", "device", "progress", "num_workers", "eval_every", "eval_batch_size", "eval_subset",
+     "compile", "compile_mode", "amp", "channels_last", "deterministic", "extra"}
 )  # fmt: skip
+
+
+def _same_setting(key: str, saved: Any, now: Any) -> bool:  # noqa: ANN401
+    """Whether a resumed run's setting is unchanged; a teacher given as a path matches the same file spelt otherwise."""
+    if saved == now:
+        return True
+    if key == "teacher" and isinstance(saved, str) and isinstance(now, str) and Path(saved).exists():
+        return Path(saved).resolve() == Path(now).resolve()
+    return False
 
 
 class RunDirError(FileExistsError):
@@ -357,7 +367,7 @@ def _train(
         state = load_checkpoint(out / CHECKPOINT, map_location="cpu")
         saved = state.get("config", {})
         for key, now in config.to_dict().items():
-            if key in saved and key not in RESUME_MAY_CHANGE and saved[key] != now:
+            if key in saved and key not in RESUME_MAY_CHANGE and not _same_setting(key, saved[key], now):
                 raise RunDirError(
                     f"cannot resume {out}: {key} was {saved[key]!r}, now {now!r}. A resumed run keeps its "
                     f"settings ({out / 'config.yaml'}); start a new run (another --out) to change them"
