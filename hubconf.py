@@ -16,9 +16,11 @@ dependencies = ["torch", "safetensors"]
 
 
 def _entrypoint(w: _Weights):  # noqa: ANN202 - torch.hub reads the function and its docstring
-    def load(pretrained: bool = True, num_classes: int | None = None, **kwargs):  # noqa: ANN003
+    def load(pretrained: bool = True, num_classes: int | None = None, in_chans: int | None = None, **kwargs):  # noqa: ANN003
+        if not pretrained and in_chans is None:
+            in_chans = w.in_chans  # the published configuration, randomly initialised
         return _create_model(w.name if pretrained else w.arch, pretrained=pretrained, num_classes=num_classes,
-                            in_chans=None if pretrained else w.in_chans, **kwargs)  # fmt: skip
+                             in_chans=in_chans, **kwargs)  # fmt: skip
 
     top1 = w.metrics.get("top1", float("nan"))
     load.__name__ = w.hub_entrypoint
@@ -26,7 +28,8 @@ def _entrypoint(w: _Weights):  # noqa: ANN202 - torch.hub reads the function and
         f"{w.name}: BlockSwap `{w.arch}` on {w.dataset}, top-1 {top1:.2f}% ({w.params:,} params, "
         f"{w.macs / 1e6:.2f}M MACs).\n\n"
         f"Args:\n    pretrained: load the published weights (sha256-verified safetensors).\n"
-        f"    num_classes: a new classifier size for fine-tuning (the rest loads strictly).\n\n"
+        f"    num_classes: a new classifier size for fine-tuning (the rest loads strictly); 0: features only.\n"
+        f"    in_chans: input channels ({w.in_chans}; the weights need exactly that).\n\n"
         f"Recipe: {w.recipe}. Teacher: {w.teacher or 'none'}. Training: {w.training}"
     )
     return load

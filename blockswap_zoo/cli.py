@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -191,13 +192,27 @@ def export_cmd(
     try:
         model = create_model(name, pretrained=names_published_weights(name))
         size = _input_size(name, model)
-        target = out or Path(f"{name.split(':')[-1].replace('/', '_')}.{'onnx' if fmt == 'onnx' else 'pt2'}")
+        target = out or Path(f"{_file_stem(name, model)}.{'onnx' if fmt == 'onnx' else 'pt2'}")
         check = export_model(model, fmt, target, size, overwrite=force)  # type: ignore[arg-type]
     except (ValueError, FileExistsError, FileNotFoundError, ImportError) as e:
         fail(str(e))
     if not check.ok:
-        fail(f"exported {check.path} differs from PyTorch by {check.max_abs_diff:.3g} (> {check.atol})", code=1)
+        fail(
+            f"the export differs from PyTorch by {check.max_abs_diff:.3g} (> {check.atol}); {check.path} was not written",
+            code=1,
+        )
     console.print(f"wrote {check.path}; max |exported - PyTorch| = {check.max_abs_diff:.3g} (<= {check.atol})")
+
+
+def _file_stem(name: str, model: object) -> str:
+    """A default export file name: the model name, the checkpoint folder or repo, or backbone + genotype hash."""
+    for prefix in ("local-dir:", "hf-hub:"):
+        if name.startswith(prefix):
+            return Path(name[len(prefix) :].rstrip("/")).name.replace("@", "-") or "model"
+    if ":" in name or name.lstrip().startswith("{"):  # genotype text: keep the backbone, tell students apart
+        compact = model.genotype.to_string()  # type: ignore[attr-defined]
+        return f"{model.genotype.backbone}-{hashlib.sha256(compact.encode()).hexdigest()[:8]}"  # type: ignore[attr-defined]
+    return name
 
 
 def _input_size(name: str, model: object) -> tuple[int, int, int]:
@@ -218,19 +233,24 @@ def download(
         ..., help="arch.tag of a published checkpoint, or hf-hub:ORG/NAME or hf-hub:ORG/NAME@REV."
     ),
 ) -> None:
-    """Fetch a checkpoint into the local cache (verified), so later loads work offline."""
-    from .hub import pull_hf_hub
+    """Fetch a checkpoint into the local cache and verify it (sha256), so later loads work offline."""
+    from .hub import load_checkpoint_dir, load_verified_state_dict, pull_hf_hub
     from .pretrained import get_weights, resolve_weights_file
 
     try:
         if name.startswith("hf-hub:"):
             repo_id, _, rev = name[len("hf-hub:") :].partition("@")
+            if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+                fail(f"{name!r}: write hf-hub:ORG/NAME or hf-hub:ORG/NAME@REV")
             path = pull_hf_hub(repo_id, rev or None)
+            load_checkpoint_dir(path)  # builds the model and checks the weights' sha256
         else:
-            path = resolve_weights_file(get_weights(name))
+            w = get_weights(name)
+            path = resolve_weights_file(w)
+            load_verified_state_dict(path, w.sha256, w.size)  # in the checkout or cached: checked all the same
     except (ValueError, FileNotFoundError, OSError) as e:
         fail(str(e))
-    console.print(f"{name}: {path}")
+    console.print(f"{name}: {path} (sha256 verified)")
 
 
 @app.command()

@@ -13,6 +13,7 @@ from .models import SwapNet
 __all__ = ["ExportCheck", "export_model"]
 
 Format = Literal["onnx", "export"]
+SUFFIXES = {"onnx": ".onnx", "export": ".pt2"}
 
 
 @dataclass(frozen=True)
@@ -37,17 +38,35 @@ def export_model(
     atol: float = 1e-4,
     overwrite: bool = False,
 ) -> ExportCheck:
-    """Export ``model`` (eval mode), then run the exported file on a fresh batch of another size (the
-    batch dimension is dynamic) and compare its outputs with PyTorch's. The file appears only once it ran."""
+    """Export ``model`` (in eval mode; its mode is restored), then run the exported file on a fresh batch
+    of another size (the batch dimension is dynamic) and compare its outputs with PyTorch's. The file
+    appears only when its outputs are within ``atol``; otherwise the check reports the difference."""
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --force to replace it")
     if fmt not in ("onnx", "export"):
         raise ValueError(f"unknown export format {fmt!r}; choose onnx or export")
+    suffix = SUFFIXES[fmt]
+    if out.suffix != suffix:
+        raise ValueError(f"{out}: a {fmt} file is named *{suffix}; pass --out with that suffix")
+    if out.is_dir():
+        raise ValueError(f"{out} is a folder; pass --out a file name ending in {suffix}")
+    blocking = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"{out} lies under {blocking}, which is a file; pass --out a path in a folder")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --force to replace it")
     if fmt == "onnx":
         _require_onnx()  # before anything is written: the check needs onnxruntime
     out.parent.mkdir(parents=True, exist_ok=True)
-    model = model.eval()
+    was_training = model.training
+    try:
+        return _export_and_check(model.eval(), fmt, out, input_size, batch_size, atol)
+    finally:
+        model.train(was_training)
+
+
+def _export_and_check(
+    model: SwapNet, fmt: Format, out: Path, input_size: tuple[int, int, int], batch_size: int, atol: float
+) -> ExportCheck:
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch_size, *input_size, generator=gen)  # traced
     fresh = torch.randn(batch_size + 1, *input_size, generator=gen)  # checked
@@ -70,10 +89,12 @@ def export_model(
             torch.export.save(torch.export.export(model, (x,), dynamic_shapes=dynamic), str(tmp))
             with torch.no_grad():
                 got = torch.export.load(str(tmp)).module()(fresh)
-        tmp.replace(out)
+        check = ExportCheck(out, float((got - ref).abs().max()), atol)
+        if check.ok:
+            tmp.replace(out)
     finally:
         tmp.unlink(missing_ok=True)
-    return ExportCheck(out, float((got - ref).abs().max()), atol)
+    return check
 
 
 def _require_onnx() -> None:

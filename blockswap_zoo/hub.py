@@ -40,6 +40,7 @@ __all__ = [
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
+CHECKPOINT_FILES = (WEIGHTS_NAME, CONFIG_NAME, "README.md", "recipe.yaml", "metrics.jsonl")  # what is published
 
 
 class WeightsError(ValueError):
@@ -67,9 +68,17 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def load_verified_state_dict(path: str | Path, sha256: str | None, size: int | None = None) -> dict[str, torch.Tensor]:
-    """Check size and the full sha256 *before* parsing, then read the safetensors file (never pickle)."""
+def load_verified_state_dict(path: str | Path, sha256: str, size: int | None = None) -> dict[str, torch.Tensor]:
+    """Check size and the full sha256 *before* parsing, then read the safetensors file (never pickle).
+
+    There is no unverified path: a missing or malformed ``sha256`` is a WeightsError.
+    """
     path = Path(path)
+    if not isinstance(sha256, str) or len(sha256) != 64 or any(c not in "0123456789abcdefABCDEF" for c in sha256):
+        raise WeightsError(
+            f"no valid sha256 recorded for {path} (got {sha256!r}): weights are only loaded after a full sha256 check"
+        )
+    sha256 = sha256.lower()
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     actual_size = path.stat().st_size
@@ -78,13 +87,12 @@ def load_verified_state_dict(path: str | Path, sha256: str | None, size: int | N
             f"{path} is {actual_size:,} bytes but the record says {size:,}: the file is truncated or replaced; "
             "delete it and download it again"
         )
-    if sha256 is not None:
-        digest = sha256_file(path)
-        if digest != sha256:
-            raise WeightsError(
-                f"sha256 mismatch for {path}: expected {sha256}, got {digest}; the file is corrupt or not the "
-                "published one: delete it and download it again"
-            )
+    digest = sha256_file(path)
+    if digest != sha256:
+        raise WeightsError(
+            f"sha256 mismatch for {path}: expected {sha256}, got {digest}; the file is corrupt or not the "
+            "published one: delete it and download it again"
+        )
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError) as e:
@@ -108,13 +116,32 @@ def load_model_weights(model: SwapNet, state: dict[str, torch.Tensor], source: s
 
 
 def _read_config(directory: Path) -> dict[str, Any]:
+    """A checkpoint directory's config.json, with the keys a model is built from checked."""
     cfg_path = directory / CONFIG_NAME
     if not cfg_path.is_file():
         raise WeightsError(f"{directory} is not a checkpoint directory: {CONFIG_NAME} is missing")
     try:
-        return json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
+        cfg = json.loads(cfg_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise WeightsError(f"{cfg_path} is not valid JSON: {e}") from None
+    if not isinstance(cfg, dict):
+        raise WeightsError(f"{cfg_path} must hold a JSON object")
+    for key in ("genotype", "num_classes", "in_chans", "weights_sha256"):
+        if key not in cfg:
+            raise WeightsError(f"{cfg_path} lacks {key!r}; it was not written by blockswap-zoo")
+
+    def positive_int(v: object, low: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    if not positive_int(cfg["num_classes"], 0) or not positive_int(cfg["in_chans"], 1):
+        raise WeightsError(f"{cfg_path}: num_classes (>= 0) and in_chans (>= 1) must be integers")
+    size = cfg.get("input_size")
+    if size is not None and (
+        not isinstance(size, list) or len(size) != 3 or not all(positive_int(v, 1) for v in size)
+        or size[0] != cfg["in_chans"]
+    ):  # fmt: skip
+        raise WeightsError(f"{cfg_path}: input_size must be [in_chans, height, width] (in_chans {cfg['in_chans']})")
+    return cfg
 
 
 def load_checkpoint_dir(
@@ -127,13 +154,11 @@ def load_checkpoint_dir(
     """
     directory = Path(directory)
     cfg = _read_config(directory)
-    for key in ("genotype", "num_classes", "in_chans", "weights_sha256"):
-        if key not in cfg:
-            raise WeightsError(f"{directory / CONFIG_NAME} lacks {key!r}; it was not written by blockswap-zoo")
     if in_chans is not None and in_chans != cfg["in_chans"]:
         raise WeightsError(f"the checkpoint takes {cfg['in_chans']} input channels, not {in_chans}")
     genotype = Genotype.from_dict(cfg["genotype"])
-    model = build_model(genotype, num_classes=num_classes or cfg["num_classes"], in_chans=cfg["in_chans"], **kwargs)
+    classes = cfg["num_classes"] if num_classes is None else num_classes  # 0: features only, as timm
+    model = build_model(genotype, num_classes=classes, in_chans=cfg["in_chans"], **kwargs)
     state = load_verified_state_dict(directory / WEIGHTS_NAME, cfg["weights_sha256"], cfg.get("weights_size"))
     load_model_weights(model, state, str(directory / WEIGHTS_NAME))
     model.pretrained_cfg = cfg  # type: ignore[attr-defined]
@@ -184,11 +209,16 @@ def pull_hf_hub(repo_id: str, revision: str | None = None, cache_dir: str | Path
             repo_id,
             revision=revision,
             cache_dir=cache_dir,
-            allow_patterns=[WEIGHTS_NAME, CONFIG_NAME, "README.md", "recipe.yaml", "metrics.jsonl"],
+            allow_patterns=list(CHECKPOINT_FILES),
             local_files_only=offline,
         )
     except LocalEntryNotFoundError:
         root = Path(cache_dir or HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+        if not offline:  # online, but the Hub did not answer
+            raise OfflineError(
+                f"cannot reach the Hugging Face Hub for {repo_id}@{revision or 'main'}, and it is not in the cache "
+                f"under {root}; check the network, or set HF_HUB_OFFLINE=1 once the cache holds it"
+            ) from None
         raise OfflineError(
             f"offline mode: {repo_id}@{revision or 'main'} is not in the Hugging Face cache; expected it under "
             f"{root} (snapshots/<commit>/{WEIGHTS_NAME}, with refs/{revision or 'main'} holding <commit>, as "
@@ -203,12 +233,15 @@ def push_to_hf_hub(directory: str | Path, repo_id: str, private: bool = False, t
     from huggingface_hub import HfApi
 
     directory = Path(directory)
-    _read_config(directory)
+    load_checkpoint_dir(directory)  # only a checkpoint that loads, sha256-verified, is published
     if is_offline():
         raise OfflineError("offline mode is on (HF_HUB_OFFLINE / BLOCKSWAP_ZOO_OFFLINE): cannot publish")
     api = HfApi(token=token)
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
     info = api.upload_folder(
-        repo_id=repo_id, folder_path=str(directory), commit_message="Upload blockswap-zoo checkpoint"
+        repo_id=repo_id,
+        folder_path=str(directory),
+        allow_patterns=list(CHECKPOINT_FILES),  # the checkpoint's own files, nothing else in the folder
+        commit_message="Upload blockswap-zoo checkpoint",
     )
     return info.oid

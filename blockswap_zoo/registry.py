@@ -247,6 +247,8 @@ def create_model(
                 ref = name_or_genotype[len(prefix) :]
                 if prefix == "hf-hub:":
                     repo_id, _, rev = ref.partition("@")
+                    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+                        raise UnknownModelError(f"{name_or_genotype!r}: write hf-hub:ORG/NAME or hf-hub:ORG/NAME@REV")
                     directory = hub.pull_hf_hub(repo_id, rev or None)
                 else:
                     directory = Path(ref).expanduser()
@@ -300,7 +302,8 @@ def _create_pretrained(name: str, num_classes: int | None, in_chans: int | None,
     genotype = Genotype.from_string(w.genotype)
     if genotype != get_arch(w.arch).genotype:
         raise UnknownModelError(f"record {w.name} does not describe arch {w.arch}'s genotype")
-    model = build_model(genotype, num_classes=num_classes or w.num_classes, in_chans=w.in_chans, **kwargs)
+    classes = w.num_classes if num_classes is None else num_classes  # 0: features only, as timm
+    model = build_model(genotype, num_classes=classes, in_chans=w.in_chans, **kwargs)
     path = resolve_weights_file(w)
     load_model_weights(model, load_verified_state_dict(path, w.sha256, w.size), w.name)
     model.pretrained_cfg = w  # type: ignore[attr-defined]

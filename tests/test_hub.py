@@ -74,7 +74,7 @@ def test_non_safetensors_is_refused_without_unpickling(tmp_path: Path) -> None:
     bad = tmp_path / "model.safetensors"
     bad.write_bytes(pickle.dumps({"fc.weight": Boom()}))
     with pytest.raises(WeightsError, match="not a valid safetensors file"):
-        load_verified_state_dict(bad, sha256=None)
+        load_verified_state_dict(bad, sha256=sha256_file(bad))  # the right hash: parsing still refuses it
     assert not (tmp_path / "pwned").exists()
 
 
@@ -159,3 +159,49 @@ def test_hf_hub_cache_offline(tmp_path: Path, checkpoint: Path, monkeypatch) -> 
     assert torch.equal(model.eval()(x), load_checkpoint_dir(checkpoint).eval()(x))
     with pytest.raises(OfflineError, match="models--someorg--missing"):
         pull_hf_hub("someorg/missing", cache_dir=cache)
+
+
+def test_no_unverified_path_and_config_values_are_checked(checkpoint: Path) -> None:
+    cfg = json.loads((checkpoint / "config.json").read_text())
+    for edit, message in [
+        ({"weights_sha256": None}, "no valid sha256 recorded"),
+        ({"weights_sha256": "abc"}, "no valid sha256 recorded"),
+        ({"num_classes": "10"}, "num_classes .* must be integers"),
+        ({"input_size": [3, 28]}, "input_size must be"),
+        ({"input_size": [3, 28, 28]}, r"input_size must be \[in_chans"),
+    ]:
+        (checkpoint / "config.json").write_text(json.dumps({**cfg, **edit}))
+        with pytest.raises(WeightsError, match=message):
+            load_checkpoint_dir(checkpoint)
+    (checkpoint / "config.json").write_text(json.dumps({**cfg, "weights_sha256": cfg["weights_sha256"].upper()}))
+    assert load_checkpoint_dir(checkpoint).num_classes == 10  # a sha256 is a sha256 in either case
+    assert isinstance(load_checkpoint_dir(checkpoint, num_classes=0).fc, torch.nn.Identity)  # features only
+
+
+def test_publish_checks_the_checkpoint_and_uploads_only_its_files(checkpoint: Path, monkeypatch) -> None:
+    import huggingface_hub
+
+    from blockswap_zoo.hub import push_to_hf_hub
+
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None) -> None:  # noqa: ANN001
+            pass
+
+        def create_repo(self, *a, **k) -> None:  # noqa: ANN002, ANN003
+            pass
+
+        def upload_folder(self, **kwargs):  # noqa: ANN003, ANN201
+            calls.update(kwargs)
+            return type("Commit", (), {"oid": "abc"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    (checkpoint / ".model.safetensors.tmp").write_bytes(b"junk")
+    assert push_to_hf_hub(checkpoint, "me/x") == "abc"
+    assert "model.safetensors" in calls["allow_patterns"] and ".model.safetensors.tmp" not in calls["allow_patterns"]
+    (checkpoint / "model.safetensors").write_bytes(b"corrupt")
+    calls.clear()
+    with pytest.raises(WeightsError):
+        push_to_hf_hub(checkpoint, "me/x")
+    assert not calls  # nothing uploaded

@@ -152,3 +152,22 @@ def test_cli_export_writes_one_checked_self_contained_file(tmp_path, monkeypatch
     res = runner.invoke(app, ["export", name, "--format", "onnx", "--out", str(tmp_path / "n.onnx")])
     assert res.exit_code == 2 and "blockswap-zoo[export]" in " ".join(res.stderr.split())
     assert not (tmp_path / "n.onnx").exists()
+
+
+def test_export_refuses_bad_targets_and_writes_nothing_that_fails_its_check(tmp_path) -> None:
+    from blockswap_zoo import create_model
+    from blockswap_zoo.export import export_model
+
+    model = create_model("wrn_16_1").train()
+    for out, message in [
+        (tmp_path / "m.onnx", "a export file is named"),  # torch.export program under an .onnx name
+        (tmp_path, "a export file is named"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            export_model(model, "export", out, (3, 32, 32))
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ValueError, match="which is a file"):
+        export_model(model, "export", tmp_path / "afile" / "m.pt2", (3, 32, 32))
+    check = export_model(model, "export", tmp_path / "strict.pt2", (3, 32, 32), atol=-1.0)  # a check that fails
+    assert not check.ok and not (tmp_path / "strict.pt2").exists() and model.training  # mode restored
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"]
