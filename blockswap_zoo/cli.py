@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .genotype import Genotype
-from .registry import get_arch, list_models, names_published_weights
+from .registry import get_arch, list_models, names_published_weights, resolve_genotype
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="BlockSwap students: search, distil, load.")
 console = Console()
@@ -31,6 +31,13 @@ def _resolve_genotype(name: str) -> tuple[str, Genotype, int, int, tuple[int, in
     """A registered name or a genotype text/file -> (label, genotype, classes, in_chans, input size)."""
     if Path(name).is_dir() and (Path(name) / "winner.json").is_file():
         name = str(Path(name) / "winner.json")  # a search report: its winner
+    if name.startswith(("local-dir:", "hf-hub:")):  # a checkpoint: the shape it was trained at
+        from .hub import checkpoint_directory, read_checkpoint_config
+
+        cfg = read_checkpoint_config(checkpoint_directory(name))
+        g = Genotype.from_dict(cfg["genotype"])
+        size = cfg.get("input_size") or [cfg["in_chans"], *g.backbone_spec.default_input_size[1:]]
+        return name, g, cfg["num_classes"], cfg["in_chans"], tuple(size)  # type: ignore[return-value]
     if ":" in name or name.lstrip().startswith("{"):
         g = Genotype.parse(name)
     elif name.endswith(".json"):
@@ -41,7 +48,17 @@ def _resolve_genotype(name: str) -> tuple[str, Genotype, int, int, tuple[int, in
             if {"num_classes", "in_chans", "input_size"} <= set(s):
                 return name, g, int(s["num_classes"]), int(s["in_chans"]), tuple(s["input_size"])  # type: ignore[return-value]
     else:
-        a = get_arch(name)
+        try:
+            a = get_arch(name)
+        except ValueError:
+            g = resolve_genotype(name)  # a plain backbone (all S), or else the registry's error
+            return (
+                g.backbone + " (backbone)",
+                g,
+                g.backbone_spec.default_num_classes,
+                3,
+                g.backbone_spec.default_input_size,
+            )
         if names_published_weights(name):  # arch.tag: the published checkpoint's classes, channels and size
             from .pretrained import get_weights
 
@@ -104,7 +121,9 @@ def _list_pretrained(pattern: str, as_json: bool) -> None:
 @app.command()
 def info(
     name: str = typer.Argument(
-        ..., help="Model name, genotype JSON file, compact genotype string, or a search report directory."
+        ...,
+        help="Model name, genotype JSON file, compact genotype string, search report directory, local-dir:PATH "
+        "or hf-hub:ORG/NAME.",
     ),
     num_classes: int | None = typer.Option(None, help="Classes (default: the arch's)."),
     in_chans: int | None = typer.Option(None, help="Input channels (default: the arch's)."),
@@ -114,7 +133,7 @@ def info(
     """Show a model's genotype block by block, its params and MACs, and the ratio to its teacher."""
     try:
         label, g, nc, ch, size = _resolve_genotype(name)
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     nc = nc if num_classes is None else num_classes
     ch = ch if in_chans is None else in_chans
@@ -219,7 +238,7 @@ def _input_size(name: str, model: object) -> tuple[int, int, int]:
     """The input a model was trained for: its checkpoint's record, else its arch's default."""
     cfg = getattr(model, "pretrained_cfg", None)
     if cfg is not None:
-        return tuple(cfg["input_size"] if isinstance(cfg, dict) else cfg.input_size)  # type: ignore[return-value]
+        return tuple(cfg["input_size"])  # type: ignore[return-value]
     try:
         size = get_arch(name).input_size
     except ValueError:

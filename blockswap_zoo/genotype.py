@@ -48,7 +48,7 @@ class Genotype:
             raise GenotypeError(str(e)) from None
         if self.version != FORMAT_VERSION:
             raise GenotypeError(
-                f"genotype format version {self.version} is not supported (this package reads {FORMAT_VERSION})"
+                f"genotype format version {self.version!r} is not supported (this package reads {FORMAT_VERSION!r})"
             )
         if isinstance(self.blocks, str):
             raise GenotypeError("blocks must be a list of block names, not one string")
@@ -175,8 +175,13 @@ class Genotype:
         return [t.ref_name for t in self.block_types]
 
     def save(self, path: str | Path) -> None:
+        """Write the genotype's JSON to ``path`` (atomically)."""
         from .io import atomic_write_text
 
+        if Path(path).is_dir():
+            raise GenotypeError(
+                f"{path} is a folder; save the genotype to a file such as {Path(path) / 'genotype.json'}"
+            )
         atomic_write_text(path, self.to_json() + "\n")
 
     def __str__(self) -> str:
@@ -232,6 +237,10 @@ def _hw(input_size: tuple[int, int] | int | None) -> tuple[int, int] | None:
 
 def fixed_cost(bb: Backbone, num_classes: int, in_chans: int, input_size: tuple[int, int] | None) -> tuple[int, int]:
     """(params, MACs) of the parts no genotype changes: stem and head."""
+    if num_classes < 0 or in_chans < 1:
+        raise GenotypeError(f"num_classes must be >= 0 and in_chans >= 1, got {num_classes} and {in_chans}")
+    if input_size is not None and (len(input_size) != 2 or min(input_size) < 1):
+        raise GenotypeError(f"input_size must be positive (height, width), got {tuple(input_size)}")
     hw = tuple(input_size or bb.default_input_size[1:])
     stem_p, stem_m, _ = plan_cost(bb.stem_plan(in_chans), hw)  # type: ignore[arg-type]
     head_p = bb.head_params(num_classes)

@@ -28,12 +28,14 @@ __all__ = [
     "WEIGHTS_NAME",
     "WeightsError",
     "OfflineError",
+    "checkpoint_directory",
     "is_offline",
     "load_checkpoint_dir",
     "load_model_weights",
     "load_verified_state_dict",
     "pull_hf_hub",
     "push_to_hf_hub",
+    "read_checkpoint_config",
     "save_checkpoint_dir",
     "sha256_file",
 ]
@@ -113,6 +115,24 @@ def load_model_weights(model: SwapNet, state: dict[str, torch.Tensor], source: s
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise WeightsError(f"{source} does not fit the model: {e}") from None
+
+
+def checkpoint_directory(spec: str) -> Path:
+    """The folder a ``local-dir:PATH`` or ``hf-hub:ORG/NAME[@REV]`` name points to (a Hub repo is pulled or
+    found in the cache); ValueError for a malformed name."""
+    if spec.startswith("local-dir:"):
+        return Path(spec[len("local-dir:") :]).expanduser()
+    if not spec.startswith("hf-hub:"):
+        raise ValueError(f"{spec!r} is not a local-dir:PATH or hf-hub:ORG/NAME name")
+    repo_id, _, rev = spec[len("hf-hub:") :].partition("@")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise ValueError(f"{spec!r}: write hf-hub:ORG/NAME or hf-hub:ORG/NAME@REV")
+    return pull_hf_hub(repo_id, rev or None)
+
+
+def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
+    """A checkpoint directory's config.json, checked (genotype, classes, channels, input size, sha256)."""
+    return _read_config(Path(directory))
 
 
 def _read_config(directory: Path) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import contextlib
 import fnmatch
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -94,9 +95,10 @@ def load_records(path: Path = RECORDS_FILE) -> dict[str, Weights]:
     return out
 
 
-def list_pretrained(pattern: str = "*") -> list[str]:
-    """Published ``arch.tag`` names matching a wildcard pattern."""
-    return sorted(n for n in load_records() if fnmatch.fnmatchcase(n, pattern))
+def list_pretrained(pattern: str | Iterable[str] = "*") -> list[str]:
+    """Published ``arch.tag`` names matching a wildcard pattern (or any of several)."""
+    patterns = [pattern] if isinstance(pattern, str) else list(pattern)
+    return sorted(n for n in load_records() if any(fnmatch.fnmatchcase(n, p) for p in patterns))
 
 
 def get_weights(name: str) -> Weights:

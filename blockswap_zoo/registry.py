@@ -5,6 +5,7 @@ names a set of weights.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 from collections.abc import Iterable
@@ -237,22 +238,18 @@ def create_model(
       ``num_classes`` replaces only the classifier (fine-tuning). ``"arch.tag"`` without
       ``pretrained`` is the tag's configuration (classes, channels) randomly initialised, as in timm;
     - ``"local-dir:<path>"``: any checkpoint directory; ``"hf-hub:ORG/NAME[@REV]"``: one on the Hub;
+      both always load their verified weights (``pretrained`` is not needed);
     - a Genotype, or its JSON / compact text.
     """
     from . import hub
 
     if isinstance(name_or_genotype, str):
-        for prefix in ("local-dir:", "hf-hub:"):
-            if name_or_genotype.startswith(prefix):
-                ref = name_or_genotype[len(prefix) :]
-                if prefix == "hf-hub:":
-                    repo_id, _, rev = ref.partition("@")
-                    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-                        raise UnknownModelError(f"{name_or_genotype!r}: write hf-hub:ORG/NAME or hf-hub:ORG/NAME@REV")
-                    directory = hub.pull_hf_hub(repo_id, rev or None)
-                else:
-                    directory = Path(ref).expanduser()
-                return hub.load_checkpoint_dir(directory, num_classes=num_classes, in_chans=in_chans, **kwargs)
+        if name_or_genotype.startswith(("local-dir:", "hf-hub:")):  # a checkpoint: always its own weights
+            try:
+                directory = hub.checkpoint_directory(name_or_genotype)
+            except (ValueError, TypeError) as e:
+                raise UnknownModelError(str(e)) from None
+            return hub.load_checkpoint_dir(directory, num_classes=num_classes, in_chans=in_chans, **kwargs)
     if isinstance(name_or_genotype, Genotype):
         genotype, arch = name_or_genotype, None
     elif isinstance(name_or_genotype, str) and (":" in name_or_genotype or name_or_genotype.lstrip().startswith("{")):
@@ -306,5 +303,5 @@ def _create_pretrained(name: str, num_classes: int | None, in_chans: int | None,
     model = build_model(genotype, num_classes=classes, in_chans=w.in_chans, **kwargs)
     path = resolve_weights_file(w)
     load_model_weights(model, load_verified_state_dict(path, w.sha256, w.size), w.name)
-    model.pretrained_cfg = w  # type: ignore[attr-defined]
+    model.pretrained_cfg = dataclasses.asdict(w)  # type: ignore[attr-defined]  # a dict, as timm's and hub.py's
     return model

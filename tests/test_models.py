@@ -144,3 +144,30 @@ def test_export_and_script_on_wrn_student() -> None:
     assert torch.allclose(exported.module()(x), ref, atol=1e-5)
     scripted = torch.jit.script(model)
     assert torch.allclose(scripted(x), ref, atol=1e-5)
+
+
+def test_timm_style_arguments() -> None:
+    import blockswap_zoo as bz
+
+    model = bz.create_model("wrn_16_1")
+    x = torch.randn(1, 3, 32, 32)
+    last_two = model.forward_intermediates(x, indices=2, intermediates_only=True)
+    assert [f.shape[1] for f in last_two] == [32, 64]  # an int n: the last n stage outputs
+    with pytest.raises(ValueError, match="out of range: this network has 3 stage outputs"):
+        model.forward_intermediates(x, indices=[5])
+    model.reset_classifier(3, "avg")
+    assert model(x).shape == (1, 3)
+    with pytest.raises(ValueError, match="average only"):
+        model.reset_classifier(3, "max")
+    assert bz.list_pretrained(["wrn_40_2.*", "nothing*"]) == ["wrn_40_2.fmnist"]
+
+
+def test_genotype_counts_refuse_impossible_shapes(tmp_path) -> None:
+    from blockswap_zoo.genotype import GenotypeError
+
+    g = Genotype.uniform("wrn_10_1")
+    for call in (lambda: g.macs(input_size=0), lambda: g.num_params(-1), lambda: g.num_params(10, 0)):
+        with pytest.raises(GenotypeError, match="must be"):
+            call()
+    with pytest.raises(GenotypeError, match="is a folder"):
+        g.save(tmp_path)

@@ -71,7 +71,7 @@ def test_pretrained_may_name_the_tag() -> None:
     name = PUBLISHED[0]
     arch, tag = name.split(".", 1)
     by_tag = create_model(arch, pretrained=tag)
-    assert by_tag.pretrained_cfg.name == name
+    assert by_tag.pretrained_cfg["name"] == name and isinstance(by_tag.pretrained_cfg["input_size"], (list, tuple))
     with pytest.raises(WeightsError, match="no published weights"):
         create_model(arch, pretrained="no_such_tag")
 
@@ -171,3 +171,22 @@ def test_export_refuses_bad_targets_and_writes_nothing_that_fails_its_check(tmp_
     check = export_model(model, "export", tmp_path / "strict.pt2", (3, 32, 32), atol=-1.0)  # a check that fails
     assert not check.ok and not (tmp_path / "strict.pt2").exists() and model.training  # mode restored
     assert [p.name for p in tmp_path.iterdir()] == ["afile"]
+
+
+def test_hub_entrypoints_take_in_chans_and_features_only(tmp_path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from blockswap_zoo.cli import app
+
+    repo = Path(__file__).resolve().parents[1]
+    entry = torch.hub.load(str(repo), "wrn_40_2_fmnist", source="local", pretrained=True, in_chans=1, num_classes=0)
+    assert isinstance(entry.fc, torch.nn.Identity) and entry.in_chans == 1
+    for target in ("wrn_10_1", f"local-dir:{repo / 'weights' / 'wrn_40_2.fmnist'}"):
+        res = CliRunner().invoke(app, ["info", target, "--json"])
+        assert res.exit_code == 0, res.output
+    shown = json.loads(
+        CliRunner().invoke(app, ["info", f"local-dir:{repo / 'weights' / 'wrn_40_2.fmnist'}", "--json"]).output
+    )
+    assert shown["in_chans"] == 1 and shown["input_size"] == [1, 28, 28]

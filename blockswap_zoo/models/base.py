@@ -64,8 +64,13 @@ class SwapNet(nn.Module):
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the classifier with a fresh one for ``num_classes`` (0: features only)."""
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        """Replace the classifier with a fresh one for ``num_classes`` (0: features only).
+
+        ``global_pool`` is accepted as in timm; only average pooling (``"avg"``) is offered.
+        """
+        if global_pool not in (None, "avg"):
+            raise ValueError(f"global_pool={global_pool!r}: these networks pool by average only ('avg')")
         self.num_classes = num_classes
         self.fc = self._classifier(num_classes)
         if isinstance(self.fc, nn.Linear):
@@ -79,7 +84,7 @@ class SwapNet(nn.Module):
         raise NotImplementedError
 
     def forward_intermediates(
-        self, x: torch.Tensor, indices: list[int] | None = None, intermediates_only: bool = False
+        self, x: torch.Tensor, indices: int | list[int] | None = None, intermediates_only: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor]] | list[torch.Tensor]:
         raise NotImplementedError
 
@@ -91,10 +96,20 @@ class SwapNet(nn.Module):
         return [m for m in self.modules() if hasattr(m, "probe") and isinstance(m.probe, nn.Identity)]
 
 
-def select(feats: list[torch.Tensor], indices: list[int] | None) -> list[torch.Tensor]:
-    """The stage outputs at ``indices`` (all when None); negative indices count from the end."""
+def select(feats: list[torch.Tensor], indices: int | list[int] | None) -> list[torch.Tensor]:
+    """The stage outputs at ``indices`` (all when None; an int n: the last n, as timm); negative indices
+    count from the end."""
     if indices is None:
         return feats
+    if isinstance(indices, int):
+        if not 0 < indices <= len(feats):
+            raise ValueError(f"indices={indices}: this network has {len(feats)} stage outputs; ask for 1..{len(feats)}")
+        return feats[-indices:]
+    bad = [i for i in indices if not -len(feats) <= i < len(feats)]
+    if bad:
+        raise ValueError(
+            f"indices {bad} out of range: this network has {len(feats)} stage outputs (0..{len(feats) - 1})"
+        )
     return [feats[i] for i in indices]
 
 

@@ -96,7 +96,7 @@ class ResNet(SwapNet):
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def forward_intermediates(
-        self, x: torch.Tensor, indices: list[int] | None = None, intermediates_only: bool = False
+        self, x: torch.Tensor, indices: int | list[int] | None = None, intermediates_only: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor]] | list[torch.Tensor]:
         """Outputs of layer1..layer4 (the 4 attention points of the paper's ImageNet runs)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

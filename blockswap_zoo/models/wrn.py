@@ -77,7 +77,7 @@ class WideResNet(SwapNet):
         return self.act(self.norm(x))
 
     def forward_intermediates(
-        self, x: torch.Tensor, indices: list[int] | None = None, intermediates_only: bool = False
+        self, x: torch.Tensor, indices: int | list[int] | None = None, intermediates_only: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor]] | list[torch.Tensor]:
         """Stage outputs (the reference's attention points) and, unless asked not to, the final features."""
         feats: list[torch.Tensor] = []

@@ -220,6 +220,10 @@ def _recorded_dataset(model: str) -> str | None:
 
     if model in load_records():
         return load_records()[model].dataset  # a published checkpoint names its dataset
+    if model.startswith("hf-hub:"):  # a Hub checkpoint's config.json (pulled, or found in the cache)
+        from ..hub import checkpoint_directory, read_checkpoint_config
+
+        return read_checkpoint_config(checkpoint_directory(model)).get("dataset")
     p = Path(model.removeprefix("local-dir:"))  # a checkpoint directory names its dataset in config.json
     run_dir = p if p.is_dir() else p.parent
     ckpt = p if p.is_file() and p.suffix == ".pt" else run_dir / CHECKPOINT
