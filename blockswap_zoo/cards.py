@@ -187,26 +187,29 @@ def update_readme(readme: str) -> str:
     return pattern.sub(lambda _: f"{start}\n{readme_table()}\n{end}", readme)
 
 
-def write_docs(repo_root: Path) -> list[Path]:
-    """Regenerate README's table and MODEL_CARD.md; returns the files changed."""
-    from .io import atomic_write_text
-
-    changed = []
+def generated_docs(repo_root: Path) -> dict[Path, str]:
+    """Every generated file and the text it should hold: README.md (its table), MODEL_CARD.md, and each
+    released checkpoint's README.md (from its config.json)."""
     readme = repo_root / "README.md"
-    new = update_readme(readme.read_text())
-    if new != readme.read_text():
-        atomic_write_text(readme, new)
-        changed.append(readme)
-    card = repo_root / "MODEL_CARD.md"
-    text = zoo_model_card() + "\n"
-    if not card.exists() or card.read_text() != text:
-        atomic_write_text(card, text)
-        changed.append(card)
-    for w in load_records().values():  # each checkpoint's own card, from its config.json
+    docs = {readme: update_readme(readme.read_text()), repo_root / "MODEL_CARD.md": zoo_model_card() + "\n"}
+    for w in load_records().values():
         folder = repo_root / Path(w.file).parent
         if (folder / "config.json").is_file():
-            text = model_card(w.name, json.loads((folder / "config.json").read_text()))
-            if not (folder / "README.md").is_file() or (folder / "README.md").read_text() != text:
-                atomic_write_text(folder / "README.md", text)
-                changed.append(folder / "README.md")
+            docs[folder / "README.md"] = model_card(w.name, json.loads((folder / "config.json").read_text()))
+    return docs
+
+
+def stale_docs(repo_root: Path) -> list[Path]:
+    """The generated files whose text differs from what ``blockswap-zoo docs`` would write."""
+    return [p for p, text in generated_docs(repo_root).items() if not p.is_file() or p.read_text() != text]
+
+
+def write_docs(repo_root: Path) -> list[Path]:
+    """Regenerate README's table, MODEL_CARD.md and the checkpoints' cards; returns the files changed."""
+    from .io import atomic_write_text
+
+    docs = generated_docs(repo_root)
+    changed = stale_docs(repo_root)
+    for path in changed:
+        atomic_write_text(path, docs[path])
     return changed

@@ -292,22 +292,26 @@ def publish(
 
 @app.command()
 def docs(
-    check: bool = typer.Option(False, "--check", help="Exit 1 if README.md or MODEL_CARD.md is out of date."),
+    check: bool = typer.Option(
+        False, "--check", help="Exit 1 if README.md, MODEL_CARD.md or a checkpoint's card is out of date."
+    ),
 ) -> None:
-    """Regenerate the README's pretrained table and MODEL_CARD.md from the pretrained records."""
-    from .cards import update_readme, write_docs, zoo_model_card
+    """Regenerate the README's pretrained table, MODEL_CARD.md and each checkpoint's card from the records."""
+    from .cards import stale_docs, write_docs
 
     root = Path(__file__).resolve().parents[1]
-    if check:
-        readme = (root / "README.md").read_text()
-        card = root / "MODEL_CARD.md"
-        stale = update_readme(readme) != readme or not card.exists() or card.read_text() != zoo_model_card() + "\n"
-        if stale:
-            fail("README.md / MODEL_CARD.md are out of date: run `blockswap-zoo docs`", code=1)
-        console.print("docs are up to date")
-        return
-    for path in write_docs(root):
-        console.print(f"updated {path}")
+    try:
+        if check:
+            stale = stale_docs(root)
+            if stale:
+                names = ", ".join(str(p.relative_to(root)) for p in stale)
+                fail(f"{names} out of date: run `blockswap-zoo docs`", code=1)
+            console.print("docs are up to date")
+            return
+        for path in write_docs(root):
+            console.print(f"updated {path}")
+    except (ValueError, OSError) as e:  # e.g. a README without the table markers
+        fail(str(e))
 
 
 # Training commands live in blockswap_zoo.train.command (heavy imports happen inside them).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -190,14 +191,23 @@ def _build(cls: type, data: Any, where: str) -> Any:
 def _validate(r: Recipe) -> None:
     from .registry import resolve_genotype
 
-    if "." not in r.name:
-        raise RecipeError("name: must be 'arch.tag' (the checkpoint it produces), e.g. wrn_16_2_bs100k.fmnist_at")
+    if not re.fullmatch(r"[a-z0-9_]+\.[a-z0-9_]+", r.name):
+        raise RecipeError(
+            f"name: {r.name!r} must be 'arch.tag' in lowercase letters, digits and underscores (the checkpoint "
+            "it produces), e.g. wrn_16_2_bs100k.fmnist_at"
+        )
     if (r.student.genotype is None) == (r.student.search is None):
         raise RecipeError("student: give exactly one of 'genotype' or 'search'")
     if r.teacher is not None:
         resolve_genotype(r.teacher.arch)  # a registered arch or a plain backbone (wrn_10_1: all-S)
         if (r.teacher.pretrained is None) == (r.teacher.train is None):
             raise RecipeError("teacher: give exactly one of 'pretrained' (a zoo checkpoint) or 'train'")
+        zoo_weights = r.teacher.pretrained is not None and ":" not in r.teacher.pretrained  # arch.tag, not torchvision:
+        if zoo_weights and r.teacher.pretrained.partition(".")[0] != r.teacher.arch:
+            raise RecipeError(
+                f"teacher.pretrained: {r.teacher.pretrained!r} is not a checkpoint of teacher.arch {r.teacher.arch!r}; "
+                "make them agree"
+            )
         if r.teacher.name is not None:
             if (
                 r.teacher.train is None
@@ -218,6 +228,7 @@ def _validate(r: Recipe) -> None:
 
 def _validate_search(s: SearchSpec) -> None:
     """What run_search would refuse, refused here: before a teacher has trained for it."""
+    from .search.runner import MAX_SAMPLES
     from .search.sampler import _backbone, parse_budget
 
     try:
@@ -228,8 +239,10 @@ def _validate_search(s: SearchSpec) -> None:
         parse_budget(s.budget)
     except ValueError as e:
         raise RecipeError(f"student.search.budget: {e}") from None
-    if s.samples < 1:
-        raise RecipeError(f"student.search.samples: must be >= 1, got {s.samples}")
+    if not 1 <= s.samples <= MAX_SAMPLES:
+        raise RecipeError(f"student.search.samples: must be in 1..{MAX_SAMPLES:,}, got {s.samples}")
+    if not 0 <= s.seed < 2**63:
+        raise RecipeError(f"student.search.seed: must be in 0..2**63-1, got {s.seed}")
     if not 0 <= s.tolerance < 1:
         raise RecipeError(f"student.search.tolerance: must be in [0, 1) (0.025: +-2.5%), got {s.tolerance}")
 

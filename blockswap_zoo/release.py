@@ -39,8 +39,8 @@ def _check_recipe_expectation(cfg: dict, checkpoint: Path) -> None:
     """The recipe the checkpoint names is in this repository, and the checkpoint meets its expected metric."""
     from .recipes import load_recipe
 
-    recipe_path = REPO_ROOT / str(cfg.get("recipe", ""))
-    if not cfg.get("recipe") or not recipe_path.is_file():
+    recipe_path = (REPO_ROOT / str(cfg.get("recipe", ""))).resolve()
+    if not cfg.get("recipe") or not recipe_path.is_file() or not recipe_path.is_relative_to(REPO_ROOT):
         raise ValueError(
             f"{checkpoint} names recipe {cfg.get('recipe')!r}, which is not in this repository; add it first"
         )
@@ -77,23 +77,20 @@ def release_checkpoint(checkpoint: str | Path, force: bool = False) -> Weights:
     target = REPO_ROOT / "weights" / name
     if (name in records or target.exists()) and not force:
         raise FileExistsError(f"{name} is already released (weights/{name} or its record); pass --force to replace it")
-    staging = target.with_name(f".release-{name}")  # copied whole first: weights/ never holds half a checkpoint
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(checkpoint, staging)
-    if target.exists():
-        shutil.rmtree(target)
-    staging.rename(target)
-    w = Weights(
-        name=name, file=f"weights/{name}/{WEIGHTS_NAME}", sha256=cfg["weights_sha256"], size=cfg["weights_size"],
-        dataset=cfg["dataset"], num_classes=cfg["num_classes"], in_chans=cfg["in_chans"],
-        input_size=tuple(cfg["input_size"]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-        label_names=tuple(cfg["label_names"]), metrics={k: round(v, 2) for k, v in cfg["metrics"].items() if k in ("top1", "top5")},
-        params=cfg["params"], macs=cfg["macs"], genotype=Genotype.from_dict(cfg["genotype"]).to_string(),
-        teacher=cfg.get("teacher"), recipe=cfg["recipe"], license=cfg.get("license", "mit"),
-        hf_repo=f"blockswap-zoo/{name.replace('.', '-')}", eval_transform=cfg["eval_transform"],
-        training=cfg["training"], eval_command=cfg["eval_command"],
-        extra={"description": cfg.get("description", ""), "recipe_sha256": cfg.get("recipe_sha256", "")},
-    )  # fmt: skip
+    try:  # the record first: a config that cannot make one changes nothing
+        w = Weights(
+            name=name, file=f"weights/{name}/{WEIGHTS_NAME}", sha256=cfg["weights_sha256"], size=cfg["weights_size"],
+            dataset=cfg["dataset"], num_classes=cfg["num_classes"], in_chans=cfg["in_chans"],
+            input_size=tuple(cfg["input_size"]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
+            label_names=tuple(cfg["label_names"]), metrics={k: round(v, 2) for k, v in cfg["metrics"].items() if k in ("top1", "top5")},
+            params=cfg["params"], macs=cfg["macs"], genotype=Genotype.from_dict(cfg["genotype"]).to_string(),
+            teacher=cfg.get("teacher"), recipe=cfg["recipe"], license=cfg.get("license", "mit"),
+            hf_repo=f"blockswap-zoo/{name.replace('.', '-')}", eval_transform=cfg["eval_transform"],
+            training=cfg["training"], eval_command=cfg["eval_command"],
+            extra={"description": cfg.get("description", ""), "recipe_sha256": cfg.get("recipe_sha256", "")},
+        )  # fmt: skip
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{checkpoint / CONFIG_NAME} cannot make a release record ({type(e).__name__}: {e})") from None
     records[name] = w
     rows = []
     for r in records.values():
@@ -101,6 +98,13 @@ def release_checkpoint(checkpoint: str | Path, force: bool = False) -> Weights:
         for key in ("input_size", "mean", "std", "label_names"):
             d[key] = list(d[key])
         rows.append(d)
-    atomic_write_text(RECORDS_FILE, json.dumps(rows, indent=2) + "\n")
+    text = json.dumps(rows, indent=2) + "\n"  # made before anything changes
+    staging = target.with_name(f".release-{name}")  # copied whole first: weights/ never holds half a checkpoint
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(checkpoint, staging)
+    if target.exists():
+        shutil.rmtree(target)
+    staging.rename(target)
+    atomic_write_text(RECORDS_FILE, text)
     load_records.cache_clear()
     return w

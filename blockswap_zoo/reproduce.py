@@ -6,7 +6,6 @@ when its output is already there, so an interrupted run resumes where it stopped
 from __future__ import annotations
 
 import json
-import math
 import platform
 import shutil
 import time
@@ -64,13 +63,14 @@ def plan(recipe: Recipe) -> dict[str, Any]:
     }
 
     def stage(genotype: Genotype, spec: OptimSpec, extra_forward_macs: int = 0) -> dict[str, Any]:
-        images = min(spec.subset or n_train, n_train) * spec.epochs
+        images = (min(spec.subset or n_train, n_train) // spec.batch_size) * spec.batch_size * spec.epochs
         macs = genotype.macs(info.num_classes, info.in_chans, hw)
         return {
             "genotype": genotype.to_string(),
             "params": genotype.num_params(info.num_classes, info.in_chans),
             "macs_per_image": macs,
-            "steps": math.ceil(min(spec.subset or n_train, n_train) / spec.batch_size) * spec.epochs,
+            "steps": (min(spec.subset or n_train, n_train) // spec.batch_size)
+            * spec.epochs,  # last partial batch dropped
             "images": images,
             "train_macs": images * (3 * macs + extra_forward_macs),  # forward + backward ~ 3x forward
         }
@@ -222,6 +222,17 @@ def _search(recipe: Recipe, run_dir: Path, device: str, max_steps: int | None, r
     return result.winner
 
 
+def _recipe_reference(recipe: Recipe) -> str:
+    """How a card names the recipe: its path in this repository (``recipes/...``), else its absolute path."""
+    from .pretrained import REPO_ROOT
+
+    source = Path(recipe.source).resolve()
+    try:
+        return source.relative_to(REPO_ROOT).as_posix()
+    except ValueError:
+        return str(source)
+
+
 def _write_checkpoint(
     model: nn.Module,
     ckpt_dir: Path,
@@ -254,7 +265,7 @@ def _write_checkpoint(
         "name": name, "arch": name.partition(".")[0], "role": role, "description": description,
         "dataset": info.name, "label_names": label_names, "input_size": list(info.input_size),
         "mean": list(info.mean), "std": list(info.std), "metrics": {k: float(v) for k, v in metrics.items()},
-        "teacher": teacher, "recipe": f"recipes/{Path(recipe.source).name}", "recipe_sha256": recipe.sha256,
+        "teacher": teacher, "recipe": _recipe_reference(recipe), "recipe_sha256": recipe.sha256,
         "license": recipe.license, "training": training,
         "eval_command": f"blockswap-zoo evaluate {name} --dataset {recipe.dataset.name}",
         "eval_transform": "normalise with the dataset mean/std, no augmentation", "environment": _environment(),

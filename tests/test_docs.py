@@ -40,3 +40,17 @@ def test_readme_use_a_model_snippet_runs_as_written() -> None:
     scope: dict = {}
     exec(compile(block, "README.md", "exec"), scope)  # noqa: S102 - our own README
     assert scope["g"].num_params(num_classes=10, in_chans=3) == 476_986 and scope["model"].num_classes == 100
+
+
+def test_docs_check_sees_a_hand_edited_checkpoint_card(tmp_path: Path) -> None:
+    import shutil
+
+    from blockswap_zoo.cards import stale_docs
+
+    for name in ("README.md", "MODEL_CARD.md"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "weights", tmp_path / "weights")
+    assert stale_docs(tmp_path) == []
+    card = tmp_path / "weights" / "wrn_40_2.fmnist" / "README.md"
+    card.write_text(card.read_text().replace("top-1", "top-1 (99.99!)", 1))
+    assert stale_docs(tmp_path) == [card]

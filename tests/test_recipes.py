@@ -41,6 +41,9 @@ def _official() -> dict:
         (lambda d: d["student"]["search"].update(backbone="resnet50"), "student.search.backbone"),
         (lambda d: d["student"]["search"].update(samples=0), "student.search.samples"),
         (lambda d: d["student"]["search"].update(tolerance=-1.0), "student.search.tolerance"),
+        (lambda d: d["student"]["search"].update(samples=10**30), "student.search.samples"),
+        (lambda d: d.update(name="../Escaped.x"), "lowercase letters, digits and underscores"),
+        (lambda d: d.update(teacher={"arch": "wrn_16_1", "pretrained": "wrn_40_2.fmnist"}), "make them agree"),
     ],
 )
 def test_bad_recipes_name_field_and_file(edit, fragment: str) -> None:
@@ -132,3 +135,9 @@ def test_checkpoint_keeps_the_training_runs_class_names(tmp_path: Path, monkeypa
         description="d", teacher=None, training="t", stage_dir=tmp_path / "none",
     )  # fmt: skip
     assert no_run["label_names"][0] == "T-shirt/top"  # the dataset's own names otherwise
+
+
+def test_a_key_given_twice_is_refused() -> None:
+    text = OFFICIAL.read_text() + "\nname: other.tag\n"  # YAML would silently keep the last
+    with pytest.raises(RecipeError, match="'name' appears twice"):
+        parse_recipe(text, "twice.yaml")

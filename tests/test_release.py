@@ -67,6 +67,7 @@ def test_release_writes_the_folder_and_the_record(repo: Path, tmp_path: Path) ->
         ({"metrics": {"top1": 80.0, "top5": 99.0}}, "outside its recipe's expected"),
         ({"recipe": "recipes/not_here.yaml"}, "not in this repository"),
         ({"recipe_sha256": "0" * 64}, "has changed since"),
+        ({"recipe": str(ROOT / "recipes" / f"{NAME}.yaml")}, "not in this repository"),  # this checkout's, not repo's
     ],
 )
 def test_release_refuses(repo: Path, tmp_path: Path, changes: dict, message: str) -> None:
@@ -92,3 +93,17 @@ def test_an_unrecorded_folder_is_not_deleted_without_force(repo: Path, tmp_path:
     with pytest.raises(FileExistsError, match="--force"):
         release.release_checkpoint(_checkpoint(tmp_path))
     assert (mine / "keep.txt").read_text() == "mine"
+
+
+def test_a_config_that_cannot_make_a_record_changes_nothing(repo: Path, tmp_path: Path) -> None:
+    release.release_checkpoint(_checkpoint(tmp_path / "first"))
+    before = (repo / "pretrained.json").read_text(), sorted(p.name for p in (repo / "weights" / NAME).iterdir())
+    ck = _checkpoint(tmp_path / "second")
+    cfg = json.loads((ck / "config.json").read_text())
+    del cfg["eval_command"]
+    (ck / "config.json").write_text(json.dumps(cfg))
+    (ck / "extra.txt").write_text("new")
+    with pytest.raises(ValueError, match="cannot make a release record"):
+        release.release_checkpoint(ck, force=True)
+    after = (repo / "pretrained.json").read_text(), sorted(p.name for p in (repo / "weights" / NAME).iterdir())
+    assert after == before

@@ -33,6 +33,7 @@ from .scoring import Candidate, candidate_seed, mode_config, resolve_mode, score
 
 __all__ = ["ReportError", "SearchResult", "SearchSettings", "load_report", "run_search"]
 
+MAX_SAMPLES = 10_000_000  # candidates are drawn (and held) up front; 1000 is the paper's search
 SETTINGS = "settings.json"
 CANDIDATES = "candidates.jsonl"
 RANK_SHARDS = "candidates.rank*.jsonl"  # one per torchrun process until the search ends
@@ -278,8 +279,10 @@ def run_search(
     ``report_dir`` every scored candidate is saved as it is scored (see the module docstring).
     """
     t_start = time.perf_counter()
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
+    if not 1 <= samples <= MAX_SAMPLES:
+        raise ValueError(f"samples must be in 1..{MAX_SAMPLES:,} (candidates are drawn up front), got {samples}")
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be in 0..2**63-1, got {seed}")
     proxy = get_proxy_name(proxy)
     if workers < 1:
         raise ValueError(f"workers must be >= 1 (1: score in this process), got {workers}")
