@@ -340,12 +340,13 @@ def reproduce(
 ) -> None:
     """Rebuild a checkpoint from its recipe; exit 1 if the measured metric misses the recipe's expectation."""
     from .recipes import load_recipe
-    from .reproduce import plan
+    from .reproduce import plan, preflight
     from .reproduce import reproduce as run
 
     try:
         r = load_recipe(recipe)
         if dry_run:
+            preflight(r, max_steps)  # what the run would refuse, refused by the dry run too
             print(json.dumps(plan(r), indent=2))
             return
         result = run(r, out or Path("runs") / r.name, resume=resume, force=force, max_steps=max_steps, device=device)
@@ -360,7 +361,9 @@ def reproduce(
 @app.command()
 def release(
     checkpoint: Path = typer.Argument(..., help="A checkpoint directory written by `reproduce` (run/checkpoint)."),
-    force: bool = typer.Option(False, "--force", help="Replace an existing record of the same name."),
+    force: bool = typer.Option(
+        False, "--force", help="Replace an existing release of the same name (its whole weights/<name>/ folder)."
+    ),
 ) -> None:
     """Publish a checkpoint into this repository: copy it to weights/<name>/ and add its record."""
     from .release import release_checkpoint

@@ -200,7 +200,7 @@ def save_checkpoint_dir(
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write_bytes(weights, save(state, metadata={"format": "pt"}))  # unique temp, fsync, umask permissions
     g = model.genotype
-    input_size = config.get("input_size") or list(g.backbone_spec.default_input_size)
+    input_size = config.get("input_size") or [model.in_chans, *g.backbone_spec.default_input_size[1:]]
     full = {
         "arch": config.get("arch", g.backbone),
         "genotype": g.to_dict(),

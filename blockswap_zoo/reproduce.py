@@ -18,7 +18,7 @@ from torch import nn
 
 from .genotype import Genotype
 from .io import atomic_write_text
-from .recipes import OptimSpec, Recipe
+from .recipes import OptimSpec, Recipe, RecipeError
 
 __all__ = ["ReproduceResult", "plan", "reproduce", "stage_costs", "student_genotype_of", "training_summary"]
 
@@ -45,6 +45,52 @@ def _train_kwargs(spec: OptimSpec) -> dict[str, Any]:
         "nesterov": spec.nesterov, "weight_decay": spec.weight_decay, "schedule": spec.schedule,
         "step_size": spec.step_size, "gamma": spec.step_gamma, "warmup_epochs": float(spec.warmup_epochs),
         "label_smoothing": spec.label_smoothing, "subset": spec.subset,
+    }  # fmt: skip
+
+
+def preflight(recipe: Recipe, max_steps: int | None = None) -> None:
+    """Refuse, before anything is written or trained, what a stage would only refuse hours later: a budget
+    no student meets, training settings TrainConfig rejects, a student whose stages the teacher lacks."""
+    from .data import get_dataset_info
+    from .registry import resolve_genotype
+    from .search import BudgetError, sample_genotypes
+    from .train import ConfigError, TrainConfig
+
+    if max_steps is not None and max_steps < 1:
+        raise RecipeError(f"--max-steps must be >= 1, got {max_steps}")
+    info = get_dataset_info(recipe.dataset.name)
+    s = recipe.student.search
+    student = student_genotype_of(recipe)
+    if s is not None:
+        try:
+            student = sample_genotypes(s.backbone, s.budget, 1, s.seed, s.tolerance, s.metric, info.num_classes,
+                                       info.in_chans, tuple(info.input_size[1:]))[0]  # fmt: skip
+        except BudgetError as e:
+            raise RecipeError(f"{recipe.source}: student.search: {e}") from None
+    assert student is not None
+    stages = [("train", recipe.train, student.to_string())]
+    if recipe.teacher is not None and recipe.teacher.train is not None:
+        stages.append(("teacher.train", recipe.teacher.train, recipe.teacher.arch))
+    for where, spec, arch in stages:
+        try:
+            TrainConfig(arch=arch, dataset=info.name, seed=recipe.seed, max_steps=max_steps, **_train_kwargs(spec),
+                        **(_distill_kwargs(recipe) if where == "train" else {}))  # fmt: skip
+        except ConfigError as e:
+            raise RecipeError(f"{recipe.source}: {where}: {e}") from None
+    if recipe.teacher is not None and recipe.distill is not None:
+        teacher_stages = len(resolve_genotype(recipe.teacher.arch).backbone_spec.stage_depths)
+        if len(student.backbone_spec.stage_depths) != teacher_stages:
+            raise RecipeError(
+                f"{recipe.source}: the student ({student.backbone}) has {len(student.backbone_spec.stage_depths)} "
+                f"stages but the teacher ({recipe.teacher.arch}) {teacher_stages}: attention transfer pairs stages"
+            )
+
+
+def _distill_kwargs(recipe: Recipe) -> dict[str, Any]:
+    d = recipe.distill
+    return {
+        "beta": d.beta if d else 1000.0, "at_mode": d.at_mode if d else "code",
+        "kd_alpha": d.kd_alpha if d else 0.0, "kd_temperature": d.kd_temperature if d else 4.0,
     }  # fmt: skip
 
 
@@ -312,8 +358,12 @@ def reproduce(
 
     run_dir = Path(run_dir)
     marker = run_dir / "recipe.yaml"
+    preflight(recipe, max_steps)  # nothing is written for a recipe that cannot run
+    the_plan = plan(recipe)
     if run_dir.exists() and any(run_dir.iterdir()):
         if force:
+            if not marker.is_file() and not (run_dir / RUN_KIND).is_file():
+                raise FileExistsError(f"{run_dir} is not a reproduce run (no recipe.yaml); --force only replaces runs")
             shutil.rmtree(run_dir)
         elif not resume:
             raise FileExistsError(f"{run_dir} is not empty; pass --resume to continue it or --force to start over")
@@ -323,7 +373,7 @@ def reproduce(
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / RUN_KIND, json.dumps({"max_steps": max_steps}) + "\n")
     atomic_write_text(marker, Path(recipe.source).read_text())
-    atomic_write_text(run_dir / "plan.json", json.dumps(plan(recipe), indent=2) + "\n")
+    atomic_write_text(run_dir / "plan.json", json.dumps(the_plan, indent=2) + "\n")
     started = time.perf_counter()
 
     teacher = _load_teacher(recipe, run_dir, device, max_steps, resume) if recipe.teacher else None
@@ -331,12 +381,7 @@ def reproduce(
     student_dir = run_dir / "student"
     cfg = TrainConfig(
         arch=genotype.to_string(), dataset=recipe.dataset.name, data_dir=recipe.dataset.data_dir, seed=recipe.seed,
-        device=device, max_steps=max_steps,
-        beta=recipe.distill.beta if recipe.distill else 1000.0,
-        at_mode=recipe.distill.at_mode if recipe.distill else "code",
-        kd_alpha=recipe.distill.kd_alpha if recipe.distill else 0.0,
-        kd_temperature=recipe.distill.kd_temperature if recipe.distill else 4.0,
-        **_train_kwargs(recipe.train),
+        device=device, max_steps=max_steps, **_distill_kwargs(recipe), **_train_kwargs(recipe.train),
     )  # fmt: skip
     if (student_dir / "model.safetensors").is_file():
         from .train import load_run

@@ -141,3 +141,39 @@ def test_a_key_given_twice_is_refused() -> None:
     text = OFFICIAL.read_text() + "\nname: other.tag\n"  # YAML would silently keep the last
     with pytest.raises(RecipeError, match="'name' appears twice"):
         parse_recipe(text, "twice.yaml")
+
+
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (lambda d: d["student"]["search"].update(budget="10m"), "student.search: no genotype"),
+        (lambda d: d["train"].update(step_size=0), "train: step_size must be a positive integer"),
+        (lambda d: d["student"].update(search=None, genotype="resnet34_bs3083k"), "stages but the teacher"),
+    ],
+)
+def test_what_a_stage_would_refuse_is_refused_before_anything_runs(tmp_path: Path, edit, fragment: str) -> None:
+    from blockswap_zoo.reproduce import preflight
+
+    d = _official()
+    edit(d)
+    if d["student"].get("search") is None:
+        d["student"].pop("search")
+    src = tmp_path / "r.yaml"
+    src.write_text(yaml.safe_dump(d))
+    r = load_recipe(src)
+    with pytest.raises(RecipeError, match=fragment):
+        preflight(r)
+    with pytest.raises(RecipeError, match=fragment):
+        reproduce(r, tmp_path / "run", device="cpu")
+    assert not (tmp_path / "run").exists()  # nothing written that would block the corrected command
+
+
+def test_reproduce_force_replaces_only_runs(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="not a reproduce run"):
+        reproduce(load_recipe(OFFICIAL), mine, force=True, device="cpu")
+    with pytest.raises(RecipeError, match="--max-steps must be >= 1"):
+        reproduce(load_recipe(OFFICIAL), tmp_path / "zero", max_steps=0, device="cpu")
+    assert (mine / "notes.txt").read_text() == "keep" and not (tmp_path / "zero").exists()
