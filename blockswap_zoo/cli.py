@@ -382,3 +382,7 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+
+
+if __name__ == "__main__":  # python -m blockswap_zoo.cli
+    main()
