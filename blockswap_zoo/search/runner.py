@@ -1,9 +1,9 @@
 """The search loop: draw candidates within the budget, score them on one minibatch, keep the best.
 
 A report directory makes a search durable: ``settings.json`` (what was searched),
-``environment.json`` (where the latest session ran; each candidate records its own seconds), ``candidates.jsonl`` (one line per scored candidate, appended as it is
-scored), and at the end ``winner.json`` (the genotype), ``summary.json`` and
-``score_vs_params.png``. An interrupted search resumes from its report directory without
+``environment.json`` (where the latest session ran; each candidate records its own seconds),
+``candidates.jsonl`` (one line per scored candidate, appended as it is scored), and at the end
+``winner.json`` (the genotype), ``summary.json`` and ``score_vs_params.png``. An interrupted search resumes from its report directory without
 rescoring anything; a directory holding a different search is refused. Under ``torchrun`` the
 candidates are drawn identically on every rank, rank r scores the indices i with
 i % world_size == r, and rank 0 gathers the results: the same winner as one process.
