@@ -253,15 +253,12 @@ def download(
     ),
 ) -> None:
     """Fetch a checkpoint into the local cache and verify it (sha256), so later loads work offline."""
-    from .hub import load_checkpoint_dir, load_verified_state_dict, pull_hf_hub
+    from .hub import checkpoint_directory, load_checkpoint_dir, load_verified_state_dict
     from .pretrained import get_weights, resolve_weights_file
 
     try:
         if name.startswith("hf-hub:"):
-            repo_id, _, rev = name[len("hf-hub:") :].partition("@")
-            if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-                fail(f"{name!r}: write hf-hub:ORG/NAME or hf-hub:ORG/NAME@REV")
-            path = pull_hf_hub(repo_id, rev or None)
+            path = checkpoint_directory(name)  # pulled, or found in the cache
             load_checkpoint_dir(path)  # builds the model and checks the weights' sha256
         else:
             w = get_weights(name)

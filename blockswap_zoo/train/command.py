@@ -1,4 +1,4 @@
-"""The ``train-teacher``, ``distill`` and ``evaluate`` commands (registered in ``cli.py``).
+"""The ``train-teacher``, ``distill``, ``finetune`` and ``evaluate`` commands (registered in ``cli.py``).
 
 Every setting is an option and may also come from ``--config FILE.yaml``; options given on the
 command line win. The heavy imports happen inside the commands, so ``blockswap-zoo --help`` stays fast.
