@@ -199,17 +199,18 @@ def generated_docs(repo_root: Path) -> dict[Path, str]:
     return docs
 
 
-def stale_docs(repo_root: Path) -> list[Path]:
-    """The generated files whose text differs from what ``blockswap-zoo docs`` would write."""
-    return [p for p, text in generated_docs(repo_root).items() if not p.is_file() or p.read_text() != text]
+def stale_docs(repo_root: Path, docs: dict[Path, str] | None = None) -> list[Path]:
+    """The generated files whose text differs from ``docs`` (default: what ``blockswap-zoo docs`` would write)."""
+    docs = generated_docs(repo_root) if docs is None else docs
+    return [p for p, text in docs.items() if not p.is_file() or p.read_text() != text]
 
 
 def write_docs(repo_root: Path) -> list[Path]:
     """Regenerate README's table, MODEL_CARD.md and the checkpoints' cards; returns the files changed."""
     from .io import atomic_write_text
 
-    docs = generated_docs(repo_root)
-    changed = stale_docs(repo_root)
+    docs = generated_docs(repo_root)  # rendered once, compared and written
+    changed = stale_docs(repo_root, docs)
     for path in changed:
         atomic_write_text(path, docs[path])
     return changed

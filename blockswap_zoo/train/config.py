@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import yaml
 
 from ..yaml_io import load_yaml
+from .distributed import parse_device
 
 __all__ = ["ConfigError", "TrainConfig", "load_config_file", "paper_defaults", "resolve_config"]
 
@@ -130,12 +130,11 @@ class TrainConfig:
                 raise ConfigError(f"{key} must be a string or null; got {getattr(self, key)!r}")
         if not isinstance(self.extra, dict):
             raise ConfigError(f"extra must be a mapping; got {self.extra!r}")
-        try:
-            device = torch.device(self.device) if self.device != "auto" else None
-        except RuntimeError:
-            raise ConfigError(f"device must be auto, cpu, cuda or cuda:<index>; got {self.device!r}") from None
-        if device is not None and device.type not in ("cpu", "cuda"):
-            raise ConfigError(f"device must be auto, cpu, cuda or cuda:<index>; got {self.device!r}")
+        if self.device != "auto":
+            try:
+                parse_device(self.device)
+            except ValueError:
+                raise ConfigError(f"device must be auto, cpu, cuda or cuda:<index>; got {self.device!r}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

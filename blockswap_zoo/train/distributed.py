@@ -38,16 +38,22 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({platform.processor() or platform.machine()})"
 
 
-def resolve_device(device: str, local_rank: int = 0) -> torch.device:
-    """``auto`` -> this rank's CUDA device if there is one, else CPU; anything else as given."""
-    if device == "auto":
-        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+def parse_device(device: str) -> torch.device:
+    """A cpu or cuda device from its text (not ``auto``), whether or not this machine has it; ValueError else."""
     try:
         dev = torch.device(device)
     except RuntimeError:
         raise ValueError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:<index>") from None
     if dev.type not in ("cpu", "cuda"):
         raise ValueError(f"device {device!r} is not supported; use auto, cpu, cuda or cuda:<index>")
+    return dev
+
+
+def resolve_device(device: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> this rank's CUDA device if there is one, else CPU; anything else as given."""
+    if device == "auto":
+        return torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    dev = parse_device(device)
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r} requested but CUDA is not available; use --device cpu")
