@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import platform
 import resource
+import subprocess
 from collections.abc import Callable
 
 import pytest
@@ -14,8 +15,14 @@ from torch import nn
 
 from blockswap_zoo import build_model
 from blockswap_zoo.allocator import retain_freed_memory
-from blockswap_zoo.search import fisher_potential, mode_config, score_genotype
-from blockswap_zoo.search.cpu_layers import ExactStatsBatchNorm2d, MergedGroupConv2d, adapt_for_cpu_scoring
+from blockswap_zoo.search import cpu_layers, fisher_potential, mode_config, native_kernels, score_genotype
+from blockswap_zoo.search.cpu_layers import (
+    ExactStatsBatchNorm2d,
+    FusedAwayReLU,
+    FusedBatchNormReLU2d,
+    MergedGroupConv2d,
+    adapt_for_cpu_scoring,
+)
 
 CL = torch.channels_last
 
@@ -83,7 +90,7 @@ def test_adapt_keeps_the_state_dict_and_swaps_only_what_it_should() -> None:
     merged = [m for m in model.modules() if isinstance(m, MergedGroupConv2d)]
     assert merged and all(m.in_channels // m.groups == 2 for m in merged)
     kinds = {type(m) for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
-    assert kinds == {ExactStatsBatchNorm2d}
+    assert kinds <= {ExactStatsBatchNorm2d, FusedBatchNormReLU2d}
     plain = [m for m in model.modules() if type(m) is nn.Conv2d and m.groups > 1]
     assert plain and all(m.in_channels // m.groups != 2 for m in plain)  # depthwise and wide groups stay
 
@@ -123,3 +130,131 @@ def test_retain_freed_memory_keeps_freed_blocks_in_the_process() -> None:
             pass
         after_inner = _faults_of_scoring(model, x, y)  # the inner exit gave nothing back to the kernel
     assert active and inner and again < first / 4 and after_inner < first / 4, (first, again, after_inner)
+
+
+needs_kernels = pytest.mark.skipif(native_kernels._compiler() is None, reason="no C compiler (.ci/run installs gcc)")
+
+
+def _bn_relu_grads(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> list[torch.Tensor]:
+    m.weight.grad = m.bias.grad = None
+    xi = x.clone().requires_grad_(True)
+    y = torch.relu(m(xi)) if type(m) is nn.BatchNorm2d else m(xi)
+    y.backward(g)
+    return [y, xi.grad, m.weight.grad, m.bias.grad, m.running_mean, m.running_var, m.num_batches_tracked]
+
+
+@needs_kernels
+@pytest.mark.parametrize("shape", [(8, 6, 5, 5), (3, 17, 7, 9), (128, 32, 16, 16)])
+def test_fused_batch_norm_relu_matches_float64(shape: tuple[int, int, int, int]) -> None:
+    """Output, input/weight/bias gradients and running stats of the C kernels, against float64
+    nn.BatchNorm2d + ReLU; row counts that the threads split unevenly, channels off the vector width."""
+    assert native_kernels.norm_act_library() is not None
+    torch.manual_seed(0)
+    ref = nn.BatchNorm2d(shape[1]).double()
+    with torch.no_grad():
+        ref.weight.uniform_(0.5, 1.5), ref.bias.uniform_(-1, 1)
+    ours = FusedBatchNormReLU2d(shape[1])
+    ours.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ref.state_dict().items()})
+    x = (torch.randn(shape, dtype=torch.float64) * 0.5 + 3.0).contiguous(memory_format=CL)  # offset mean
+    g = torch.randn_like(x)
+    want = _bn_relu_grads(ref, x, g)
+    got = _bn_relu_grads(ours, x.float(), g.float())
+    assert got[0].is_contiguous(memory_format=CL) and got[1].is_contiguous(memory_format=CL)
+    for a, b in zip(want, got):
+        scale = a.double().abs().max().clamp(min=1)
+        assert ((b.double() - a.double()).abs().max() / scale) < 2e-6
+    first = _bn_relu_grads(ours, x.float(), g.float())[:4]
+    again = _bn_relu_grads(ours, x.float(), g.float())[:4]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))  # deterministic
+
+
+@needs_kernels
+def test_fused_batch_norm_relu_falls_back_where_the_kernels_do_not_apply() -> None:
+    """NCHW input, float64 input, eval mode and autocast all give relu(batch norm) through PyTorch."""
+    torch.manual_seed(0)
+    native, ours = _pair(FusedBatchNormReLU2d, lambda: nn.BatchNorm2d(4))
+    x = torch.randn(6, 4, 5, 5) + 1
+    torch.testing.assert_close(ours(x), torch.relu(native(x)))
+    torch.testing.assert_close(ours.double()(x.double()), torch.relu(native.double()(x.double())))
+    native.float().eval(), ours.float().eval()
+    xc = x.contiguous(memory_format=CL)
+    torch.testing.assert_close(ours(xc), torch.relu(native(xc)))
+    native.train(), ours.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(ours(xc), torch.relu(native(xc)))
+
+
+@needs_kernels
+def test_fused_relu_gradient_is_zero_where_the_relu_blocked_even_for_nan() -> None:
+    """As threshold_backward: a blocked position passes no gradient, not even a NaN."""
+    bn = FusedBatchNormReLU2d(2, affine=True)
+    x = torch.tensor([[-1.0, 1.0], [1.0, -1.0], [0.5, 0.5], [-0.5, -0.5]]).view(4, 2, 1, 1).requires_grad_(True)
+    y = bn(x.contiguous(memory_format=CL))
+    g = torch.where(y > 0, torch.ones_like(y), torch.full_like(y, float("nan")))
+    y.backward(g)
+    assert torch.isfinite(x.grad).all() and torch.isfinite(bn.weight.grad).all()
+
+
+@needs_kernels
+def test_adapt_fuses_batch_norm_relu_pairs_and_keeps_values() -> None:
+    """Every BN that a ReLU follows in a WRN is fused, that ReLU passes through, and the network computes
+    what it did; a torchvision-layout ResNet's shared ReLU (used after the residual add too) is left alone."""
+    for arch in (
+        "wrn_16_2:v1:G(N/2);BG(2,M/2);S;G(N);G(2);B(2)",
+        "resnet18:v1:G(N);G(N);G(N);BG(2,16);G(N/8);G(N/2);S;BG(2,4)",
+    ):
+        torch.manual_seed(0)
+        model = build_model(arch, num_classes=10).requires_grad_(False)
+        x = torch.rand(8, 3, 32, 32).contiguous(memory_format=CL)
+        want = model.to(memory_format=CL)(x)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        adapt_for_cpu_scoring(model)
+        fused = [m for m in model.modules() if type(m) is FusedBatchNormReLU2d]
+        away = [m for m in model.modules() if type(m) is FusedAwayReLU]
+        assert fused and len(fused) == len(away)
+        model.load_state_dict(before)  # the running stats as they were before the first forward
+        torch.testing.assert_close(model(x), want, rtol=2e-4, atol=2e-4)
+        assert list(model.state_dict()) == list(before)
+        if arch.startswith("wrn"):
+            plain_relus = [m for m in model.modules() if type(m) is nn.ReLU]
+            assert not plain_relus  # pre-activation WRN: every ReLU follows a BN
+        else:
+            assert all(type(b.relu) is nn.ReLU for b in model.swap_blocks())
+
+
+def test_adapt_keeps_pytorch_layers_without_the_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cpu_layers, "norm_act_library", lambda: None)
+    model = adapt_for_cpu_scoring(build_model("wrn_16_2:v1:G(N/2);BG(2,M/2);S;G(N);G(2);B(2)"))
+    assert not [m for m in model.modules() if isinstance(m, (FusedBatchNormReLU2d, FusedAwayReLU))]
+    model = adapt_for_cpu_scoring(build_model("wrn_16_2:v1:G(N/2);BG(2,M/2);S;G(N);G(2);B(2)"), fuse_norm_act=False)
+    assert not [m for m in model.modules() if isinstance(m, (FusedBatchNormReLU2d, FusedAwayReLU))]
+
+
+@needs_kernels
+def test_kernel_build_is_cached_and_reports_a_missing_compiler(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    path = native_kernels.build_library("norm_act", cache=tmp_path)
+    assert path.is_file() and path.parent.parent == tmp_path
+    assert not [p for p in path.parent.iterdir() if p != path]  # no temporary files left behind
+
+    def no_compiling(cmd, **kw):  # noqa: ANN001, ANN003, ANN202
+        assert "--version" in cmd, f"compiled again: {cmd}"
+        return subprocess.CompletedProcess(cmd, 0, stdout=version, stderr="")
+
+    version = subprocess.run([native_kernels._compiler(), "--version"], capture_output=True, text=True).stdout
+    real_run = subprocess.run
+    monkeypatch.setattr(native_kernels.subprocess, "run", no_compiling)
+    assert native_kernels.build_library("norm_act", cache=tmp_path) == path
+    monkeypatch.setattr(native_kernels.subprocess, "run", real_run)
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr(native_kernels.shutil, "which", lambda _name: None)
+    with pytest.raises(native_kernels.KernelBuildError, match="cannot run the C compiler"):
+        native_kernels.build_library("norm_act", cache=tmp_path / "other")
+
+
+def test_kernels_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BLOCKSWAP_ZOO_NATIVE", "0")
+    native_kernels.norm_act_library.cache_clear()
+    try:
+        assert native_kernels.norm_act_library() is None
+    finally:
+        native_kernels.norm_act_library.cache_clear()

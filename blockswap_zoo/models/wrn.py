@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -28,6 +29,10 @@ class PreActBlock(nn.Module):
     identity shortcut the raw input. ``probe`` marks the branch output for Fisher potential.
     """
 
+    # (norm, activation) attributes that forward runs as act(norm(x)), norm's output used nowhere else:
+    # the search may fuse each pair (blockswap_zoo.search.cpu_layers).
+    fusable_norm_act: ClassVar[tuple[tuple[str, str], ...]] = (("bn1", "act1"),)
+
     def __init__(self, parts: dict[str, Part]) -> None:
         super().__init__()
         self.bn1 = _children(parts["norm"])
@@ -47,6 +52,8 @@ class PreActBlock(nn.Module):
 
 class WideResNet(SwapNet):
     """WRN-depth-width (pre-activation) for small images; any depth 6n+4, width, channels, size."""
+
+    fusable_norm_act: ClassVar[tuple[tuple[str, str], ...]] = (("norm", "act"),)  # as PreActBlock's
 
     def __init__(
         self,

@@ -6,7 +6,10 @@ where NCHW stays within 4e-4. ``ExactStatsBatchNorm2d`` computes the statistics 
 PyTorch's pairwise reductions (3.3e-4) and leaves the rest to the native kernels. oneDNN runs
 grouped convolutions with 2 channels per group slowly; ``MergedGroupConv2d`` runs them as half as
 many groups with zero blocks in the weight: the same products and sums (added zeros are exact),
-equal to nn.Conv2d's up to fp32 rounding. ``adapt_for_cpu_scoring`` swaps both into a model.
+equal to nn.Conv2d's up to fp32 rounding. Where a batch norm feeds a ReLU, ``FusedBatchNormReLU2d``
+runs both, forward and backward, in one C kernel each way (``kernels/norm_act.c``, built by
+``native_kernels``; statistics summed in double) and the ReLU passes its input through.
+``adapt_for_cpu_scoring`` swaps these into a model.
 Figures: ``python benchmarks/search_speed.py --ablation --agreement-seeds 0`` (README).
 """
 
@@ -15,7 +18,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["ExactStatsBatchNorm2d", "MergedGroupConv2d", "adapt_for_cpu_scoring"]
+from .native_kernels import norm_act_library
+
+__all__ = [
+    "ExactStatsBatchNorm2d",
+    "FusedAwayReLU",
+    "FusedBatchNormReLU2d",
+    "MergedGroupConv2d",
+    "adapt_for_cpu_scoring",
+]
 
 
 class _TwoPassBatchNorm(torch.autograd.Function):
@@ -53,14 +64,91 @@ class ExactStatsBatchNorm2d(nn.BatchNorm2d):
         if x.dim() != 4 or (not self.training and self.track_running_stats):  # eval with running stats
             return super().forward(x)
         y, mean, var = _TwoPassBatchNorm.apply(x, self.weight, self.bias, self.eps)
+        self._update_running_stats(mean, var, x.numel() // x.shape[1])
+        return y
+
+    def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
+        """As nn.BatchNorm2d does in training mode, from the batch's mean and biased variance over n values."""
         if self.training and self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                n = x.numel() // x.shape[1]
                 self.running_mean.lerp_(mean, factor)
                 self.running_var.lerp_(var * (n / max(n - 1, 1)), factor)
+
+
+class _FusedBatchNormReLU(torch.autograd.Function):
+    """relu(training-mode batch norm) of a channels_last fp32 CPU tensor with the C kernels."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, lib):  # noqa: ANN001, ANN205
+        n, c, h, w = x.shape
+        y = torch.empty_like(x, memory_format=torch.channels_last)
+        mean, var, invstd, scale = x.new_empty(4, c).unbind(0)
+        if lib.bn_relu_forward(
+            x.data_ptr(), n * h * w, c, weight.data_ptr(), bias.data_ptr(), eps,
+            y.data_ptr(), mean.data_ptr(), var.data_ptr(), invstd.data_ptr(), scale.data_ptr(),
+        ):  # fmt: skip
+            raise MemoryError("the fused batch norm + ReLU kernel ran out of memory")
+        ctx.save_for_backward(x, bias, mean, invstd, scale)
+        ctx.lib = lib
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_y, _grad_mean, _grad_var):  # noqa: ANN001, ANN205
+        x, bias, mean, invstd, scale = ctx.saved_tensors
+        n, c, h, w = x.shape
+        grad_y = grad_y.contiguous(memory_format=torch.channels_last)
+        grad_x = torch.empty_like(x, memory_format=torch.channels_last) if ctx.needs_input_grad[0] else None
+        grad_weight, grad_bias = x.new_empty(2, c).unbind(0)
+        if ctx.lib.bn_relu_backward(
+            grad_y.data_ptr(), x.data_ptr(), n * h * w, c, bias.data_ptr(), mean.data_ptr(), invstd.data_ptr(),
+            scale.data_ptr(), None if grad_x is None else grad_x.data_ptr(), grad_weight.data_ptr(),
+            grad_bias.data_ptr(),
+        ):  # fmt: skip
+            raise MemoryError("the fused batch norm + ReLU kernel ran out of memory")
+        need = ctx.needs_input_grad
+        return grad_x, grad_weight if need[1] else None, grad_bias if need[2] else None, None, None
+
+
+def _fusable(x: torch.Tensor) -> bool:
+    """What the C kernels take: a non-empty channels_last fp32 CPU tensor, outside autocast."""
+    return (
+        x.dim() == 4
+        and x.dtype == torch.float32
+        and x.device.type == "cpu"
+        and x.numel() > 0
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+class FusedBatchNormReLU2d(ExactStatsBatchNorm2d):
+    """relu(BatchNorm2d(x)) in training mode, by the C kernels where they are built and take ``x``.
+
+    Otherwise (eval mode, other layouts or dtypes, no kernels) ExactStatsBatchNorm2d, then ReLU. Same
+    parameters, buffers and running-stat updates as nn.BatchNorm2d; the ReLU that followed it in the
+    model is a FusedAwayReLU.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lib = norm_act_library()
+        if lib is None or not _fusable(x) or (not self.training and self.track_running_stats):
+            return torch.relu(super().forward(x))
+        c = x.shape[1]
+        weight = self.weight if self.weight is not None else x.new_ones(c)
+        bias = self.bias if self.bias is not None else x.new_zeros(c)
+        y, mean, var = _FusedBatchNormReLU.apply(x, weight.contiguous(), bias.contiguous(), self.eps, lib)
+        self._update_running_stats(mean, var, x.numel() // c)
         return y
+
+
+class FusedAwayReLU(nn.ReLU):
+    """A ReLU whose work the FusedBatchNormReLU2d before it does: passes its input through."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
 
 class MergedGroupConv2d(nn.Conv2d):
@@ -94,11 +182,28 @@ def _mergeable(conv: nn.Module) -> bool:
     )
 
 
-def adapt_for_cpu_scoring(model: nn.Module, exact_batch_norm: bool = True, merge_groups: bool = True) -> nn.Module:
-    """Turn BatchNorm2d into ExactStatsBatchNorm2d and mergeable grouped convolutions into
-    MergedGroupConv2d (each when asked) in place, by class: parameters, buffers, hooks, mode and
-    state-dict keys stay as they are. Returns the model.
+def _norm_act_pairs(module: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    """(norm, activation) pairs run as act(norm(x)) with norm's output used nowhere else: neighbours in
+    an nn.Sequential, and the attribute pairs a module lists in ``fusable_norm_act``."""
+    if isinstance(module, nn.Sequential):
+        children = list(module.children())
+        return list(zip(children, children[1:]))
+    return [(getattr(module, norm), getattr(module, act)) for norm, act in getattr(module, "fusable_norm_act", ())]
+
+
+def adapt_for_cpu_scoring(
+    model: nn.Module, exact_batch_norm: bool = True, merge_groups: bool = True, fuse_norm_act: bool = True
+) -> nn.Module:
+    """Turn BatchNorm2d into ExactStatsBatchNorm2d, or, where a ReLU follows and the C kernels build
+    (``fuse_norm_act``), into FusedBatchNormReLU2d and that ReLU into FusedAwayReLU; and mergeable
+    grouped convolutions into MergedGroupConv2d (each when asked), in place, by class: parameters,
+    buffers, hooks, mode and state-dict keys stay as they are. Returns the model.
     """
+    if exact_batch_norm and fuse_norm_act and norm_act_library() is not None:
+        for m in model.modules():
+            for norm, act in _norm_act_pairs(m):
+                if type(norm) in (nn.BatchNorm2d, ExactStatsBatchNorm2d) and type(act) is nn.ReLU:
+                    norm.__class__, act.__class__ = FusedBatchNormReLU2d, FusedAwayReLU
     for m in model.modules():
         if exact_batch_norm and type(m) is nn.BatchNorm2d:
             m.__class__ = ExactStatsBatchNorm2d
