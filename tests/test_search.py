@@ -22,6 +22,7 @@ from blockswap_zoo.search import (
     BudgetError,
     ReportError,
     count_feasible,
+    cpu_layers,
     fisher_per_block,
     fisher_potential,
     load_report,
@@ -29,6 +30,7 @@ from blockswap_zoo.search import (
     reachable_range,
     run_search,
     sample_genotypes,
+    scoring,
 )
 from blockswap_zoo.search.sampler import BudgetSpace
 from blockswap_zoo.search.scoring import resolve_mode
@@ -210,6 +212,20 @@ def test_worker_processes_give_the_same_scores() -> None:
     one = run_search("wrn_10_1", "20k", **SMALL)
     two = run_search("wrn_10_1", "20k", workers=2, **SMALL)
     assert [c.score for c in two.candidates] == [c.score for c in one.candidates] and two.winner == one.winner
+
+
+def test_workers_do_without_the_cpu_kernels_when_the_parent_could_not_build_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The parent tells its workers; they score with PyTorch's layers, as the parent would, and do not
+    try (and warn) again. The kernels round differently, so a worker that used them would show."""
+    with_kernels = run_search("wrn_10_1", "20k", **SMALL)
+    monkeypatch.setattr(scoring, "norm_act_library", lambda: None)
+    monkeypatch.setattr(cpu_layers, "norm_act_library", lambda: None)
+    one = run_search("wrn_10_1", "20k", **SMALL)
+    two = run_search("wrn_10_1", "20k", workers=2, **SMALL)
+    assert [c.score for c in two.candidates] == [c.score for c in one.candidates]
+    assert [c.score for c in one.candidates] != [c.score for c in with_kernels.candidates]
 
 
 def test_resume_after_interruption_and_refusals(tmp_path: Path) -> None:

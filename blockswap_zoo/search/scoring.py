@@ -30,6 +30,7 @@ from ..models import build_model
 from ..numerics import strict_fp32
 from .block_pool import BlockPool
 from .cpu_layers import adapt_for_cpu_scoring
+from .native_kernels import norm_act_library
 from .proxies import fisher_potential, get_proxy
 
 __all__ = [
@@ -135,6 +136,11 @@ class Candidate:
             float("nan") if score is None else float(score),
             float(d.get("seconds", 0.0)),
         )
+
+
+def _uses_cpu_kernels(cfg: ScoreConfig) -> bool:
+    """Whether scoring with ``cfg`` runs the C kernels of ``cpu_layers`` (fp32 channels_last on a CPU)."""
+    return cfg.channels_last and cfg.autocast is None and torch.device(cfg.device).type == "cpu"
 
 
 def _prepare(images: torch.Tensor, labels: torch.Tensor, cfg: ScoreConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -262,8 +268,12 @@ def _score_jobs(
 _WORKER: dict[str, object] = {}
 
 
-def _worker_init(images: torch.Tensor, labels: torch.Tensor, cfg: ScoreConfig, num_classes: int, in_chans: int) -> None:
+def _worker_init(
+    images: torch.Tensor, labels: torch.Tensor, cfg: ScoreConfig, num_classes: int, in_chans: int, kernels: bool
+) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle: it stops the pool
+    if not kernels:  # the parent could not build them: no worker tries again (or warns again)
+        os.environ["BLOCKSWAP_ZOO_NATIVE"] = "0"
     torch.set_num_threads(cfg.num_threads or 1)
     memory = contextlib.ExitStack()  # for the worker's lifetime
     memory.enter_context(_scoring_memory(cfg.device))
@@ -304,7 +314,16 @@ def score_candidates(
     threads = cfg.num_threads or max(1, (os.cpu_count() or 1) // workers)
     wcfg = ScoreConfig(**{**cfg.to_dict(), "num_threads": threads})  # type: ignore[arg-type]
     ctx = mp.get_context("spawn")
-    init_args = (images.cpu(), labels.cpu(), wcfg, num_classes, in_chans)  # each worker moves them to its device
+    # exact mode's CPU kernels are built (or found in the cache) here, once, before the workers load them
+    kernels = not _uses_cpu_kernels(cfg) or norm_act_library() is not None
+    init_args = (
+        images.cpu(),
+        labels.cpu(),
+        wcfg,
+        num_classes,
+        in_chans,
+        kernels,
+    )  # each worker moves them to its device
     with ctx.Pool(workers, _worker_init, init_args) as pool:
         for c in pool.imap_unordered(_worker_score, jobs):
             results.append(c)
