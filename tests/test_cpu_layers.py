@@ -166,6 +166,10 @@ def test_fused_batch_norm_relu_matches_float64(shape: tuple[int, int, int, int])
     first = _bn_relu_grads(ours, x.float(), g.float())[:4]
     again = _bn_relu_grads(ours, x.float(), g.float())[:4]
     assert all(torch.equal(a, b) for a, b in zip(first, again))  # deterministic
+    xg, gg = x.float().requires_grad_(True), g.float().requires_grad_(True)
+    (gx,) = torch.autograd.grad(ours(xg), xg, gg, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):  # refused, not silently wrong
+        gx.sum().backward()
 
 
 @needs_kernels

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .native_kernels import norm_act_library
 
@@ -97,6 +98,7 @@ class _FusedBatchNormReLU(torch.autograd.Function):
         return y, mean, var
 
     @staticmethod
+    @once_differentiable  # the C kernels build no graph: a second derivative is refused, not wrong
     def backward(ctx, grad_y, _grad_mean, _grad_var):  # noqa: ANN001, ANN205
         x, bias, mean, invstd, scale = ctx.saved_tensors
         n, c, h, w = x.shape
@@ -135,7 +137,8 @@ class FusedBatchNormReLU2d(ExactStatsBatchNorm2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lib = norm_act_library()
-        if lib is None or not _fusable(x) or (not self.training and self.track_running_stats):
+        fp32 = self.weight is None or self.weight.dtype == torch.float32
+        if lib is None or not fp32 or not _fusable(x) or (not self.training and self.track_running_stats):
             return torch.relu(super().forward(x))
         c = x.shape[1]
         weight = self.weight if self.weight is not None else x.new_ones(c)
