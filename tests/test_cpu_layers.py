@@ -186,6 +186,11 @@ def test_fused_batch_norm_relu_falls_back_where_the_kernels_do_not_apply() -> No
     native.train(), ours.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         torch.testing.assert_close(ours(xc), torch.relu(native(xc)))
+    one = torch.randn(1, 4, 1, 1).contiguous(memory_format=CL)  # one value per channel: PyTorch's error
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        native(one)
+    expected = torch.relu(ours.bias.detach()).view(1, 4, 1, 1)  # as ExactStatsBatchNorm2d: no error
+    torch.testing.assert_close(ours(one), expected, rtol=0, atol=1e-4)
 
 
 @needs_kernels
@@ -224,6 +229,17 @@ def test_adapt_fuses_batch_norm_relu_pairs_and_keeps_values() -> None:
             assert not plain_relus  # pre-activation WRN: every ReLU follows a BN
         else:
             assert all(type(b.relu) is nn.ReLU for b in model.swap_blocks())
+
+
+@needs_kernels
+def test_adapt_leaves_a_shared_relu_alone() -> None:
+    """A ReLU module used in two places cannot pass through in one of them."""
+    relu = nn.ReLU()
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), relu, nn.Conv2d(4, 4, 1), relu)
+    adapt_for_cpu_scoring(model)
+    assert type(model[1]) is ExactStatsBatchNorm2d and type(relu) is nn.ReLU
+    single = adapt_for_cpu_scoring(nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU()))
+    assert type(single[1]) is FusedBatchNormReLU2d and type(single[2]) is FusedAwayReLU
 
 
 def test_adapt_keeps_pytorch_layers_without_the_kernels(monkeypatch: pytest.MonkeyPatch) -> None:

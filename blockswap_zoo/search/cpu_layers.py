@@ -16,6 +16,8 @@ Figures: ``python benchmarks/search_speed.py --ablation --agreement-seeds 0`` (R
 
 from __future__ import annotations
 
+from collections import Counter
+
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
@@ -115,15 +117,23 @@ class _FusedBatchNormReLU(torch.autograd.Function):
         return grad_x, grad_weight if need[1] else None, grad_bias if need[2] else None, None, None
 
 
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
 def _fusable(x: torch.Tensor) -> bool:
-    """What the C kernels take: a non-empty channels_last fp32 CPU tensor, outside autocast."""
+    """What the C kernels take: a channels_last fp32 CPU tensor with more than one value per channel,
+    outside autocast."""
     return (
         x.dim() == 4
         and x.dtype == torch.float32
         and x.device.type == "cpu"
-        and x.numel() > 0
+        and x.numel() > x.shape[1]
         and x.is_contiguous(memory_format=torch.channels_last)
-        and not torch.is_autocast_enabled("cpu")
+        and not _cpu_autocast()
     )
 
 
@@ -204,9 +214,14 @@ def adapt_for_cpu_scoring(
     buffers, hooks, mode and state-dict keys stay as they are. Returns the model.
     """
     if exact_batch_norm and fuse_norm_act and norm_act_library() is not None:
+        uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
         for m in model.modules():
             for norm, act in _norm_act_pairs(m):
-                if type(norm) in (nn.BatchNorm2d, ExactStatsBatchNorm2d) and type(act) is nn.ReLU:
+                if (
+                    type(norm) in (nn.BatchNorm2d, ExactStatsBatchNorm2d)
+                    and type(act) is nn.ReLU
+                    and uses[id(norm)] == uses[id(act)] == 1  # a module used in two places runs twice
+                ):
                     norm.__class__, act.__class__ = FusedBatchNormReLU2d, FusedAwayReLU
     for m in model.modules():
         if exact_batch_norm and type(m) is nn.BatchNorm2d:

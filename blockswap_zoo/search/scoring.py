@@ -316,14 +316,7 @@ def score_candidates(
     ctx = mp.get_context("spawn")
     # exact mode's CPU kernels are built (or found in the cache) here, once, before the workers load them
     kernels = not _uses_cpu_kernels(cfg) or norm_act_library() is not None
-    init_args = (
-        images.cpu(),
-        labels.cpu(),
-        wcfg,
-        num_classes,
-        in_chans,
-        kernels,
-    )  # each worker moves them to its device
+    init_args = (images.cpu(), labels.cpu(), wcfg, num_classes, in_chans, kernels)  # workers move them to their device
     with ctx.Pool(workers, _worker_init, init_args) as pool:
         for c in pool.imap_unordered(_worker_score, jobs):
             results.append(c)
