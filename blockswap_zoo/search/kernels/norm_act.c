@@ -1,7 +1,7 @@
 /* Training-mode batch norm followed by ReLU, forward and backward, fused, for exact-mode scoring on CPUs.
  *
- * PyTorch runs these as five to seven passes over each activation (statistics, normalise, ReLU;
- * ReLU backward, two batch-norm backward passes); here they are two passes each way. Tensors are
+ * Unfused, they sweep over each activation six times forward (two-pass statistics, normalise,
+ * ReLU) and three times backward (ReLU, two batch-norm passes); here twice each way. Tensors are
  * float32 in channels_last layout: M = N*H*W rows of C contiguous channels. Statistics and
  * gradient sums accumulate in double, so they are closer to float64 than PyTorch's fp32 sums.
  * Built with -ffp-contract=off: the backward pass recomputes the ReLU mask with the forward pass's
