@@ -220,7 +220,7 @@ def adapt_for_cpu_scoring(
                 if (
                     type(norm) in (nn.BatchNorm2d, ExactStatsBatchNorm2d)
                     and type(act) is nn.ReLU
-                    and uses[id(norm)] == uses[id(act)] == 1  # a module used in two places runs twice
+                    and uses[id(norm)] == uses[id(act)] == 1  # registered twice: it may run elsewhere too
                 ):
                     norm.__class__, act.__class__ = FusedBatchNormReLU2d, FusedAwayReLU
     for m in model.modules():
