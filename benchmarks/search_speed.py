@@ -17,9 +17,9 @@ seeded init) is included in every method.
 Accuracy: each method's largest relative difference from the definition computed in float64.
 
 Ablation (``--ablation``, instead of speed): exact mode on the CPU with each of its parts off
-(channels_last with the CPU layers, two-pass batch norm, fused batch norm + ReLU, merged 2-channel
-groups, the allocator setting, blocks reused across candidates), on the speed candidates: time and
-page faults per candidate, difference from float64.
+(channels_last with the CPU layers, two-pass batch norm, fused batch norm + ReLU, the grouped
+convolution kernel, merged 2-channel groups, the allocator setting, blocks reused across candidates),
+on the speed candidates: time and page faults per candidate, difference from float64.
 
 Agreement: for each seed, a search of ``--agreement-candidates`` candidates on the embedded
 batch (the network the CLI's default searches: 1x28x28, 10 classes) is scored in exact and
@@ -152,31 +152,33 @@ def ablation(args: argparse.Namespace) -> None:
     gs = sample_genotypes("wrn_40_2", "800k", args.speed_candidates, seed=123)
     seeds = [candidate_seed(0, i) for i in range(len(gs))]
 
-    def score(g, seed: int, channels_last: bool, exact_bn: bool, merge: bool, fuse: bool, pool: BlockPool | None):  # noqa: ANN001, ANN202
+    def score(g, seed: int, cl: bool, exact_bn: bool, merge: bool, fuse: bool, conv4: bool, pool: BlockPool | None):  # noqa: ANN001, ANN202
         """The Fisher potential and the seconds spent building the network (init and layout included)."""
         t0 = time.perf_counter()
         torch.manual_seed(seed)
         model = pool.build(g, 10, 3) if pool else build_model(g, num_classes=10, in_chans=3)
         model.requires_grad_(False)
-        if channels_last:
-            adapt_for_cpu_scoring(model, exact_batch_norm=exact_bn, merge_groups=merge, fuse_norm_act=fuse)
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        if cl:
+            adapt_for_cpu_scoring(model, exact_bn, merge_groups=merge, fuse_norm_act=fuse, grouped_conv_kernel=conv4)
+        fmt = torch.channels_last if cl else torch.contiguous_format
         model = model.to(memory_format=fmt)
         built = time.perf_counter() - t0
         return fisher_potential(model, x.contiguous(memory_format=fmt), y), built
 
-    variants = {  # name: (channels_last, exact BN, merged groups, fused BN+ReLU, allocator setting, reused blocks)
-        "exact mode, glibc default": (True, True, True, True, False, True),
-        "exact mode (as shipped)": (True, True, True, True, True, True),
-        "NCHW": (False, False, False, False, True, True),
-        "native channels_last BN": (True, False, True, False, True, True),
-        "BN and ReLU not fused": (True, True, True, False, True, True),
-        "unmerged 2-channel groups": (True, True, False, True, True, True),
-        "blocks built anew": (True, True, True, True, True, False),
+    variants = {  # name: (channels_last, exact BN, merged groups, fused BN+ReLU, grouped-conv kernel,
+        #                  allocator setting, reused blocks)
+        "exact mode, glibc default": (True, True, True, True, True, False, True),
+        "exact mode (as shipped)": (True, True, True, True, True, True, True),
+        "NCHW": (False, False, False, False, False, True, True),
+        "native channels_last BN": (True, False, True, False, True, True, True),
+        "BN and ReLU not fused": (True, True, True, False, True, True, True),
+        "grouped convs by oneDNN": (True, True, True, True, False, True, True),
+        "unmerged 2-channel groups": (True, True, False, True, True, True, True),
+        "blocks built anew": (True, True, True, True, True, True, False),
     }
     # one pool per variant, warmed on the candidates: in a search of many candidates almost every
     # block comes from the pool (97% after 300 candidates at 800K)
-    pools = {name: BlockPool() for name, v in variants.items() if v[5]}
+    pools = {name: BlockPool() for name, v in variants.items() if v[6]}
     for pool in pools.values():
         for g in gs:
             pool.build(g, 10, 3)
@@ -185,14 +187,14 @@ def ablation(args: argparse.Namespace) -> None:
     faults: dict[str, list[int]] = {k: [] for k in variants}
     values: dict[str, list[float]] = {}
     for r in range(args.repeats):
-        for name, (cl, bn, merge, fuse, keep, _) in variants.items():
+        for name, (cl, bn, merge, fuse, conv4, keep, _) in variants.items():
             if name.endswith("glibc default") and r > 0:
                 continue  # once the allocator setting has been used, glibc's defaults are gone
             out = []
             with retain_freed_memory() if keep else contextlib.nullcontext():
                 for g, s in zip(gs, seeds):
                     f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
-                    value, built = score(g, s, cl, bn, merge, fuse, pools.get(name))
+                    value, built = score(g, s, cl, bn, merge, fuse, conv4, pools.get(name))
                     times[name].append(time.perf_counter() - t0)
                     builds[name].append(built)
                     out.append(value)

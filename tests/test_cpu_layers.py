@@ -18,8 +18,10 @@ from blockswap_zoo.allocator import retain_freed_memory
 from blockswap_zoo.search import cpu_layers, fisher_potential, mode_config, native_kernels, score_genotype
 from blockswap_zoo.search.cpu_layers import (
     ExactStatsBatchNorm2d,
+    FourChannelGroupConv2d,
     FusedAwayReLU,
     FusedBatchNormReLU2d,
+    MergedFourChannelGroupConv2d,
     MergedGroupConv2d,
     adapt_for_cpu_scoring,
 )
@@ -148,7 +150,7 @@ def _bn_relu_grads(m: nn.Module, x: torch.Tensor, g: torch.Tensor) -> list[torch
 def test_fused_batch_norm_relu_matches_float64(shape: tuple[int, int, int, int]) -> None:
     """Output, input/weight/bias gradients and running stats of the C kernels, against float64
     nn.BatchNorm2d + ReLU; row counts that the threads split unevenly, channels off the vector width."""
-    assert native_kernels.norm_act_library() is not None
+    assert native_kernels.cpu_kernels() is not None
     torch.manual_seed(0)
     ref = nn.BatchNorm2d(shape[1]).double()
     with torch.no_grad():
@@ -242,17 +244,56 @@ def test_adapt_leaves_a_shared_relu_alone() -> None:
     assert type(single[1]) is FusedBatchNormReLU2d and type(single[2]) is FusedAwayReLU
 
 
+@needs_kernels
+@pytest.mark.parametrize("per_group", [4, 2])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("shape", [(3, 8, 7, 9), (2, 32, 8, 8), (1, 16, 1, 1)])
+def test_grouped_conv_kernel_matches_float64(per_group: int, stride: int, shape: tuple[int, int, int, int]) -> None:
+    """Output, input and weight gradients of the 4-channel-group kernel (2-channel groups merged to 4)
+    against float64 nn.Conv2d: odd sizes, borders, stride 2, a single pixel."""
+    if not cpu_layers._grouped_conv_kernel():
+        pytest.skip("this CPU has no AVX2/FMA: the kernel is not used")
+    c = shape[1]
+    ref = nn.Conv2d(c, c, 3, stride, 1, groups=c // per_group, bias=False).double()
+    ours = nn.Conv2d(c, c, 3, stride, 1, groups=c // per_group, bias=False)
+    ours.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
+    adapt_for_cpu_scoring(ours)
+    assert type(ours) is (FourChannelGroupConv2d if per_group == 4 else MergedFourChannelGroupConv2d)
+    x = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=CL)
+    xa, xb = x.clone().requires_grad_(True), x.float().requires_grad_(True)
+    ya, yb = ref(xa), ours(xb)
+    g = torch.randn_like(ya)
+    ya.backward(g), yb.backward(g.float())
+    assert yb.is_contiguous(memory_format=CL)
+    for a, b in ((ya, yb), (xa.grad, xb.grad), (ref.weight.grad, ours.weight.grad)):
+        assert ((b.double() - a).abs().max() / a.abs().max()) < 1e-6
+    torch.testing.assert_close(ours(x.float().contiguous()), yb.detach())  # NCHW: PyTorch's convolution
+
+
+@needs_kernels
+def test_adapt_runs_four_channel_groups_by_the_kernel_when_asked() -> None:
+    if not cpu_layers._grouped_conv_kernel():
+        pytest.skip("this CPU has no AVX2/FMA: the kernel is not used")
+    arch = "wrn_16_2:v1:G(N/4);G(N/2);S;G(N/4);G(N);B(2)"
+    kinds = {type(m) for m in adapt_for_cpu_scoring(build_model(arch)).modules()}
+    assert {FourChannelGroupConv2d, MergedFourChannelGroupConv2d} <= kinds
+    kinds = {type(m) for m in adapt_for_cpu_scoring(build_model(arch), grouped_conv_kernel=False).modules()}
+    assert FourChannelGroupConv2d not in kinds and MergedFourChannelGroupConv2d not in kinds
+    assert MergedGroupConv2d in kinds
+
+
 def test_adapt_keeps_pytorch_layers_without_the_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cpu_layers, "norm_act_library", lambda: None)
+    monkeypatch.setattr(cpu_layers, "cpu_kernels", lambda: None)
     model = adapt_for_cpu_scoring(build_model("wrn_16_2:v1:G(N/2);BG(2,M/2);S;G(N);G(2);B(2)"))
     assert not [m for m in model.modules() if isinstance(m, (FusedBatchNormReLU2d, FusedAwayReLU))]
+    assert not [m for m in model.modules() if isinstance(m, (FourChannelGroupConv2d, MergedFourChannelGroupConv2d))]
     model = adapt_for_cpu_scoring(build_model("wrn_16_2:v1:G(N/2);BG(2,M/2);S;G(N);G(2);B(2)"), fuse_norm_act=False)
     assert not [m for m in model.modules() if isinstance(m, (FusedBatchNormReLU2d, FusedAwayReLU))]
 
 
 @needs_kernels
 def test_kernel_build_is_cached_and_reports_a_missing_compiler(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
-    path = native_kernels.build_library("norm_act", cache=tmp_path)
+    path = native_kernels.build_library("scoring_kernels", native_kernels.KERNEL_SOURCES, cache=tmp_path)
     assert path.is_file() and path.parent.parent == tmp_path
     assert not [p for p in path.parent.iterdir() if p != path]  # no temporary files left behind
 
@@ -263,18 +304,18 @@ def test_kernel_build_is_cached_and_reports_a_missing_compiler(tmp_path, monkeyp
     version = subprocess.run([native_kernels._compiler(), "--version"], capture_output=True, text=True).stdout
     real_run = subprocess.run
     monkeypatch.setattr(native_kernels.subprocess, "run", no_compiling)
-    assert native_kernels.build_library("norm_act", cache=tmp_path) == path
+    assert native_kernels.build_library("scoring_kernels", native_kernels.KERNEL_SOURCES, cache=tmp_path) == path
     monkeypatch.setattr(native_kernels.subprocess, "run", real_run)
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setattr(native_kernels.shutil, "which", lambda _name: None)
     with pytest.raises(native_kernels.KernelBuildError, match="cannot run the C compiler"):
-        native_kernels.build_library("norm_act", cache=tmp_path / "other")
+        native_kernels.build_library("scoring_kernels", native_kernels.KERNEL_SOURCES, cache=tmp_path / "other")
 
 
 def test_kernels_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BLOCKSWAP_ZOO_NATIVE", "0")
-    native_kernels.norm_act_library.cache_clear()
+    native_kernels.cpu_kernels.cache_clear()
     try:
-        assert native_kernels.norm_act_library() is None
+        assert native_kernels.cpu_kernels() is None
     finally:
-        native_kernels.norm_act_library.cache_clear()
+        native_kernels.cpu_kernels.cache_clear()

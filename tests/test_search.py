@@ -220,8 +220,8 @@ def test_workers_do_without_the_cpu_kernels_when_the_parent_could_not_build_them
     """The parent tells its workers; they score with PyTorch's layers, as the parent would, and do not
     try (and warn) again. The kernels round differently, so a worker that used them would show."""
     with_kernels = run_search("wrn_10_1", "20k", **SMALL)
-    monkeypatch.setattr(scoring, "norm_act_library", lambda: None)
-    monkeypatch.setattr(cpu_layers, "norm_act_library", lambda: None)
+    monkeypatch.setattr(scoring, "cpu_kernels", lambda: None)
+    monkeypatch.setattr(cpu_layers, "cpu_kernels", lambda: None)
     one = run_search("wrn_10_1", "20k", **SMALL)
     two = run_search("wrn_10_1", "20k", workers=2, **SMALL)
     assert [c.score for c in two.candidates] == [c.score for c in one.candidates]

@@ -22,12 +22,14 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .native_kernels import norm_act_library
+from .native_kernels import cpu_kernels
 
 __all__ = [
     "ExactStatsBatchNorm2d",
+    "FourChannelGroupConv2d",
     "FusedAwayReLU",
     "FusedBatchNormReLU2d",
+    "MergedFourChannelGroupConv2d",
     "MergedGroupConv2d",
     "adapt_for_cpu_scoring",
 ]
@@ -146,7 +148,7 @@ class FusedBatchNormReLU2d(ExactStatsBatchNorm2d):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lib = norm_act_library()
+        lib = cpu_kernels()
         fp32 = self.weight is None or self.weight.dtype == torch.float32
         if lib is None or not fp32 or not _fusable(x) or (not self.training and self.track_running_stats):
             return torch.relu(super().forward(x))
@@ -172,7 +174,8 @@ class MergedGroupConv2d(nn.Conv2d):
     output is the same sum of the same products, in an order that oneDNN chooses.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def merged_weight(self, channels_last: bool) -> torch.Tensor:
+        """The weight of half as many groups: each pair of groups' blocks on the diagonal, zeros elsewhere."""
         w = self.weight
         g, cin = self.groups, w.shape[1]
         cout = self.out_channels // g
@@ -181,9 +184,98 @@ class MergedGroupConv2d(nn.Conv2d):
         merged[:, 0, :, 0] = blocks[:, 0]
         merged[:, 1, :, 1] = blocks[:, 1]
         merged = merged.view(self.out_channels, 2 * cin, *w.shape[2:])
-        if x.is_contiguous(memory_format=torch.channels_last):
-            merged = merged.contiguous(memory_format=torch.channels_last)
-        return nn.functional.conv2d(x, merged, self.bias, self.stride, self.padding, self.dilation, g // 2)
+        return merged.contiguous(memory_format=torch.channels_last) if channels_last else merged
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        merged = self.merged_weight(x.is_contiguous(memory_format=torch.channels_last))
+        return nn.functional.conv2d(x, merged, self.bias, self.stride, self.padding, self.dilation, self.groups // 2)
+
+
+class _GroupedConv4(torch.autograd.Function):
+    """A 3x3 convolution with 4 input and 4 output channels per group, padding 1, by the C kernel."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, lib):  # noqa: ANN001, ANN205
+        y = _grouped_conv4(lib, x, weight, stride)
+        ctx.save_for_backward(x if stride != 1 or weight.requires_grad else None, weight)
+        ctx.stride, ctx.lib = stride, lib
+        return y
+
+    @staticmethod
+    @once_differentiable  # the C kernel builds no graph: a second derivative is refused, not wrong
+    def backward(ctx, grad_y):  # noqa: ANN001, ANN205
+        x, weight = ctx.saved_tensors
+        grad_y = grad_y.contiguous(memory_format=torch.channels_last)
+        groups = weight.shape[0] // 4
+        args = ([ctx.stride] * 2, [1, 1], [1, 1], False, [0, 0], groups)
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0] and ctx.stride == 1:
+            # the input's gradient: the same convolution of grad_y, weights flipped and transposed per group
+            flipped = weight.view(groups, 4, 4, 3, 3).transpose(1, 2).flip(-1, -2).reshape(weight.shape)
+            grad_x = _grouped_conv4(ctx.lib, grad_y, flipped, 1)
+        elif ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(grad_y, x, weight, None, *args, [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.ops.aten.convolution_backward(grad_y, x, weight, None, *args, [False, True, False])[1]
+        return grad_x, grad_w, None, None
+
+
+def _grouped_conv4(lib, x: torch.Tensor, weight: torch.Tensor, stride: int) -> torch.Tensor:  # noqa: ANN001
+    n, c, h, w = x.shape
+    oh, ow = (h - 1) // stride + 1, (w - 1) // stride + 1
+    y = torch.empty((n, c, oh, ow), dtype=x.dtype, memory_format=torch.channels_last)
+    # [tap][j][c]: weight[4*(c//4) + j, c % 4, tap], the layout the kernel reads
+    taps = weight.reshape(c // 4, 4, 4, 9).permute(3, 1, 0, 2).reshape(9, 4, c).contiguous()
+    if lib.grouped_conv4_forward(x.data_ptr(), n, h, w, c, stride, taps.data_ptr(), y.data_ptr(), oh, ow):
+        raise RuntimeError(f"the grouped convolution kernel does not take {c} channels")
+    return y
+
+
+def _conv4_fits(conv: nn.Conv2d, groups: int, out_channels: int) -> bool:
+    """Whether a convolution (as merged to ``groups``) is what grouped_conv.c computes."""
+    return (
+        conv.kernel_size == (3, 3)
+        and conv.padding == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.stride in ((1, 1), (2, 2))
+        and conv.padding_mode == "zeros"
+        and conv.bias is None
+        and conv.in_channels == out_channels == 4 * groups
+        and out_channels % 8 == 0
+    )
+
+
+def _conv4_input(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """What the kernel takes at run time: channels_last fp32 CPU input and weight, outside autocast."""
+    return (
+        x.dim() == 4
+        and x.dtype == weight.dtype == torch.float32
+        and x.device.type == "cpu"
+        and x.numel() > 0
+        and x.is_contiguous(memory_format=torch.channels_last)
+        and not _cpu_autocast()
+    )
+
+
+class FourChannelGroupConv2d(nn.Conv2d):
+    """A 3x3 grouped Conv2d with 4 input and output channels per group, run by the C kernel
+    (``kernels/grouped_conv.c``) where it is built and takes ``x``; otherwise nn.Conv2d's forward."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lib = cpu_kernels()
+        if lib is None or not _conv4_input(x, self.weight):
+            return super().forward(x)
+        return _GroupedConv4.apply(x, self.weight, self.stride[0], lib)
+
+
+class MergedFourChannelGroupConv2d(MergedGroupConv2d):
+    """A MergedGroupConv2d whose merged groups of 4 run by the C kernel, as FourChannelGroupConv2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lib = cpu_kernels()
+        if lib is None or not _conv4_input(x, self.weight):
+            return super().forward(x)
+        return _GroupedConv4.apply(x, self.merged_weight(False), self.stride[0], lib)
 
 
 def _mergeable(conv: nn.Module) -> bool:
@@ -205,15 +297,27 @@ def _norm_act_pairs(module: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
     return [(getattr(module, norm), getattr(module, act)) for norm, act in getattr(module, "fusable_norm_act", ())]
 
 
+def _grouped_conv_kernel() -> bool:
+    lib = cpu_kernels()
+    return lib is not None and lib.grouped_conv_supported() == 1
+
+
 def adapt_for_cpu_scoring(
-    model: nn.Module, exact_batch_norm: bool = True, merge_groups: bool = True, fuse_norm_act: bool = True
+    model: nn.Module,
+    exact_batch_norm: bool = True,
+    merge_groups: bool = True,
+    fuse_norm_act: bool = True,
+    grouped_conv_kernel: bool = True,
 ) -> nn.Module:
     """Turn BatchNorm2d into ExactStatsBatchNorm2d, or, where a ReLU follows and the C kernels build
-    (``fuse_norm_act``), into FusedBatchNormReLU2d and that ReLU into FusedAwayReLU; and mergeable
-    grouped convolutions into MergedGroupConv2d (each when asked), in place, by class: parameters,
-    buffers, hooks, mode and state-dict keys stay as they are. Returns the model.
+    (``fuse_norm_act``), into FusedBatchNormReLU2d and that ReLU into FusedAwayReLU; mergeable
+    grouped convolutions into MergedGroupConv2d; and, where the C kernels build and run on this CPU
+    (``grouped_conv_kernel``), 3x3 convolutions with 4 channels per group (merged or not) into their
+    kernel classes. Each when asked, in place, by class: parameters, buffers, hooks, mode and
+    state-dict keys stay as they are. Returns the model.
     """
-    if exact_batch_norm and fuse_norm_act and norm_act_library() is not None:
+    conv4 = grouped_conv_kernel and _grouped_conv_kernel()
+    if exact_batch_norm and fuse_norm_act and cpu_kernels() is not None:
         uses = Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
         for m in model.modules():
             for norm, act in _norm_act_pairs(m):
@@ -227,5 +331,8 @@ def adapt_for_cpu_scoring(
         if exact_batch_norm and type(m) is nn.BatchNorm2d:
             m.__class__ = ExactStatsBatchNorm2d
         elif merge_groups and _mergeable(m):
-            m.__class__ = MergedGroupConv2d
+            fits = conv4 and _conv4_fits(m, m.groups // 2, m.out_channels)
+            m.__class__ = MergedFourChannelGroupConv2d if fits else MergedGroupConv2d
+        elif conv4 and type(m) is nn.Conv2d and m.groups > 1 and _conv4_fits(m, m.groups, m.out_channels):
+            m.__class__ = FourChannelGroupConv2d
     return model

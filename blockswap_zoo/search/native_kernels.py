@@ -1,10 +1,12 @@
 """Compile and load the package's C kernels (``kernels/*.c``) for exact-mode scoring on CPUs.
 
-PyTorch has no fused training-mode batch norm + ReLU on CPUs; ``kernels/norm_act.c`` is one, built
-on first use with the system's C compiler for this machine's CPU and kept in the cache
-(``blockswap_zoo.pretrained.cache_dir() / "kernels"``, keyed by source, compiler, flags and CPU).
-Where no compiler works, ``norm_act_library`` returns None (with one warning) and scoring keeps
-PyTorch's layers: the same values, slower. ``BLOCKSWAP_ZOO_NATIVE=0`` turns the kernels off.
+PyTorch has no fused training-mode batch norm + ReLU on CPUs (``kernels/norm_act.c``), and oneDNN
+runs grouped convolutions with 4 channels per group slowly (``kernels/grouped_conv.c``). Both are
+built into one library on first use with the system's C compiler for this machine's CPU and kept in
+the cache (``blockswap_zoo.pretrained.cache_dir() / "kernels"``, keyed by sources, compiler, flags
+and CPU). Where no compiler works, ``cpu_kernels`` returns None (with one warning) and scoring keeps
+PyTorch's layers: the same values to fp32 rounding, slower. ``BLOCKSWAP_ZOO_NATIVE=0`` turns the
+kernels off.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ import warnings
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["KernelBuildError", "build_library", "norm_act_library"]
+__all__ = ["KERNEL_SOURCES", "KernelBuildError", "build_library", "cpu_kernels"]
+
+KERNEL_SOURCES = ("norm_act.c", "grouped_conv.c")  # in kernels/, built together into libscoring_kernels
 
 # Tried in order; later sets drop what some compilers lack (OpenMP, -march=native). -ffp-contract=off
-# stays in all: norm_act.c needs the forward and backward passes to round alike.
+# stays in all: norm_act.c needs the forward and backward passes to round alike. grouped_conv.c
+# needs AVX2 and FMA (-march=native on a CPU that has them) and says so at run time.
 _FLAG_SETS = (
     ["-O3", "-march=native", "-fopenmp"],
     ["-O3", "-march=native"],
@@ -63,12 +68,12 @@ def _cache_root() -> Path:
     return cache_dir() / "kernels"
 
 
-def build_library(name: str, cache: Path | None = None) -> Path:
-    """The shared library of ``kernels/<name>.c``: from the cache, or compiled into it (atomically).
-
-    Raises KernelBuildError (with the compiler's last message) when no flag set compiles.
+def build_library(name: str, sources: tuple[str, ...], cache: Path | None = None) -> Path:
+    """The shared library ``lib<name>`` of ``sources`` (in kernels/): from the cache, or compiled into
+    it (atomically). Raises KernelBuildError (with the compiler's last message) when no flag set compiles.
     """
-    source = resources.files(__package__).joinpath("kernels", f"{name}.c").read_bytes()
+    texts = [resources.files(__package__).joinpath("kernels", src).read_bytes() for src in sources]
+    source = b"\0".join(s.encode() + b"\0" + t for s, t in zip(sources, texts))
     cc = _compiler()
     if cc is None:
         raise KernelBuildError("no C compiler found (set CC, or install gcc or clang)")
@@ -94,10 +99,11 @@ def build_library(name: str, cache: Path | None = None) -> Path:
             workdir = Path(tempfile.mkdtemp(prefix="blockswap_zoo_kernels_"))
             target = workdir / target.name
         with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-            src = Path(tmp) / f"{name}.c"
-            src.write_bytes(source)
+            paths = [Path(tmp) / src for src in sources]
+            for path, text in zip(paths, texts):
+                path.write_bytes(text)
             out = Path(tmp) / target.name
-            cmd = [cc, *flags, *_COMMON_FLAGS, str(src), "-o", str(out), "-lm"]
+            cmd = [cc, *flags, *_COMMON_FLAGS, *map(str, paths), "-o", str(out), "-lm"]
             try:
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
             except (OSError, subprocess.SubprocessError) as e:
@@ -108,29 +114,32 @@ def build_library(name: str, cache: Path | None = None) -> Path:
                 return target
             last_error = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit {done.returncode}"]
             last_error = last_error[0]
-    raise KernelBuildError(f"{cc} could not build kernels/{name}.c: {last_error}")
+    raise KernelBuildError(f"{cc} could not build {', '.join(sources)} in kernels/: {last_error}")
 
 
-def _bind_norm_act(lib: ctypes.CDLL) -> ctypes.CDLL:
+def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     fwd, bwd = lib.bn_relu_forward, lib.bn_relu_backward
     fwd.argtypes = [_PTR, _I64, _I64, _PTR, _PTR, _F64, _PTR, _PTR, _PTR, _PTR, _PTR]
     bwd.argtypes = [_PTR, _PTR, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR]
-    fwd.restype = bwd.restype = ctypes.c_int
+    conv = lib.grouped_conv4_forward
+    conv.argtypes = [_PTR, _I64, _I64, _I64, _I64, _I64, _PTR, _PTR, _I64, _I64]
+    lib.grouped_conv_supported.argtypes = []
+    fwd.restype = bwd.restype = conv.restype = lib.grouped_conv_supported.restype = ctypes.c_int
     return lib
 
 
 @functools.cache  # built and loaded once per process
-def norm_act_library() -> ctypes.CDLL | None:
-    """The fused batch norm + ReLU kernels, or None (with one warning) where they cannot be built."""
+def cpu_kernels() -> ctypes.CDLL | None:
+    """The library of KERNEL_SOURCES, or None (with one warning) where it cannot be built."""
     if os.environ.get("BLOCKSWAP_ZOO_NATIVE", "1") == "0":
         return None
     try:
-        path = build_library("norm_act")
-        return _bind_norm_act(ctypes.CDLL(str(path)))
+        path = build_library("scoring_kernels", KERNEL_SOURCES)
+        return _bind(ctypes.CDLL(str(path)))
     except (KernelBuildError, OSError) as e:
         warnings.warn(
-            f"exact-mode scoring on the CPU runs without its fused batch norm + ReLU kernel, about 1.3x slower "
-            f"(README), with the same values to fp32 rounding: {e}",
+            f"exact-mode scoring on the CPU runs without its C kernels (fused batch norm + ReLU, grouped "
+            f"convolutions), slower (README), with the same values to fp32 rounding: {e}",
             RuntimeWarning,
             stacklevel=2,
         )

@@ -30,7 +30,7 @@ from ..models import build_model
 from ..numerics import strict_fp32
 from .block_pool import BlockPool
 from .cpu_layers import adapt_for_cpu_scoring
-from .native_kernels import norm_act_library
+from .native_kernels import cpu_kernels
 from .proxies import fisher_potential, get_proxy
 
 __all__ = [
@@ -315,7 +315,7 @@ def score_candidates(
     wcfg = ScoreConfig(**{**cfg.to_dict(), "num_threads": threads})  # type: ignore[arg-type]
     ctx = mp.get_context("spawn")
     # exact mode's CPU kernels are built (or found in the cache) here, once, before the workers load them
-    kernels = not _uses_cpu_kernels(cfg) or norm_act_library() is not None
+    kernels = not _uses_cpu_kernels(cfg) or cpu_kernels() is not None
     init_args = (images.cpu(), labels.cpu(), wcfg, num_classes, in_chans, kernels)  # workers move them to their device
     with ctx.Pool(workers, _worker_init, init_args) as pool:
         for c in pool.imap_unordered(_worker_score, jobs):
