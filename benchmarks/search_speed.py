@@ -26,6 +26,10 @@ batch (the network the CLI's default searches: 1x28x28, 10 classes) is scored in
 in fast mode with the same init seeds; we count the seeds on which fast mode's winner is
 among exact mode's top 5.
 
+Accuracy (``--accuracy-candidates N``): over N candidates (more than the speed's 6, whose largest
+difference is one draw of fp32 rounding), the median and largest relative difference from float64
+of exact mode with and without its C kernels and of NCHW fp32 with PyTorch's layers.
+
 Search (``--search-candidates N``): the wall time of scoring N such candidates end to end with
 ``score_candidates`` (what ``blockswap-zoo search`` runs), for each ``--search-runs`` entry
 (mode and worker processes, e.g. ``fast:8``), including the start of the workers.
@@ -211,6 +215,31 @@ def ablation(args: argparse.Namespace) -> None:
         print(f"{name:<28} {t:>12.3f} {b * 1e3:>9.1f} {f:>12.0f} {err:>28.1e}")
 
 
+def accuracy(args: argparse.Namespace) -> None:
+    """Relative difference from float64 over ``--accuracy-candidates`` candidates: exact mode on the CPU
+    with and without its C kernels, and NCHW fp32 with PyTorch's layers (the baseline's numerics)."""
+    x, y = _speed_batch("cpu")
+    xcl = x.contiguous(memory_format=torch.channels_last)
+    gs = sample_genotypes("wrn_40_2", "800k", args.accuracy_candidates, seed=99)
+    diffs: dict[str, list[float]] = {"exact mode (as shipped)": [], "exact mode, no C kernels": [], "NCHW fp32": []}
+    for i, g in enumerate(gs):
+        seed = candidate_seed(5, i)
+        ref = float64_score(g, x, y, seed, 10, 3)
+        for name, out in diffs.items():
+            torch.manual_seed(seed)
+            model = build_model(g, num_classes=10, in_chans=3).requires_grad_(False)
+            if name.startswith("NCHW"):
+                value = fisher_potential(model, x, y)
+            else:
+                kernels = name.endswith("(as shipped)")
+                adapt_for_cpu_scoring(model, fuse_norm_act=kernels, grouped_conv_kernel=kernels)
+                value = fisher_potential(model.to(memory_format=torch.channels_last), xcl, y)
+            out.append(abs(value - ref) / abs(ref))
+    print(f"accuracy: {len(gs)} wrn_40_2 candidates @ 800K, batch 128 x 3x32x32, relative difference from float64")
+    for name, out in diffs.items():
+        print(f"{name:<28} median {statistics.median(out):.1e}   largest {max(out):.1e}")
+
+
 def search(args: argparse.Namespace) -> None:
     """Wall time of scoring ``--search-candidates`` candidates with score_candidates, per mode."""
     x, y = _speed_batch(args.device)
@@ -275,6 +304,7 @@ def main() -> None:
     ap.add_argument("--search-candidates", type=int, default=0, help="also time a search of N candidates")
     ap.add_argument("--search-runs", default="fast,exact", help="MODE[:WORKERS],... timed by --search-candidates")
     ap.add_argument("--ablation", action="store_true", help="exact mode on the CPU with each part off, not speed")
+    ap.add_argument("--accuracy-candidates", type=int, default=0, help="also: difference from float64 over N")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (agreement always runs on the CPU)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     args = ap.parse_args()
@@ -286,6 +316,8 @@ def main() -> None:
         ablation(args)  # instead of speed: it must run before anything changes the allocator
     elif args.speed_candidates:
         speed(args)
+    if args.accuracy_candidates:
+        accuracy(args)
     if args.search_candidates:
         search(args)
     if args.agreement_seeds:
