@@ -312,6 +312,32 @@ def test_kernel_build_is_cached_and_reports_a_missing_compiler(tmp_path, monkeyp
         native_kernels.build_library("scoring_kernels", native_kernels.KERNEL_SOURCES, cache=tmp_path / "other")
 
 
+@needs_kernels
+def test_kernel_build_falls_back_to_fewer_flags(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """A compiler without OpenMP (here: one that refuses -fopenmp) still builds the kernels, single-threaded."""
+    real = native_kernels._compiler()
+    wrapper = tmp_path / "cc-without-openmp"
+    wrapper.write_text(
+        f'#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && echo "unsupported: -fopenmp" >&2 && exit 1; done\n'
+        f'exec {real} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CC", str(wrapper))
+    path = native_kernels.build_library("scoring_kernels", native_kernels.KERNEL_SOURCES, cache=tmp_path / "cache")
+    assert path.is_file()
+    lib = native_kernels._bind(ctypes.CDLL(str(path)))
+    x = torch.randn(4, 8, 3, 3).contiguous(memory_format=CL)
+    y = torch.empty_like(x)
+    stats = torch.empty(4, 8)
+    ones, zeros = torch.ones(8), torch.zeros(8)
+    ptrs = [t.data_ptr() for t in (y, *stats)]
+    assert lib.bn_relu_forward(x.data_ptr(), 36, 8, ones.data_ptr(), zeros.data_ptr(), 1e-5, *ptrs) == 0
+    torch.testing.assert_close(y, torch.relu(F.batch_norm(x, None, None, training=True)), rtol=1e-5, atol=1e-5)
+    wrapper.write_text("#!/bin/sh\necho 'nothing builds here' >&2\nexit 1\n")
+    with pytest.raises(native_kernels.KernelBuildError, match="nothing builds here"):
+        native_kernels.build_library("scoring_kernels", native_kernels.KERNEL_SOURCES, cache=tmp_path / "other")
+
+
 def test_kernels_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BLOCKSWAP_ZOO_NATIVE", "0")
     native_kernels.cpu_kernels.cache_clear()

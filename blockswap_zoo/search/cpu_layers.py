@@ -2,16 +2,19 @@
 
 Exact mode on the CPU runs channels_last, 1.6x faster than NCHW with these layers, but PyTorch's
 channels_last batch norm sums its statistics in a way that puts Fisher potential 6e-3 (relative)
-from float64, where NCHW stays within 4e-4. Where a batch norm feeds a ReLU,
-``FusedBatchNormReLU2d`` runs both, forward and backward, in one C kernel each way
-(``kernels/norm_act.c``, built by ``native_kernels``; statistics summed in double: 2.9e-4), 1.3x
-faster than the same layers unfused, and the ReLU passes its input through. Any other batch norm
-(or all, without a C compiler) is ``ExactStatsBatchNorm2d``: statistics in two passes with
-PyTorch's pairwise reductions (3.3e-4), the rest left to the native kernels. oneDNN runs grouped
-convolutions with 2 channels per group slowly; ``MergedGroupConv2d`` runs them as half as many
-groups with zero blocks in the weight: the same products and sums (added zeros are exact), equal
-to nn.Conv2d's up to fp32 rounding. ``adapt_for_cpu_scoring`` swaps these into a model.
-Figures: ``python benchmarks/search_speed.py --ablation --agreement-seeds 0`` (README).
+from float64; fp32 with these layers stays as close as NCHW (3e-4 median). Where a batch norm feeds
+a ReLU, ``FusedBatchNormReLU2d`` runs both, forward and backward, in one C kernel each way
+(``kernels/norm_act.c``, built by ``native_kernels``; statistics summed in double), 1.26x faster
+than the same layers unfused, and the ReLU passes its input through. Any other batch norm (or all,
+without a C compiler) is ``ExactStatsBatchNorm2d``: statistics in two passes with PyTorch's
+pairwise reductions, the rest left to the native kernels. oneDNN runs grouped convolutions with 2
+channels per group slowly; ``MergedGroupConv2d`` runs them as half as many groups with zero blocks
+in the weight: the same products and sums (added zeros are exact), equal to nn.Conv2d's up to fp32
+rounding. 3x3 convolutions with 4 channels per group, merged or not, run by a C kernel
+(``kernels/grouped_conv.c``; ``FourChannelGroupConv2d``, ``MergedFourChannelGroupConv2d``), 1.10x
+for the whole candidate. ``adapt_for_cpu_scoring`` swaps these into a model.
+Figures: ``python benchmarks/search_speed.py --ablation --agreement-seeds 0`` and
+``--accuracy-candidates 30`` (README).
 """
 
 from __future__ import annotations

@@ -112,8 +112,8 @@ def build_library(name: str, sources: tuple[str, ...], cache: Path | None = None
             if done.returncode == 0 and out.is_file():
                 os.replace(out, target)  # atomic: concurrent builders (worker processes) each write a whole file
                 return target
-            last_error = (done.stderr or done.stdout).strip().splitlines()[-1:] or [f"exit {done.returncode}"]
-            last_error = last_error[0]
+            said = (done.stderr or done.stdout).strip().splitlines()
+            last_error = said[-1] if said else f"exit status {done.returncode}"
     raise KernelBuildError(f"{cc} could not build {', '.join(sources)} in kernels/: {last_error}")
 
 
