@@ -245,19 +245,22 @@ def test_adapt_leaves_a_shared_relu_alone() -> None:
 
 
 @needs_kernels
+@pytest.mark.parametrize("weight_format", [torch.contiguous_format, CL])
 @pytest.mark.parametrize("per_group", [4, 2])
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("shape", [(3, 8, 7, 9), (2, 32, 8, 8), (1, 16, 1, 1)])
-def test_grouped_conv_kernel_matches_float64(per_group: int, stride: int, shape: tuple[int, int, int, int]) -> None:
+def test_grouped_conv_kernel_matches_float64(
+    weight_format: torch.memory_format, per_group: int, stride: int, shape: tuple[int, int, int, int]
+) -> None:
     """Output, input and weight gradients of the 4-channel-group kernel (2-channel groups merged to 4)
-    against float64 nn.Conv2d: odd sizes, borders, stride 2, a single pixel."""
+    against float64 nn.Conv2d: odd sizes, borders, stride 2, a single pixel, weights in either layout."""
     if not cpu_layers._grouped_conv_kernel():
         pytest.skip("this CPU has no AVX2/FMA: the kernel is not used")
     c = shape[1]
     ref = nn.Conv2d(c, c, 3, stride, 1, groups=c // per_group, bias=False).double()
     ours = nn.Conv2d(c, c, 3, stride, 1, groups=c // per_group, bias=False)
     ours.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
-    adapt_for_cpu_scoring(ours)
+    adapt_for_cpu_scoring(ours).to(memory_format=weight_format)
     assert type(ours) is (FourChannelGroupConv2d if per_group == 4 else MergedFourChannelGroupConv2d)
     x = torch.randn(shape, dtype=torch.float64).contiguous(memory_format=CL)
     xa, xb = x.clone().requires_grad_(True), x.float().requires_grad_(True)
