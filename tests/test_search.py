@@ -228,6 +228,17 @@ def test_workers_do_without_the_cpu_kernels_when_the_parent_could_not_build_them
     assert [c.score for c in one.candidates] != [c.score for c in with_kernels.candidates]
 
 
+def test_fast_mode_does_not_build_the_cpu_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 autocast never runs the fp32 C kernels, so fast mode neither compiles them nor warns."""
+
+    def refuse() -> None:
+        raise AssertionError("fast mode asked for the C kernels")
+
+    monkeypatch.setattr(cpu_layers, "cpu_kernels", refuse)
+    monkeypatch.setattr(scoring, "cpu_kernels", refuse)
+    run_search("wrn_10_1", "20k", **{**SMALL, "mode": "fast"})
+
+
 def test_resume_after_interruption_and_refusals(tmp_path: Path) -> None:
     full = run_search("wrn_10_1", "20k", **SMALL)
     out = tmp_path / "r"

@@ -181,7 +181,8 @@ def score_genotype(
             model = pool.build(genotype, num_classes=num_classes, in_chans=in_chans)
         model.requires_grad_(False)
         if cfg.channels_last and torch.device(cfg.device).type == "cpu":
-            adapt_for_cpu_scoring(model, exact_batch_norm=cfg.autocast is None)
+            fp32 = cfg.autocast is None  # the C kernels are fp32: under autocast they are not built at all
+            adapt_for_cpu_scoring(model, exact_batch_norm=fp32, fuse_norm_act=fp32, grouped_conv_kernel=fp32)
     with record_function("score/to_device"):
         fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
         model = model.to(cfg.device, memory_format=fmt)
