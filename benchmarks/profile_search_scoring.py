@@ -12,7 +12,8 @@ and on a GPU the kernel time and the number of kernel launches. If the GPU's ker
 below the wall time, the CPU (Python, building, launching) is what to make faster.
 
 ``--conv-table`` instead lists every convolution configuration those candidates run (built as
-exact mode builds them: channels_last with the CPU layers on a CPU), each timed alone, forward and
+exact mode builds them: channels_last with the CPU layers on a CPU, but every convolution left to
+PyTorch, i.e. oneDNN, even those the grouped-convolution kernel runs), each timed alone, forward and
 backward-data (medians of repeats, operands hot in cache), with its share per candidate and its
 GFLOP/s: which convolutions are slow for their work (a MergedGroupConv2d is listed with the groups
 it runs: half its own, with 4 input channels each).
@@ -74,7 +75,7 @@ def conv_table(genotypes: list, x: torch.Tensor, device: str) -> None:
     for g in genotypes:
         model = build_model(g, num_classes=10, in_chans=x.shape[1]).requires_grad_(False)
         if cpu:
-            adapt_for_cpu_scoring(model)
+            adapt_for_cpu_scoring(model, grouped_conv_kernel=False)  # the table times PyTorch's (oneDNN's) convolutions
         model = model.to(device, memory_format=fmt)
         hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.Conv2d)]
         with torch.no_grad():
