@@ -129,17 +129,20 @@ def _cpu_autocast() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
-def _fusable(x: torch.Tensor) -> bool:
-    """What the C kernels take: a channels_last fp32 CPU tensor with more than one value per channel,
-    outside autocast."""
+def _kernel_input(x: torch.Tensor) -> bool:
+    """What every C kernel reads: a 4-d channels_last fp32 CPU tensor, outside autocast."""
     return (
         x.dim() == 4
         and x.dtype == torch.float32
         and x.device.type == "cpu"
-        and x.numel() > x.shape[1]
         and x.is_contiguous(memory_format=torch.channels_last)
         and not _cpu_autocast()
     )
+
+
+def _fusable(x: torch.Tensor) -> bool:
+    """What the batch norm kernel takes: a kernel input with more than one value per channel."""
+    return _kernel_input(x) and x.numel() > x.shape[1]
 
 
 class FusedBatchNormReLU2d(ExactStatsBatchNorm2d):
@@ -249,15 +252,8 @@ def _conv4_fits(conv: nn.Conv2d, groups: int, out_channels: int) -> bool:
 
 
 def _conv4_input(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """What the kernel takes at run time: channels_last fp32 CPU input and weight, outside autocast."""
-    return (
-        x.dim() == 4
-        and x.dtype == weight.dtype == torch.float32
-        and x.device.type == "cpu"
-        and x.numel() > 0
-        and x.is_contiguous(memory_format=torch.channels_last)
-        and not _cpu_autocast()
-    )
+    """What the convolution kernel takes at run time: a non-empty kernel input and an fp32 weight."""
+    return _kernel_input(x) and x.numel() > 0 and weight.dtype == torch.float32
 
 
 class FourChannelGroupConv2d(nn.Conv2d):

@@ -181,7 +181,7 @@ def score_genotype(
             model = pool.build(genotype, num_classes=num_classes, in_chans=in_chans)
         model.requires_grad_(False)
         if cfg.channels_last and torch.device(cfg.device).type == "cpu":
-            fp32 = cfg.autocast is None  # the C kernels are fp32: under autocast they are not built at all
+            fp32 = _uses_cpu_kernels(cfg)  # under autocast the fp32 C kernels are not built at all
             adapt_for_cpu_scoring(model, exact_batch_norm=fp32, fuse_norm_act=fp32, grouped_conv_kernel=fp32)
     with record_function("score/to_device"):
         fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
