@@ -156,33 +156,43 @@ def ablation(args: argparse.Namespace) -> None:
     gs = sample_genotypes("wrn_40_2", "800k", args.speed_candidates, seed=123)
     seeds = [candidate_seed(0, i) for i in range(len(gs))]
 
-    def score(g, seed: int, cl: bool, exact_bn: bool, merge: bool, fuse: bool, conv4: bool, pool: BlockPool | None):  # noqa: ANN001, ANN202
+    def score(
+        g, seed: int, cl: bool, exact_bn: bool, merge: bool, fuse: bool, conv4: bool, add: bool, pool: BlockPool | None
+    ):  # noqa: ANN001, ANN202
         """The Fisher potential and the seconds spent building the network (init and layout included)."""
         t0 = time.perf_counter()
         torch.manual_seed(seed)
         model = pool.build(g, 10, 3) if pool else build_model(g, num_classes=10, in_chans=3)
         model.requires_grad_(False)
         if cl:
-            adapt_for_cpu_scoring(model, exact_bn, merge_groups=merge, fuse_norm_act=fuse, grouped_conv_kernel=conv4)
+            adapt_for_cpu_scoring(
+                model,
+                exact_bn,
+                merge_groups=merge,
+                fuse_norm_act=fuse,
+                grouped_conv_kernel=conv4,
+                fuse_residual_adds=add,
+            )
         fmt = torch.channels_last if cl else torch.contiguous_format
         model = model.to(memory_format=fmt)
         built = time.perf_counter() - t0
         return fisher_potential(model, x.contiguous(memory_format=fmt), y), built
 
     variants = {  # name: (channels_last, exact BN, merged groups, fused BN+ReLU, grouped-conv kernel,
-        #                  allocator setting, reused blocks)
-        "exact mode, glibc default": (True, True, True, True, True, False, True),
-        "exact mode (as shipped)": (True, True, True, True, True, True, True),
-        "NCHW": (False, False, False, False, False, True, True),
-        "native channels_last BN": (True, False, True, False, True, True, True),
-        "BN and ReLU not fused": (True, True, True, False, True, True, True),
-        "grouped convs by oneDNN": (True, True, True, True, False, True, True),
-        "unmerged 2-channel groups": (True, True, False, True, True, True, True),
-        "blocks built anew": (True, True, True, True, True, True, False),
+        #                  fused residual adds, allocator setting, reused blocks)
+        "exact mode, glibc default": (True, True, True, True, True, True, False, True),
+        "exact mode (as shipped)": (True, True, True, True, True, True, True, True),
+        "NCHW": (False, False, False, False, False, False, True, True),
+        "native channels_last BN": (True, False, True, False, True, False, True, True),
+        "BN and ReLU not fused": (True, True, True, False, True, False, True, True),
+        "residual adds not fused": (True, True, True, True, True, False, True, True),
+        "grouped convs by oneDNN": (True, True, True, True, False, True, True, True),
+        "unmerged 2-channel groups": (True, True, False, True, True, True, True, True),
+        "blocks built anew": (True, True, True, True, True, True, True, False),
     }
     # one pool per variant, warmed on the candidates: in a search of many candidates almost every
     # block comes from the pool (97% after 300 candidates at 800K)
-    pools = {name: BlockPool() for name, v in variants.items() if v[6]}
+    pools = {name: BlockPool() for name, v in variants.items() if v[7]}
     for pool in pools.values():
         for g in gs:
             pool.build(g, 10, 3)
@@ -191,14 +201,14 @@ def ablation(args: argparse.Namespace) -> None:
     faults: dict[str, list[int]] = {k: [] for k in variants}
     values: dict[str, list[float]] = {}
     for r in range(args.repeats):
-        for name, (cl, bn, merge, fuse, conv4, keep, _) in variants.items():
+        for name, (cl, bn, merge, fuse, conv4, add, keep, _) in variants.items():
             if name.endswith("glibc default") and r > 0:
                 continue  # once the allocator setting has been used, glibc's defaults are gone
             out = []
             with retain_freed_memory() if keep else contextlib.nullcontext():
                 for g, s in zip(gs, seeds):
                     f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
-                    value, built = score(g, s, cl, bn, merge, fuse, conv4, pools.get(name))
+                    value, built = score(g, s, cl, bn, merge, fuse, conv4, add, pools.get(name))
                     times[name].append(time.perf_counter() - t0)
                     builds[name].append(built)
                     out.append(value)

@@ -25,6 +25,8 @@ from blockswap_zoo.search.cpu_layers import (
     MergedGroupConv2d,
     adapt_for_cpu_scoring,
 )
+from blockswap_zoo.search.proxies import fisher_per_block
+from blockswap_zoo.search.residual_fusion import ResidualFusedWideResNet
 
 CL = torch.channels_last
 
@@ -233,6 +235,59 @@ def test_adapt_fuses_batch_norm_relu_pairs_and_keeps_values() -> None:
             assert all(type(b.relu) is nn.ReLU for b in model.swap_blocks())
 
 
+def _scored(arch: str, fuse_adds: bool, x: torch.Tensor, y: torch.Tensor, hook: bool = False):  # noqa: ANN202
+    """Per-block Fisher potential, input gradient and state after one exact-mode pass, adds fused or not."""
+    torch.manual_seed(4)
+    model = adapt_for_cpu_scoring(build_model(arch).requires_grad_(False), fuse_residual_adds=fuse_adds)
+    model = model.to(memory_format=CL)
+    calls = []
+    if hook:  # a hook on a block: the fused loop would skip it, so WideResNet's own forward runs
+        model.stages[1][0].register_forward_hook(lambda *_: calls.append(1))
+    per_block = fisher_per_block(model, x, y)
+    xi = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(xi), y), xi)
+    return type(model), per_block, grad, model.state_dict(), calls
+
+
+@needs_kernels
+def test_fused_residual_adds_give_the_same_values_bit_for_bit() -> None:
+    """Fisher potential per block, the input's gradient and the running stats are equal with and without
+    the residual adds fused into the next batch norm (identity and convolution shortcuts, blocks of each
+    family); with a hook on a block the network runs unfused, and the hook fires."""
+    arch = "wrn_16_2:v1:G(N/2);BG(2,M/2);S;G(N);G(2);B(2)"
+    x = torch.rand(16, 3, 16, 16).contiguous(memory_format=CL)
+    y = torch.randint(0, 10, (16,))
+    plain = _scored(arch, False, x, y)
+    fused = _scored(arch, True, x, y)
+    assert plain[0] is not ResidualFusedWideResNet and fused[0] is ResidualFusedWideResNet
+    assert plain[1] == fused[1]
+    assert torch.equal(plain[2], fused[2])
+    assert plain[3].keys() == fused[3].keys() and all(torch.equal(plain[3][k], fused[3][k]) for k in plain[3])
+    hooked = _scored(arch, True, x, y, hook=True)
+    assert hooked[4] and hooked[1] == plain[1]
+
+
+@needs_kernels
+def test_residual_fusion_applies_to_fused_wide_resnets_only() -> None:
+    """Not without fused batch norms, not to a torchvision-layout ResNet; NCHW input runs PyTorch's add."""
+    wrn = "wrn_16_2:v1:S;S;S;S;S;S"
+    unfused = adapt_for_cpu_scoring(build_model(wrn), fuse_norm_act=False)
+    assert type(unfused) is not ResidualFusedWideResNet
+    resnet = adapt_for_cpu_scoring(build_model("resnet18:v1:S;S;S;S;S;S;S;S"))
+    assert type(resnet).__name__ == "ResNet"
+    torch.manual_seed(0)
+    model = adapt_for_cpu_scoring(build_model(wrn))
+    assert type(model) is ResidualFusedWideResNet
+    bn = model.norm
+    a, b = torch.randn(4, bn.num_features, 3, 3), torch.randn(4, bn.num_features, 3, 3)
+    for fmt in (torch.contiguous_format, CL):  # the fallback, then the kernel
+        bn.reset_running_stats()
+        total, out = bn.forward_sum(a.contiguous(memory_format=fmt), b.contiguous(memory_format=fmt))
+        assert torch.equal(total, a + b)
+        bn.reset_running_stats()
+        torch.testing.assert_close(out, bn(a + b), rtol=1e-5, atol=1e-5)
+
+
 @needs_kernels
 def test_adapt_leaves_a_shared_relu_alone() -> None:
     """A ReLU module used in two places cannot pass through in one of them."""
@@ -334,7 +389,7 @@ def test_kernel_build_falls_back_to_fewer_flags(tmp_path, monkeypatch: pytest.Mo
     stats = torch.empty(4, 8)
     ones, zeros = torch.ones(8), torch.zeros(8)
     ptrs = [t.data_ptr() for t in (y, *stats)]
-    assert lib.bn_relu_forward(x.data_ptr(), 36, 8, ones.data_ptr(), zeros.data_ptr(), 1e-5, *ptrs) == 0
+    assert lib.bn_relu_forward(x.data_ptr(), None, 36, 8, ones.data_ptr(), zeros.data_ptr(), 1e-5, None, *ptrs) == 0
     torch.testing.assert_close(y, torch.relu(F.batch_norm(x, None, None, training=True)), rtol=1e-5, atol=1e-5)
     wrapper.write_text("#!/bin/sh\necho 'nothing builds here' >&2\nexit 1\n")
     with pytest.raises(native_kernels.KernelBuildError, match="nothing builds here"):

@@ -5,7 +5,8 @@ channels_last batch norm sums its statistics in a way that puts Fisher potential
 from float64; fp32 with these layers stays as close as NCHW (3e-4 median). Where a batch norm feeds
 a ReLU, ``FusedBatchNormReLU2d`` runs both, forward and backward, in one C kernel each way
 (``kernels/norm_act.c``, built by ``native_kernels``; statistics summed in double), 1.26x faster
-than the same layers unfused, and the ReLU passes its input through. Any other batch norm (or all,
+than the same layers unfused, and the ReLU passes its input through; its ``forward_sum`` also runs
+the residual add before it (``residual_fusion``). Any other batch norm (or all,
 without a C compiler) is ``ExactStatsBatchNorm2d``: statistics in two passes with PyTorch's
 pairwise reductions, the rest left to the native kernels. oneDNN runs grouped convolutions with 2
 channels per group slowly; ``MergedGroupConv2d`` runs them as half as many groups with zero blocks
@@ -19,12 +20,14 @@ Figures: ``python benchmarks/search_speed.py --ablation --agreement-seeds 0`` an
 
 from __future__ import annotations
 
+import ctypes
 from collections import Counter
 
 import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from . import residual_fusion
 from .native_kernels import cpu_kernels
 
 __all__ = [
@@ -86,19 +89,49 @@ class ExactStatsBatchNorm2d(nn.BatchNorm2d):
                 self.running_var.lerp_(var * (n / max(n - 1, 1)), factor)
 
 
+def _bn_relu_forward(
+    lib: ctypes.CDLL, a: torch.Tensor, b: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, ...]:
+    """The C kernel's forward: (a + b or a, relu(batch norm of it), mean, biased var, invstd, scale)."""
+    n, c, h, w = a.shape
+    x = a if b is None else torch.empty_like(a, memory_format=torch.channels_last)
+    y = torch.empty_like(a, memory_format=torch.channels_last)
+    mean, var, invstd, scale = (a.new_empty(c) for _ in range(4))
+    if lib.bn_relu_forward(
+        a.data_ptr(), None if b is None else b.data_ptr(), n * h * w, c, weight.data_ptr(), bias.data_ptr(), eps,
+        None if b is None else x.data_ptr(), y.data_ptr(), mean.data_ptr(), var.data_ptr(), invstd.data_ptr(),
+        scale.data_ptr(),
+    ):  # fmt: skip
+        raise MemoryError("the fused batch norm + ReLU kernel ran out of memory")
+    return x, y, mean, var, invstd, scale
+
+
+def _bn_relu_backward(
+    ctx: torch.autograd.function.FunctionCtx, grad_y: torch.Tensor, grad_x: torch.Tensor | None, need_x: bool
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """The C kernel's backward: (dL/dx, dL/dweight, dL/dbias), dL/dx including ``grad_x`` (x's other uses)."""
+    x, bias, mean, invstd, scale = ctx.saved_tensors
+    n, c, h, w = x.shape
+    grad_y = grad_y.contiguous(memory_format=torch.channels_last)
+    if grad_x is not None:
+        grad_x = grad_x.contiguous(memory_format=torch.channels_last)
+    grad_in = torch.empty_like(x, memory_format=torch.channels_last) if need_x else None
+    grad_weight, grad_bias = x.new_empty(c), x.new_empty(c)
+    if ctx.lib.bn_relu_backward(
+        grad_y.data_ptr(), None if grad_x is None else grad_x.data_ptr(), x.data_ptr(), n * h * w, c,
+        bias.data_ptr(), mean.data_ptr(), invstd.data_ptr(), scale.data_ptr(),
+        None if grad_in is None else grad_in.data_ptr(), grad_weight.data_ptr(), grad_bias.data_ptr(),
+    ):  # fmt: skip
+        raise MemoryError("the fused batch norm + ReLU kernel ran out of memory")
+    return grad_in, grad_weight, grad_bias
+
+
 class _FusedBatchNormReLU(torch.autograd.Function):
     """relu(training-mode batch norm) of a channels_last fp32 CPU tensor with the C kernels."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, lib):  # noqa: ANN001, ANN205
-        n, c, h, w = x.shape
-        y = torch.empty_like(x, memory_format=torch.channels_last)
-        mean, var, invstd, scale = x.new_empty(4, c).unbind(0)
-        if lib.bn_relu_forward(
-            x.data_ptr(), n * h * w, c, weight.data_ptr(), bias.data_ptr(), eps,
-            y.data_ptr(), mean.data_ptr(), var.data_ptr(), invstd.data_ptr(), scale.data_ptr(),
-        ):  # fmt: skip
-            raise MemoryError("the fused batch norm + ReLU kernel ran out of memory")
+        _, y, mean, var, invstd, scale = _bn_relu_forward(lib, x, None, weight, bias, eps)
         ctx.save_for_backward(x, bias, mean, invstd, scale)
         ctx.lib = lib
         ctx.mark_non_differentiable(mean, var)
@@ -107,19 +140,42 @@ class _FusedBatchNormReLU(torch.autograd.Function):
     @staticmethod
     @once_differentiable  # the C kernels build no graph: a second derivative is refused, not wrong
     def backward(ctx, grad_y, _grad_mean, _grad_var):  # noqa: ANN001, ANN205
-        x, bias, mean, invstd, scale = ctx.saved_tensors
-        n, c, h, w = x.shape
-        grad_y = grad_y.contiguous(memory_format=torch.channels_last)
-        grad_x = torch.empty_like(x, memory_format=torch.channels_last) if ctx.needs_input_grad[0] else None
-        grad_weight, grad_bias = x.new_empty(2, c).unbind(0)
-        if ctx.lib.bn_relu_backward(
-            grad_y.data_ptr(), x.data_ptr(), n * h * w, c, bias.data_ptr(), mean.data_ptr(), invstd.data_ptr(),
-            scale.data_ptr(), None if grad_x is None else grad_x.data_ptr(), grad_weight.data_ptr(),
-            grad_bias.data_ptr(),
-        ):  # fmt: skip
-            raise MemoryError("the fused batch norm + ReLU kernel ran out of memory")
         need = ctx.needs_input_grad
+        grad_x, grad_weight, grad_bias = _bn_relu_backward(ctx, grad_y, None, need[0])
         return grad_x, grad_weight if need[1] else None, grad_bias if need[2] else None, None, None
+
+
+class _FusedAddBatchNormReLU(torch.autograd.Function):
+    """x = a + b and relu(training-mode batch norm of x), channels_last fp32 CPU tensors, by the C kernels.
+
+    Backward: dL/dx from x's other uses plus the batch norm's own, for a and b alike: the same fp32
+    sums that autograd makes of PyTorch's add and the unfused layer.
+    """
+
+    @staticmethod
+    def forward(ctx, a, b, weight, bias, eps, lib):  # noqa: ANN001, ANN205
+        ctx.set_materialize_grads(False)  # x unused downstream: no gradient to add, not a zero tensor
+        x, y, mean, var, invstd, scale = _bn_relu_forward(lib, a, b, weight, bias, eps)
+        ctx.save_for_backward(x, bias, mean, invstd, scale)
+        ctx.lib = lib
+        ctx.mark_non_differentiable(mean, var)
+        return x, y, mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_x, grad_y, _grad_mean, _grad_var):  # noqa: ANN001, ANN205
+        need = ctx.needs_input_grad
+        if grad_y is None:  # y unused: x's gradient passes through the add alone
+            return grad_x, grad_x, None, None, None, None
+        grad_sum, grad_weight, grad_bias = _bn_relu_backward(ctx, grad_y, grad_x, need[0] or need[1])
+        return (
+            grad_sum if need[0] else None,
+            grad_sum if need[1] else None,
+            grad_weight if need[2] else None,
+            grad_bias if need[3] else None,
+            None,
+            None,
+        )
 
 
 def _cpu_autocast() -> bool:
@@ -164,6 +220,26 @@ class FusedBatchNormReLU2d(ExactStatsBatchNorm2d):
         y, mean, var = _FusedBatchNormReLU.apply(x, weight.contiguous(), bias.contiguous(), self.eps, lib)
         self._update_running_stats(mean, var, x.numel() // c)
         return y
+
+    def forward_sum(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(a + b, forward(a + b)), the residual add fused into the kernels where they take a and b."""
+        lib = cpu_kernels()
+        fp32 = self.weight is None or self.weight.dtype == torch.float32
+        if (
+            lib is None
+            or not fp32
+            or not (self.training or not self.track_running_stats)
+            or a.shape != b.shape
+            or not (_fusable(a) and _fusable(b))
+        ):
+            x = a + b
+            return x, self(x)
+        c = a.shape[1]
+        weight = self.weight if self.weight is not None else a.new_ones(c)
+        bias = self.bias if self.bias is not None else a.new_zeros(c)
+        x, y, mean, var = _FusedAddBatchNormReLU.apply(a, b, weight.contiguous(), bias.contiguous(), self.eps, lib)
+        self._update_running_stats(mean, var, x.numel() // c)
+        return x, y
 
 
 class FusedAwayReLU(nn.ReLU):
@@ -307,13 +383,15 @@ def adapt_for_cpu_scoring(
     merge_groups: bool = True,
     fuse_norm_act: bool = True,
     grouped_conv_kernel: bool = True,
+    fuse_residual_adds: bool = True,
 ) -> nn.Module:
     """Turn BatchNorm2d into ExactStatsBatchNorm2d, or, where a ReLU follows and the C kernels build
     (``fuse_norm_act``), into FusedBatchNormReLU2d and that ReLU into FusedAwayReLU; mergeable
     grouped convolutions into MergedGroupConv2d; and, where the C kernels build and run on this CPU
     (``grouped_conv_kernel``), 3x3 convolutions with 4 channels per group (merged or not) into their
-    kernel classes. Each when asked, in place, by class: parameters, buffers, hooks, mode and
-    state-dict keys stay as they are. Returns the model.
+    kernel classes; and a WideResNet whose batch norms after residual adds are all fused into a
+    ResidualFusedWideResNet (``fuse_residual_adds``, ``residual_fusion``). Each when asked, in place,
+    by class: parameters, buffers, hooks, mode and state-dict keys stay as they are. Returns the model.
     """
     conv4 = grouped_conv_kernel and _grouped_conv_kernel()
     if exact_batch_norm and fuse_norm_act and cpu_kernels() is not None:
@@ -334,4 +412,6 @@ def adapt_for_cpu_scoring(
             m.__class__ = MergedFourChannelGroupConv2d if fits else MergedGroupConv2d
         elif conv4 and type(m) is nn.Conv2d and m.groups > 1 and _conv4_fits(m, m.groups, m.out_channels):
             m.__class__ = FourChannelGroupConv2d
+    if fuse_residual_adds:
+        residual_fusion.fuse_residual_adds(model)
     return model

@@ -119,8 +119,8 @@ def build_library(name: str, sources: tuple[str, ...], cache: Path | None = None
 
 def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     fwd, bwd = lib.bn_relu_forward, lib.bn_relu_backward
-    fwd.argtypes = [_PTR, _I64, _I64, _PTR, _PTR, _F64, _PTR, _PTR, _PTR, _PTR, _PTR]
-    bwd.argtypes = [_PTR, _PTR, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR]
+    fwd.argtypes = [_PTR, _PTR, _I64, _I64, _PTR, _PTR, _F64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR]
+    bwd.argtypes = [_PTR, _PTR, _PTR, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR]
     conv = lib.grouped_conv4_forward
     conv.argtypes = [_PTR, _I64, _I64, _I64, _I64, _I64, _PTR, _PTR, _I64, _I64]
     lib.grouped_conv_supported.argtypes = []

@@ -6,6 +6,11 @@
  * gradient sums accumulate in double, so they are closer to float64 than PyTorch's fp32 sums.
  * Built with -ffp-contract=off: the backward pass recomputes the ReLU mask with the forward pass's
  * exact expression, so both must round the same way. Compiled and loaded by native_kernels.py.
+ *
+ * A residual add before the batch norm fuses in too: given a second input b, the forward pass
+ * normalises x = a + b and writes x (its statistics pass adds, stores and sums in one sweep), and
+ * the backward pass adds the gradient that x gets downstream (from the next residual add) to its
+ * own. Both are the single fp32 additions that PyTorch's add and autograd's accumulation make.
  */
 #include <math.h>
 #include <stdint.h>
@@ -46,10 +51,11 @@ static inline float relu_grad(float g, float z) {
 
 /* Per-channel sums over rows, split into one contiguous row range per thread and added in thread
  * order (deterministic for a given thread count). mode 0: s1 = sum x, s2 = sum x^2.
- * mode 1: g = gy where the ReLU passed, s1 = sum g, s2 = sum g * (x - mean). Returns 0, or -1 when
- * out of memory. */
+ * mode 1: g = gy where the ReLU passed, s1 = sum g, s2 = sum g * (x - mean).
+ * mode 2: as mode 0 for x = a + b, written to sum (x is a, gy is b). Returns 0, or -1 when out of
+ * memory. */
 static int channel_sums(int mode, const float *gy, const float *x, int64_t M, int64_t C, const float *mean,
-                        const float *scale, const float *shift, double *s1, double *s2) {
+                        const float *scale, const float *shift, double *s1, double *s2, float *sum) {
     int nt = thread_count();
     double *part = calloc((size_t)nt * 2 * (size_t)C, sizeof(double));
     int failed = 0;
@@ -70,6 +76,16 @@ static int channel_sums(int mode, const float *gy, const float *x, int64_t M, in
                 if (mode == 0) {
                     for (int64_t c = 0; c < C; c++) {
                         double v = xr[c];
+                        a1[c] += v;
+                        a2[c] += v * v;
+                    }
+                } else if (mode == 2) {
+                    const float *br = gy + r * C;
+                    float *sr = sum + r * C;
+                    for (int64_t c = 0; c < C; c++) {
+                        float f = xr[c] + br[c];
+                        double v = f;
+                        sr[c] = f;
                         a1[c] += v;
                         a2[c] += v * v;
                     }
@@ -102,14 +118,16 @@ static int channel_sums(int mode, const float *gy, const float *x, int64_t M, in
 }
 
 /* y = relu((x - mean) * invstd * weight + bias) with the batch's mean and biased variance.
- * Writes mean, var (biased), invstd and scale = weight * invstd per channel for the backward pass. */
-int bn_relu_forward(const float *x, int64_t M, int64_t C, const float *weight, const float *bias, double eps,
-                    float *y, float *mean, float *var, float *invstd, float *scale) {
+ * Writes mean, var (biased), invstd and scale = weight * invstd per channel for the backward pass.
+ * With b (not NULL), x is a + b, written to sum; otherwise x is a and sum is not used. */
+int bn_relu_forward(const float *a, const float *b, int64_t M, int64_t C, const float *weight, const float *bias,
+                    double eps, float *sum, float *y, float *mean, float *var, float *invstd, float *scale) {
     double *s = malloc((size_t)2 * (size_t)C * sizeof(double));
-    if (!s || M < 1 || channel_sums(0, NULL, x, M, C, NULL, NULL, NULL, s, s + C) != 0) {
+    if (!s || M < 1 || channel_sums(b ? 2 : 0, b, a, M, C, NULL, NULL, NULL, s, s + C, sum) != 0) {
         free(s);
         return -1;
     }
+    const float *x = b ? sum : a;
     for (int64_t c = 0; c < C; c++) {
         double m = s[c] / (double)M;
         double v = s[C + c] / (double)M - m * m;
@@ -134,13 +152,15 @@ int bn_relu_forward(const float *x, int64_t M, int64_t C, const float *weight, c
     return 0;
 }
 
-/* Gradients from gy = dL/dy: grad_weight and grad_bias always, grad_x when grad_x is not NULL.
- * mean, invstd and scale are the forward pass's outputs. */
-int bn_relu_backward(const float *gy, const float *x, int64_t M, int64_t C, const float *bias, const float *mean,
-                     const float *invstd, const float *scale, float *grad_x, float *grad_weight, float *grad_bias) {
+/* Gradients from gy = dL/dy: grad_weight and grad_bias always, grad_x when grad_x is not NULL, plus
+ * gx (dL/dx from x's other uses) when gx is not NULL. mean, invstd and scale are the forward pass's
+ * outputs. */
+int bn_relu_backward(const float *gy, const float *gx, const float *x, int64_t M, int64_t C, const float *bias,
+                     const float *mean, const float *invstd, const float *scale, float *grad_x, float *grad_weight,
+                     float *grad_bias) {
     double *s = malloc((size_t)2 * (size_t)C * sizeof(double));
     float *k = malloc((size_t)2 * (size_t)C * sizeof(float));
-    if (!s || !k || M < 1 || channel_sums(1, gy, x, M, C, mean, scale, bias, s, s + C) != 0) {
+    if (!s || !k || M < 1 || channel_sums(1, gy, x, M, C, mean, scale, bias, s, s + C, NULL) != 0) {
         free(s);
         free(k);
         return -1;
@@ -160,9 +180,17 @@ int bn_relu_backward(const float *gy, const float *x, int64_t M, int64_t C, cons
         for (int64_t r = 0; r < M; r++) {
             const float *xr = x + r * C, *gr = gy + r * C;
             float *o = grad_x + r * C;
-            for (int64_t c = 0; c < C; c++) {
-                float g = relu_grad(gr[c], normalised(xr[c], mean[c], scale[c], bias[c]));
-                o[c] = scale[c] * g - k[c] - k[C + c] * (xr[c] - mean[c]);
+            if (gx) {
+                const float *dr = gx + r * C;
+                for (int64_t c = 0; c < C; c++) {
+                    float g = relu_grad(gr[c], normalised(xr[c], mean[c], scale[c], bias[c]));
+                    o[c] = dr[c] + (scale[c] * g - k[c] - k[C + c] * (xr[c] - mean[c]));
+                }
+            } else {
+                for (int64_t c = 0; c < C; c++) {
+                    float g = relu_grad(gr[c], normalised(xr[c], mean[c], scale[c], bias[c]));
+                    o[c] = scale[c] * g - k[c] - k[C + c] * (xr[c] - mean[c]);
+                }
             }
         }
     }
