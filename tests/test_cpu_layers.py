@@ -289,6 +289,21 @@ def test_residual_fusion_applies_to_fused_wide_resnets_only() -> None:
 
 
 @needs_kernels
+@pytest.mark.parametrize("shape", [(5, 3, 4, 7), (128, 32, 8, 8)])
+def test_fisher_term_kernel_matches_float64(shape: tuple[int, int, int, int]) -> None:
+    """0.5 * sum_c mean_n (sum_hw a * g)^2 in one sweep, against float64; None where it does not apply."""
+    torch.manual_seed(0)
+    a, g = (torch.randn(shape).contiguous(memory_format=CL) for _ in range(2))
+    want = 0.5 * (a.double() * g.double()).sum(dim=(2, 3)).pow(2).mean(dim=0).sum()
+    got = cpu_layers.fisher_term_by_kernel(a, g)
+    assert got is not None and got.dtype == torch.float32
+    assert abs(float(got) - float(want)) <= 1e-6 * float(want)
+    assert cpu_layers.fisher_term_by_kernel(a.contiguous(), g.contiguous()) is None  # NCHW
+    assert cpu_layers.fisher_term_by_kernel(a.double(), g.double()) is None
+    assert cpu_layers.fisher_term_by_kernel(a.bfloat16(), g.bfloat16()) is None
+
+
+@needs_kernels
 def test_adapt_leaves_a_shared_relu_alone() -> None:
     """A ReLU module used in two places cannot pass through in one of them."""
     relu = nn.ReLU()

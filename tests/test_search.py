@@ -26,7 +26,9 @@ from blockswap_zoo.search import (
     fisher_per_block,
     fisher_potential,
     load_report,
+    native_kernels,
     parse_budget,
+    proxies,
     reachable_range,
     run_search,
     sample_genotypes,
@@ -170,6 +172,28 @@ def test_fisher_potential_matches_the_formula(genotype: str) -> None:
     assert fisher_potential(model, x.double(), y) == pytest.approx(sum(direct), rel=1e-9)
     assert [p.requires_grad for p in model.parameters()] == flags and not model.training  # model left as it was
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.parameters())
+
+
+@pytest.mark.skipif(native_kernels._compiler() is None, reason="no C compiler (.ci/run installs gcc)")
+def test_exact_mode_fisher_terms_by_the_kernel_match_the_formula(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Channels_last fp32 on the CPU: every block's term comes from kernels/fisher.c, taken in backward,
+    and equals the formula in float64 to fp32 rounding."""
+    x, y = _small_batch()
+    torch.manual_seed(0)
+    model = build_model("wrn_16_1:v1:B(2);S;G(2);BG(4,M/2);G(N);S").double()
+    direct = _direct_fisher(model, x.double(), y)
+    by_kernel = []
+
+    def spy(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
+        term = cpu_layers.fisher_term_by_kernel(a, g)
+        by_kernel.append(term is not None)
+        return term
+
+    monkeypatch.setattr(proxies, "fisher_term_by_kernel", spy)
+    model = model.float().to(memory_format=torch.channels_last)
+    per_block = fisher_per_block(model, x.contiguous(memory_format=torch.channels_last), y)
+    assert len(by_kernel) == len(direct) and all(by_kernel)
+    assert per_block == pytest.approx(direct, rel=1e-4)
 
 
 def test_other_proxies_run_and_leave_the_model_alone() -> None:

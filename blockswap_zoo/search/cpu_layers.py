@@ -38,6 +38,7 @@ __all__ = [
     "MergedFourChannelGroupConv2d",
     "MergedGroupConv2d",
     "adapt_for_cpu_scoring",
+    "fisher_term_by_kernel",
 ]
 
 
@@ -199,6 +200,21 @@ def _kernel_input(x: torch.Tensor) -> bool:
 def _fusable(x: torch.Tensor) -> bool:
     """What the batch norm kernel takes: a kernel input with more than one value per channel."""
     return _kernel_input(x) and x.numel() > x.shape[1]
+
+
+def fisher_term_by_kernel(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
+    """One block's Fisher potential from its activation and gradient (as ``proxies``), in one sweep by
+    ``kernels/fisher.c`` (sums in double, returned as fp32), or None where the C kernels do not take them."""
+    if not (_kernel_input(a) and _kernel_input(g) and a.shape == g.shape and a.numel() > 0):
+        return None
+    lib = cpu_kernels()
+    if lib is None:
+        return None
+    n, c, h, w = a.shape
+    out = torch.empty((), dtype=torch.float64)
+    if lib.fisher_term(a.data_ptr(), g.data_ptr(), n, h * w, c, out.data_ptr()):
+        raise MemoryError("the Fisher potential kernel ran out of memory")
+    return out.float()
 
 
 class FusedBatchNormReLU2d(ExactStatsBatchNorm2d):

@@ -1,7 +1,8 @@
 """Compile and load the package's C kernels (``kernels/*.c``) for exact-mode scoring on CPUs.
 
-PyTorch has no fused training-mode batch norm + ReLU on CPUs (``kernels/norm_act.c``), and oneDNN
-runs grouped convolutions with 4 channels per group slowly (``kernels/grouped_conv.c``). Both are
+PyTorch has no fused training-mode batch norm + ReLU on CPUs (``kernels/norm_act.c``), oneDNN
+runs grouped convolutions with 4 channels per group slowly (``kernels/grouped_conv.c``), and
+PyTorch takes three sweeps for a block's Fisher potential term (``kernels/fisher.c``: one). All are
 built into one library on first use with the system's C compiler for this machine's CPU and kept in
 the cache (``blockswap_zoo.pretrained.cache_dir() / "kernels"``, keyed by sources, compiler, flags
 and CPU). Where no compiler works, ``cpu_kernels`` returns None (with one warning) and scoring keeps
@@ -26,7 +27,7 @@ from pathlib import Path
 
 __all__ = ["KERNEL_SOURCES", "KernelBuildError", "build_library", "cpu_kernels"]
 
-KERNEL_SOURCES = ("norm_act.c", "grouped_conv.c")  # in kernels/, built together into libscoring_kernels
+KERNEL_SOURCES = ("norm_act.c", "grouped_conv.c", "fisher.c")  # in kernels/, built together into libscoring_kernels
 
 # Tried in order; later sets drop what some compilers lack (OpenMP, -march=native). -ffp-contract=off
 # stays in all: norm_act.c needs the forward and backward passes to round alike. grouped_conv.c
@@ -124,7 +125,10 @@ def _bind(lib: ctypes.CDLL) -> ctypes.CDLL:
     conv = lib.grouped_conv4_forward
     conv.argtypes = [_PTR, _I64, _I64, _I64, _I64, _I64, _PTR, _PTR, _I64, _I64]
     lib.grouped_conv_supported.argtypes = []
-    fwd.restype = bwd.restype = conv.restype = lib.grouped_conv_supported.restype = ctypes.c_int
+    fisher = lib.fisher_term
+    fisher.argtypes = [_PTR, _PTR, _I64, _I64, _I64, _PTR]
+    for f in (fwd, bwd, conv, lib.grouped_conv_supported, fisher):
+        f.restype = ctypes.c_int
     return lib
 
 

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
+from .cpu_layers import fisher_term_by_kernel
+
 __all__ = [
     "PROXIES",
     "fisher_per_block",
@@ -74,11 +76,33 @@ def fisher_potential(
     return float(torch.stack(_fisher_blocks(model, images, labels, autocast_dtype)).sum())
 
 
+def _fisher_term(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``sum_c 0.5 * mean_n (sum_hw a * g)^2`` of one block: by the C kernel on channels_last fp32 CPU
+    tensors (exact mode) where it is built, else in PyTorch (bf16/fp16 activations summed in fp32)."""
+    term = fisher_term_by_kernel(a, g)
+    if term is not None:
+        return term
+    dtype = torch.promote_types(a.dtype, torch.float32)
+    d = (a.detach().to(dtype) * g.to(dtype)).sum(dim=(2, 3))  # N x C
+    return 0.5 * d.pow(2).mean(dim=0).sum()
+
+
 def _fisher_blocks(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, autocast_dtype: torch.dtype | None
 ) -> list[torch.Tensor]:
     acts: list[torch.Tensor] = []
     hooks = [p.register_forward_hook(lambda _m, _i, out: acts.append(out)) for p in _probes(model)]
+    terms: dict[int, torch.Tensor] = {}
+
+    def reduce_at(k: int) -> Callable[[torch.Tensor], None]:
+        # Each block's term is taken as soon as backward reaches its probe, while the gradient is still
+        # in cache. The hook holds the list, not the tensor: no reference cycle once the list is cleared.
+        def hook(g: torch.Tensor) -> None:
+            with record_function("fisher/reduce"):
+                terms[k] = _fisher_term(acts[k], g)
+
+        return hook
+
     try:
         with _frozen(model, train=True):
             # The input carries the graph (no parameter does); autograd.grad then runs only the
@@ -93,18 +117,19 @@ def _fisher_blocks(
                 with ctx:
                     logits = model(x)
                 loss = F.cross_entropy(logits.float(), labels)
+            for k, a in enumerate(acts):
+                a.register_hook(reduce_at(k))
             with record_function("fisher/backward"):
                 grads = torch.autograd.grad(loss, acts)
+            with record_function("fisher/reduce"):
+                for k, (a, g) in enumerate(zip(acts, grads)):
+                    if k not in terms:  # where a hook did not run (hooks on autograd.grad's inputs: torch >= 2.0)
+                        terms[k] = _fisher_term(a, g)
+            return [terms[k] for k in range(len(acts))]
     finally:
         for h in hooks:
             h.remove()
-    out = []
-    with record_function("fisher/reduce"):
-        for a, g in zip(acts, grads):
-            dtype = torch.promote_types(a.dtype, torch.float32)  # bf16/fp16 activations are summed in fp32
-            d = (a.detach().to(dtype) * g.to(dtype)).sum(dim=(2, 3))  # N x C
-            out.append(0.5 * d.pow(2).mean(dim=0).sum())
-    return out
+        acts.clear()
 
 
 def _weights(model: nn.Module) -> list[torch.Tensor]:
