@@ -51,8 +51,9 @@ def _reinitialise(entry: _Entry) -> None:
     (random fills depend on memory layout): scoring may have moved them, so they get new storage.
     """
     for module, cls in zip(entry.modules, entry.classes):
-        module.__class__ = cls
-        module.training = True
+        if type(module) is not cls:
+            module.__class__ = cls
+        module.__dict__["training"] = True  # as nn.Module.__setattr__ stores it, without its checks (hot loop)
         reset = getattr(module, "reset_parameters", None)
         for tensors in (module._parameters, module._buffers):
             for name, t in tensors.items():

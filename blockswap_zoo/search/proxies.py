@@ -36,18 +36,20 @@ Proxy = Callable[[nn.Module, torch.Tensor, torch.Tensor], float]
 
 @contextlib.contextmanager
 def _frozen(model: nn.Module, train: bool) -> Iterator[None]:
-    """Parameters without grad and the wanted mode for the duration; both restored afterwards."""
-    flags = [p.requires_grad for p in model.parameters()]
-    was_training = model.training
-    for p in model.parameters():
+    """Parameters without grad and every module in the wanted mode for the duration; each parameter's
+    flag and each module's mode restored afterwards."""
+    needing_grad = [p for p in model.parameters() if p.requires_grad]
+    modes = [(m, m.training) for m in model.modules()]
+    for p in needing_grad:
         p.requires_grad_(False)
     model.train(train)
     try:
         yield
     finally:
-        for p, f in zip(model.parameters(), flags):
-            p.requires_grad_(f)
-        model.train(was_training)
+        for p in needing_grad:
+            p.requires_grad_(True)
+        for m, mode in modes:
+            m.training = mode
 
 
 def _probes(model: nn.Module) -> list[nn.Module]:
