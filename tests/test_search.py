@@ -196,6 +196,17 @@ def test_exact_mode_fisher_terms_by_the_kernel_match_the_formula(monkeypatch: py
     assert per_block == pytest.approx(direct, rel=1e-4)
 
 
+def test_scoring_lays_out_every_weight_as_module_to_does() -> None:
+    """On the CPU scoring restrides the 4-d tensors itself: as Module.to, including a 1-channel stem's
+    weight, which is contiguous in both layouts (left NCHW-strided, it turned the whole network NCHW)."""
+    model = build_model("wrn_16_1:v1:B(2);S;G(2);BG(4,M/2);G(N);S", in_chans=1)
+    want = [t.stride() for t in model.to(memory_format=torch.channels_last).parameters()]
+    model = build_model("wrn_16_1:v1:B(2);S;G(2);BG(4,M/2);G(N);S", in_chans=1)
+    assert scoring._to_device(model, "cpu", torch.channels_last) is model
+    assert [t.stride() for t in model.parameters()] == want
+    assert model.stem.weight.stride() == (9, 1, 3, 1)
+
+
 def test_other_proxies_run_and_leave_the_model_alone() -> None:
     x, y = _small_batch()
     torch.manual_seed(0)
