@@ -7,7 +7,8 @@
 Scores ``--candidates`` WRN-40-2 candidates at the 800K budget (batch 128 of 3x32x32, as
 benchmarks/search_speed.py) through ``score_candidates`` after a warm-up, then prints per
 candidate: the wall time, the CPU time of each phase that scoring names with record_function
-(build with the seeded init, move to the device, forward, backward to the probes, reduction),
+(build with the seeded init, move to the device, forward, backward to the probes, reduction;
+each block's reduction runs as backward reaches its probe, so its time is inside backward's too),
 and on a GPU the kernel time and the number of kernel launches. If the GPU's kernel time is far
 below the wall time, the CPU (Python, building, launching) is what to make faster.
 
