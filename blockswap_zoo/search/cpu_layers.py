@@ -244,7 +244,7 @@ class FusedBatchNormReLU2d(ExactStatsBatchNorm2d):
         if (
             lib is None
             or not fp32
-            or not (self.training or not self.track_running_stats)
+            or (not self.training and self.track_running_stats)
             or a.shape != b.shape
             or not (_fusable(a) and _fusable(b))
         ):
