@@ -17,8 +17,9 @@ seeded init) is included in every method.
 Accuracy: each method's largest relative difference from the definition computed in float64.
 
 Ablation (``--ablation``, instead of speed): exact mode on the CPU with each of its parts off
-(channels_last with the CPU layers, two-pass batch norm, fused batch norm + ReLU, the grouped
-convolution kernel, merged 2-channel groups, the allocator setting, blocks reused across candidates),
+(channels_last with the CPU layers, two-pass batch norm, fused batch norm + ReLU, fused residual
+adds, the Fisher-term kernel, the grouped convolution kernel, merged 2-channel groups, the allocator
+setting, blocks reused across candidates),
 on the speed candidates: time and page faults per candidate, difference from float64.
 
 Agreement: for each seed, a search of ``--agreement-candidates`` candidates on the embedded
@@ -43,13 +44,14 @@ import platform
 import resource
 import statistics
 import time
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
 from blockswap_zoo.allocator import retain_freed_memory
 from blockswap_zoo.models import build_model
-from blockswap_zoo.search import fisher_potential, sample_genotypes
+from blockswap_zoo.search import fisher_potential, proxies, sample_genotypes
 from blockswap_zoo.search.block_pool import BlockPool
 from blockswap_zoo.search.cpu_layers import adapt_for_cpu_scoring
 from blockswap_zoo.search.minibatch import load_embedded_batch
@@ -145,6 +147,17 @@ def speed(args: argparse.Namespace) -> None:
         print(f"{name:<16} max relative difference from float64 (same {n} images): {err:.1e}")
 
 
+@contextlib.contextmanager
+def _fisher_term_by_pytorch() -> Iterator[None]:
+    """Fisher potential's per-block sums by PyTorch's ops, not kernels/fisher.c, for the duration."""
+    saved = proxies.fisher_term_by_kernel
+    proxies.fisher_term_by_kernel = lambda a, g: None
+    try:
+        yield
+    finally:
+        proxies.fisher_term_by_kernel = saved
+
+
 def ablation(args: argparse.Namespace) -> None:
     """Exact mode on the CPU with each of its parts turned off, in this process, before anything else runs.
 
@@ -156,43 +169,47 @@ def ablation(args: argparse.Namespace) -> None:
     gs = sample_genotypes("wrn_40_2", "800k", args.speed_candidates, seed=123)
     seeds = [candidate_seed(0, i) for i in range(len(gs))]
 
-    def score(
-        g, seed: int, cl: bool, exact_bn: bool, merge: bool, fuse: bool, conv4: bool, add: bool, pool: BlockPool | None
-    ):  # noqa: ANN001, ANN202
+    def score(g, seed: int, v: dict[str, bool], pool: BlockPool | None) -> tuple[float, float]:  # noqa: ANN001
         """The Fisher potential and the seconds spent building the network (init and layout included)."""
         t0 = time.perf_counter()
         torch.manual_seed(seed)
         model = pool.build(g, 10, 3) if pool else build_model(g, num_classes=10, in_chans=3)
         model.requires_grad_(False)
-        if cl:
+        if v["channels_last"]:
             adapt_for_cpu_scoring(
                 model,
-                exact_bn,
-                merge_groups=merge,
-                fuse_norm_act=fuse,
-                grouped_conv_kernel=conv4,
-                fuse_residual_adds=add,
+                v["exact_bn"],
+                merge_groups=v["merge"],
+                fuse_norm_act=v["fuse"],
+                grouped_conv_kernel=v["conv4"],
+                fuse_residual_adds=v["add"],
             )
-        fmt = torch.channels_last if cl else torch.contiguous_format
+        fmt = torch.channels_last if v["channels_last"] else torch.contiguous_format
         model = model.to(memory_format=fmt)
         built = time.perf_counter() - t0
-        return fisher_potential(model, x.contiguous(memory_format=fmt), y), built
+        with contextlib.nullcontext() if v["fisher_kernel"] else _fisher_term_by_pytorch():
+            return fisher_potential(model, x.contiguous(memory_format=fmt), y), built
 
-    variants = {  # name: (channels_last, exact BN, merged groups, fused BN+ReLU, grouped-conv kernel,
-        #                  fused residual adds, allocator setting, reused blocks)
-        "exact mode, glibc default": (True, True, True, True, True, True, False, True),
-        "exact mode (as shipped)": (True, True, True, True, True, True, True, True),
-        "NCHW": (False, False, False, False, False, False, True, True),
-        "native channels_last BN": (True, False, True, False, True, False, True, True),
-        "BN and ReLU not fused": (True, True, True, False, True, False, True, True),
-        "residual adds not fused": (True, True, True, True, True, False, True, True),
-        "grouped convs by oneDNN": (True, True, True, True, False, True, True, True),
-        "unmerged 2-channel groups": (True, True, False, True, True, True, True, True),
-        "blocks built anew": (True, True, True, True, True, True, True, False),
+    shipped = dict(
+        channels_last=True, exact_bn=True, merge=True, fuse=True, conv4=True, add=True, fisher_kernel=True,
+        keep=True, reuse=True,
+    )  # fmt: skip
+    off = dict(exact_bn=False, merge=False, fuse=False, conv4=False, add=False, fisher_kernel=False)
+    variants = {  # each part of exact mode off in turn (keep: the allocator setting; reuse: blocks reused)
+        "exact mode, glibc default": {**shipped, "keep": False},
+        "exact mode (as shipped)": shipped,
+        "NCHW": {**shipped, **off, "channels_last": False},
+        "native channels_last BN": {**shipped, "exact_bn": False, "fuse": False, "add": False},
+        "BN and ReLU not fused": {**shipped, "fuse": False, "add": False},
+        "residual adds not fused": {**shipped, "add": False},
+        "Fisher term by PyTorch": {**shipped, "fisher_kernel": False},
+        "grouped convs by oneDNN": {**shipped, "conv4": False},
+        "unmerged 2-channel groups": {**shipped, "merge": False},
+        "blocks built anew": {**shipped, "reuse": False},
     }
     # one pool per variant, warmed on the candidates: in a search of many candidates almost every
     # block comes from the pool (97% after 300 candidates at 800K)
-    pools = {name: BlockPool() for name, v in variants.items() if v[7]}
+    pools = {name: BlockPool() for name, v in variants.items() if v["reuse"]}
     for pool in pools.values():
         for g in gs:
             pool.build(g, 10, 3)
@@ -201,14 +218,14 @@ def ablation(args: argparse.Namespace) -> None:
     faults: dict[str, list[int]] = {k: [] for k in variants}
     values: dict[str, list[float]] = {}
     for r in range(args.repeats):
-        for name, (cl, bn, merge, fuse, conv4, add, keep, _) in variants.items():
+        for name, v in variants.items():
             if name.endswith("glibc default") and r > 0:
                 continue  # once the allocator setting has been used, glibc's defaults are gone
             out = []
-            with retain_freed_memory() if keep else contextlib.nullcontext():
+            with retain_freed_memory() if v["keep"] else contextlib.nullcontext():
                 for g, s in zip(gs, seeds):
                     f0, t0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter()
-                    value, built = score(g, s, cl, bn, merge, fuse, conv4, add, pools.get(name))
+                    value, built = score(g, s, v, pools.get(name))
                     times[name].append(time.perf_counter() - t0)
                     builds[name].append(built)
                     out.append(value)

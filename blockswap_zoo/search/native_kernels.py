@@ -142,8 +142,9 @@ def cpu_kernels() -> ctypes.CDLL | None:
         return _bind(ctypes.CDLL(str(path)))
     except (KernelBuildError, OSError) as e:
         warnings.warn(
-            f"exact-mode scoring on the CPU runs without its C kernels (fused batch norm + ReLU, grouped "
-            f"convolutions), slower (README), with the same values to fp32 rounding: {e}",
+            f"fp32 channels_last scoring on the CPU (exact mode) runs without its C kernels (batch norm + "
+            f"ReLU fused with residual adds, grouped convolutions, the Fisher potential sum), slower (README), "
+            f"with the same values to fp32 rounding: {e}",
             RuntimeWarning,
             stacklevel=2,
         )
