@@ -4,7 +4,7 @@ Exact mode on the CPU runs channels_last, 1.6x faster than NCHW with these layer
 channels_last batch norm sums its statistics in a way that puts Fisher potential 6e-3 (relative)
 from float64; fp32 with these layers stays as close as NCHW (3e-4 median). Where a batch norm feeds
 a ReLU, ``FusedBatchNormReLU2d`` runs both, forward and backward, in one C kernel each way
-(``kernels/norm_act.c``, built by ``native_kernels``; statistics summed in double), 1.26x faster
+(``kernels/norm_act.c``, built by ``native_kernels``; statistics summed in double), 1.24x faster
 than the same layers unfused, and the ReLU passes its input through; its ``forward_sum`` also runs
 the residual add before it (``residual_fusion``). Any other batch norm (or all,
 without a C compiler) is ``ExactStatsBatchNorm2d``: statistics in two passes with PyTorch's
@@ -12,8 +12,8 @@ pairwise reductions, the rest left to the native kernels. oneDNN runs grouped co
 channels per group slowly; ``MergedGroupConv2d`` runs them as half as many groups with zero blocks
 in the weight: the same products and sums (added zeros are exact), equal to nn.Conv2d's up to fp32
 rounding. 3x3 convolutions with 4 channels per group, merged or not, run by a C kernel
-(``kernels/grouped_conv.c``; ``FourChannelGroupConv2d``, ``MergedFourChannelGroupConv2d``), 1.10x
-for the whole candidate. ``adapt_for_cpu_scoring`` swaps these into a model.
+(``kernels/grouped_conv.c``; ``FourChannelGroupConv2d``, ``MergedFourChannelGroupConv2d``), 1.04x
+for the whole candidate (1.09x in another run). ``adapt_for_cpu_scoring`` swaps these into a model.
 Figures: ``python benchmarks/search_speed.py --ablation --agreement-seeds 0`` and
 ``--accuracy-candidates 30`` (README).
 """
@@ -225,36 +225,37 @@ class FusedBatchNormReLU2d(ExactStatsBatchNorm2d):
     model is a FusedAwayReLU.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _kernel_operands(self, *inputs: torch.Tensor) -> tuple[ctypes.CDLL, torch.Tensor, torch.Tensor] | None:
+        """(library, weight, bias) for the C kernels, or None where they do not apply to ``inputs``."""
         lib = cpu_kernels()
         fp32 = self.weight is None or self.weight.dtype == torch.float32
-        if lib is None or not fp32 or not _fusable(x) or (not self.training and self.track_running_stats):
+        if lib is None or not fp32 or (not self.training and self.track_running_stats):
+            return None
+        if not all(_fusable(x) for x in inputs):
+            return None
+        c = inputs[0].shape[1]
+        weight = self.weight if self.weight is not None else inputs[0].new_ones(c)
+        bias = self.bias if self.bias is not None else inputs[0].new_zeros(c)
+        return lib, weight.contiguous(), bias.contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        operands = self._kernel_operands(x)
+        if operands is None:
             return torch.relu(super().forward(x))
-        c = x.shape[1]
-        weight = self.weight if self.weight is not None else x.new_ones(c)
-        bias = self.bias if self.bias is not None else x.new_zeros(c)
-        y, mean, var = _FusedBatchNormReLU.apply(x, weight.contiguous(), bias.contiguous(), self.eps, lib)
-        self._update_running_stats(mean, var, x.numel() // c)
+        lib, weight, bias = operands
+        y, mean, var = _FusedBatchNormReLU.apply(x, weight, bias, self.eps, lib)
+        self._update_running_stats(mean, var, x.numel() // x.shape[1])
         return y
 
     def forward_sum(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(a + b, forward(a + b)), the residual add fused into the kernels where they take a and b."""
-        lib = cpu_kernels()
-        fp32 = self.weight is None or self.weight.dtype == torch.float32
-        if (
-            lib is None
-            or not fp32
-            or (not self.training and self.track_running_stats)
-            or a.shape != b.shape
-            or not (_fusable(a) and _fusable(b))
-        ):
+        operands = self._kernel_operands(a, b) if a.shape == b.shape else None
+        if operands is None:
             x = a + b
             return x, self(x)
-        c = a.shape[1]
-        weight = self.weight if self.weight is not None else a.new_ones(c)
-        bias = self.bias if self.bias is not None else a.new_zeros(c)
-        x, y, mean, var = _FusedAddBatchNormReLU.apply(a, b, weight.contiguous(), bias.contiguous(), self.eps, lib)
-        self._update_running_stats(mean, var, x.numel() // c)
+        lib, weight, bias = operands
+        x, y, mean, var = _FusedAddBatchNormReLU.apply(a, b, weight, bias, self.eps, lib)
+        self._update_running_stats(mean, var, x.numel() // x.shape[1])
         return x, y
 
 
