@@ -260,7 +260,8 @@ def accuracy(args: argparse.Namespace) -> None:
             else:
                 kernels = name.endswith("(as shipped)")
                 adapt_for_cpu_scoring(model, fuse_norm_act=kernels, grouped_conv_kernel=kernels)
-                value = fisher_potential(model.to(memory_format=torch.channels_last), xcl, y)
+                with contextlib.nullcontext() if kernels else _fisher_term_by_pytorch():
+                    value = fisher_potential(model.to(memory_format=torch.channels_last), xcl, y)
             out.append(abs(value - ref) / abs(ref))
     print(f"accuracy: {len(gs)} wrn_40_2 candidates @ 800K, batch 128 x 3x32x32, relative difference from float64")
     for name, out in diffs.items():
