@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# The GPU measurements the open speed targets need, as one script for a short lent-GPU session
-# (about 8 minutes on an H100/H200 once torch is warm). Each step has its own time limit, so one
-# slow step cannot eat the others; every step's output lands in $OUT (default ./device-checks).
+# The GPU measurements the speed targets need, as one script for a short lent-GPU session (on an
+# H100: search about 8 minutes, mps about 2; train not run yet). Each step has its own time limit,
+# so one slow step cannot eat the others; every step's output lands in $OUT (default ./device-checks).
 #
 #   bash benchmarks/device_checks.sh            # all steps
-#   bash benchmarks/device_checks.sh search     # only the search steps (or: train)
+#   bash benchmarks/device_checks.sh search     # only the search steps (or: mps, train)
 #
 # search: where a candidate's time goes (build, transfer, forward, backward, reduction, kernel
-#         time, launches), then 1000 candidates end to end in exact mode, in 1 and in 8 processes.
+#         time, launches); the scoring speed table's row; 1000 candidates end to end in exact mode in
+#         1, 4 and 8 processes; the CLI's search of the embedded batch with 8 workers.
+# mps:    1000 candidates in 8 and 16 worker processes (1 torch thread each) sharing the GPU through
+#         MPS; 1 process with torch's threads and with 1 thread.
 # train:  the teacher and distillation steps, eager and compiled with CUDA graphs.
 set -u
 out="${OUT:-device-checks}"
@@ -29,10 +32,34 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep its output
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/gpu.txt" 2>&1
 if [[ $which == all || $which == search ]]; then
+    n="${CANDIDATES:-1000}"  # CANDIDATES=12 tries the steps out quickly
     step profile_exact 90 python benchmarks/profile_search_scoring.py --device "$dev" --mode exact --candidates 20
-    step profile_fast 90 python benchmarks/profile_search_scoring.py --device "$dev" --mode fast --candidates 20
-    step search_1000 200 python benchmarks/search_speed.py --device "$dev" --agreement-seeds 0 --speed-candidates 0 \
-        --search-candidates 1000 --search-runs exact,exact:8
+    step search_workers 330 python benchmarks/search_speed.py --device "$dev" --agreement-seeds 0 \
+        --speed-candidates 6 --repeats 3 --search-candidates "$n" --search-runs exact,exact:4,exact:8
+    # the command a user runs: start-up, sampling, workers and the report included
+    rm -rf /tmp/device-cli-search
+    step cli_search 150 bash -c "time python -m blockswap_zoo search wrn_40_2 400k --samples $n --mode exact \
+        --device $dev --workers 8 --out /tmp/device-cli-search"
+    cp /tmp/device-cli-search/candidates.* "$out/" 2>/dev/null
+fi
+if [[ $which == all || $which == mps ]]; then
+    n="${CANDIDATES:-1000}"
+    # Worker processes sharing the GPU through NVIDIA's Multi-Process Service (MPS), which runs their
+    # kernels at once; without it the GPU time-slices between processes (the search step above).
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log PATH="$PATH:/usr/local/nvidia/bin"
+    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+    if timeout 20 nvidia-cuda-mps-control -d && timeout 60 python -c "import torch; torch.ones(1, device='cuda')"; then
+        step search_mps 170 python benchmarks/search_speed.py --device "$dev" --agreement-seeds 0 --speed-candidates 0 \
+            --search-candidates "$n" --search-runs exact:8:1,exact:16:1
+    else
+        echo "MPS did not start" | tee -a "$out/summary.txt"
+    fi
+    echo quit | timeout 20 nvidia-cuda-mps-control
+    cat "$CUDA_MPS_LOG_DIRECTORY"/control.log >>"$out/summary.txt" 2>/dev/null
+    unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+    # one process: torch's threads (all cores) against 1 thread for the CPU-side build, twice the default
+    step search_threads 80 python benchmarks/search_speed.py --device "$dev" --agreement-seeds 0 --speed-candidates 0 \
+        --search-candidates 200 --search-runs exact,exact:1:1,exact
 fi
 if [[ $which == all || $which == train ]]; then
     step train_eager 120 python benchmarks/train_speed.py --device "$dev" --only teacher

@@ -33,7 +33,8 @@ of exact mode with and without its C kernels and of NCHW fp32 with PyTorch's lay
 
 Search (``--search-candidates N``): the wall time of scoring N such candidates end to end with
 ``score_candidates`` (what ``blockswap-zoo search`` runs), for each ``--search-runs`` entry
-(mode and worker processes, e.g. ``fast:8``), including the start of the workers.
+(mode, worker processes and torch threads per process, e.g. ``fast:8`` or ``exact:1:1``), including
+the start of the workers.
 """
 
 from __future__ import annotations
@@ -276,8 +277,9 @@ def search(args: argparse.Namespace) -> None:
     jobs = [(i, g.to_string(), g.num_params(10, 3), g.macs(10, 3), candidate_seed(7, i)) for i, g in enumerate(gs)]
     print(f"search: {n} wrn_40_2 candidates @ 800K params, batch 128 x 3x32x32, on {args.device}")
     for spec in args.search_runs.split(","):
-        mode, workers = spec.split(":") if ":" in spec else (spec, "1")
-        cfg = mode_config(mode, device=args.device)
+        mode, workers, threads = (spec.split(":") + ["", ""])[:3]
+        workers = workers or "1"
+        cfg = mode_config(mode, device=args.device, num_threads=int(threads) if threads else None)
         if int(workers) == 1:
             score_candidates(jobs[:3], x, y, cfg, 10, 3)  # warm-up (cuDNN autotuning, allocator)
         _sync(args.device)
@@ -287,7 +289,8 @@ def search(args: argparse.Namespace) -> None:
         wall = time.perf_counter() - t0
         best = max(scored, key=lambda c: c.score)
         print(
-            f"{mode:<6} {workers:>2} worker(s) {wall:7.1f} s for {n} candidates ({wall / n:.4f} s/candidate), "
+            f"{mode:<6} {workers:>2} worker(s) {threads or 'default':>7} threads {wall:7.1f} s for {n} candidates "
+            f"({wall / n:.4f} s/candidate), "
             f"winner #{best.index}"
         )
 
@@ -330,7 +333,9 @@ def main() -> None:
     ap.add_argument("--agreement-candidates", type=int, default=100)
     ap.add_argument("--agreement-budget", default="800k")
     ap.add_argument("--search-candidates", type=int, default=0, help="also time a search of N candidates")
-    ap.add_argument("--search-runs", default="fast,exact", help="MODE[:WORKERS],... timed by --search-candidates")
+    ap.add_argument(
+        "--search-runs", default="fast,exact", help="MODE[:WORKERS[:THREADS]],... timed by --search-candidates"
+    )
     ap.add_argument("--ablation", action="store_true", help="exact mode on the CPU with each part off, not speed")
     ap.add_argument("--accuracy-candidates", type=int, default=0, help="also: difference from float64 over N")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (agreement always runs on the CPU)")

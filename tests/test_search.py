@@ -263,6 +263,26 @@ def test_workers_do_without_the_cpu_kernels_when_the_parent_could_not_build_them
     assert [c.score for c in one.candidates] != [c.score for c in with_kernels.candidates]
 
 
+def test_workers_sharing_a_gpu_without_mps_are_warned_about(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without an MPS daemon the GPU time-slices between worker processes (about 1 worker's speed):
+    the warning names the pipe looked for and the fix; with the daemon's pipe there, or one
+    process, or a CPU, nothing is said."""
+    import warnings
+
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))
+    with pytest.warns(UserWarning, match=r"without NVIDIA MPS \(no .*control\).*nvidia-cuda-mps-control -d"):
+        scoring._warn_without_mps(8, "cuda")
+    (tmp_path / "control").touch()  # the daemon's named pipe
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        scoring._warn_without_mps(8, "cuda:0")
+        (tmp_path / "control").unlink()
+        scoring._warn_without_mps(1, "cuda")
+        scoring._warn_without_mps(8, "cpu")
+    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY")
+    assert scoring.mps_control_pipe() == Path("/tmp/nvidia-mps/control")  # CUDA's default
+
+
 def test_fast_mode_does_not_build_the_cpu_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
     """bf16 autocast never runs the fp32 C kernels, so fast mode neither compiles them nor warns."""
 

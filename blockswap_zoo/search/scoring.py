@@ -19,8 +19,10 @@ import math
 import os
 import signal
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -281,11 +283,29 @@ def _score_jobs(
 
 
 # ---------------------------------------------------------------- worker processes
-# On a CPU each worker gets its share of the cores. On a GPU the workers share the device: if a
-# candidate there is bound by the host (building the network, launching many small kernels), as the
-# training step measured on an H200 is, several host processes keep one GPU busier. Not measured
-# yet (benchmarks/device_checks.sh).
+# On a CPU each worker gets its share of the cores. On a GPU the workers share the device. A
+# candidate there is bound by the host (on an H100 its kernels ran 18 of its 88 ms), so several
+# processes keep the GPU busier, but only through NVIDIA's Multi-Process Service: without it the GPU
+# time-slices between processes (1000 candidates: 87.6 s in 1 process, 77.7 s in 8; with MPS 19.8 s;
+# benchmarks/device_checks.sh, README).
 _WORKER: dict[str, object] = {}
+DEFAULT_MPS_PIPE_DIRECTORY = "/tmp/nvidia-mps"
+
+
+def mps_control_pipe() -> Path:
+    """Where a running MPS control daemon has its pipe: ``$CUDA_MPS_PIPE_DIRECTORY/control``, as CUDA looks."""
+    return Path(os.environ.get("CUDA_MPS_PIPE_DIRECTORY") or DEFAULT_MPS_PIPE_DIRECTORY) / "control"
+
+
+def _warn_without_mps(workers: int, device: str) -> None:
+    """Warn when worker processes will share a GPU that no MPS daemon serves (they gain little then)."""
+    if workers > 1 and torch.device(device).type == "cuda" and not mps_control_pipe().exists():
+        warnings.warn(
+            f"{workers} worker processes will share {device} without NVIDIA MPS (no {mps_control_pipe()}): "
+            "the GPU then runs one process at a time, about as fast as 1 worker. Start MPS first "
+            "(`nvidia-cuda-mps-control -d`; CUDA_MPS_PIPE_DIRECTORY if it is not the default) or use 1 worker.",
+            stacklevel=3,
+        )
 
 
 def _worker_init(
@@ -331,6 +351,7 @@ def score_candidates(
         return results
     import multiprocessing as mp
 
+    _warn_without_mps(workers, cfg.device)
     threads = cfg.num_threads or max(1, (os.cpu_count() or 1) // workers)
     wcfg = ScoreConfig(**{**cfg.to_dict(), "num_threads": threads})  # type: ignore[arg-type]
     ctx = mp.get_context("spawn")
