@@ -263,7 +263,8 @@ def _search(recipe: Recipe, run_dir: Path, device: str, max_steps: int | None, r
     result = run_search(
         s.backbone, s.budget, min(s.samples, 8) if max_steps else s.samples, metric=s.metric,
         tolerance=s.tolerance, proxy=s.proxy, mode=s.mode, seed=s.seed, dataset=recipe.dataset.name,
-        data_dir=recipe.dataset.data_dir, device=device, report_dir=out, resume=resume and out.exists(),
+        data_dir=recipe.dataset.data_dir, device=device, workers="auto", report_dir=out,
+        resume=resume and out.exists(),
     )  # fmt: skip
     return result.winner
 

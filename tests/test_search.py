@@ -244,7 +244,8 @@ def test_same_seed_same_winner_and_report_round_trip(tmp_path: Path) -> None:
 
 
 def test_worker_processes_give_the_same_scores() -> None:
-    one = run_search("wrn_10_1", "20k", **SMALL)
+    """Exact mode: 1 process with 2 torch threads and 2 workers with 1 each score bit for bit alike."""
+    one = run_search("wrn_10_1", "20k", **{**SMALL, "threads": 2})
     two = run_search("wrn_10_1", "20k", workers=2, **SMALL)
     assert [c.score for c in two.candidates] == [c.score for c in one.candidates] and two.winner == one.winner
 
@@ -261,6 +262,29 @@ def test_workers_do_without_the_cpu_kernels_when_the_parent_could_not_build_them
     two = run_search("wrn_10_1", "20k", workers=2, **SMALL)
     assert [c.score for c in two.candidates] == [c.score for c in one.candidates]
     assert [c.score for c in one.candidates] != [c.score for c in with_kernels.candidates]
+
+
+def test_auto_workers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``auto``: a worker per core on a CPU (at most 8, at least 20 candidates each), 8 on a GPU only
+    under MPS, 1 under torchrun; a number is taken as given, anything else is a clear error."""
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))
+    monkeypatch.setattr(scoring, "_usable_cores", lambda: 2)
+    assert scoring.resolve_workers("auto", "cpu", 1000) == 2
+    assert scoring.resolve_workers("auto", "cpu", 39) == 1 and scoring.resolve_workers("auto", "cpu", 40) == 2
+    assert scoring.resolve_workers("auto", "cpu", 1000, world=2) == 1
+    assert scoring.resolve_workers("auto", "cuda", 1000) == 1
+    (tmp_path / "control").touch()
+    assert scoring.resolve_workers("AUTO", "cuda", 1000) == 2
+    monkeypatch.setattr(scoring, "_usable_cores", lambda: 64)
+    assert scoring.resolve_workers("auto", "cuda:0", 1000) == 8 and scoring.resolve_workers("auto", "cpu", 10**4) == 8
+    assert scoring.resolve_workers("3", "cpu", 5) == 3 and scoring.resolve_workers(4, "cuda", 5) == 4
+    for bad, match in (
+        ("0", "workers must be >= 1"),
+        (0, "workers must be >= 1"),
+        ("many", "whole number >= 1 or 'auto'"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            scoring.resolve_workers(bad, "cpu", 100)
 
 
 def test_workers_sharing_a_gpu_without_mps_are_warned_about(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -384,18 +408,25 @@ def test_cli_search_on_the_embedded_batch(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "unknown proxy" in res.output
     res = runner.invoke(app, ["search", "wrn_10_1", "20k", "--device", "bogus", "--out", str(tmp_path / "y")])
     assert res.exit_code == 2 and "unknown device" in res.output
+    res = runner.invoke(app, ["search", "wrn_10_1", "20k", "--workers", "many", "--out", str(tmp_path / "y")])
+    assert res.exit_code == 2 and "workers must be a whole number >= 1 or 'auto'" in res.output
+    assert not (tmp_path / "y").exists()
     missing = ["--dataset", "imagenet", "--data-dir", str(tmp_path / "none"), "--out", str(tmp_path / "y")]
     res = runner.invoke(app, ["search", "wrn_10_1", "20k", *missing])
     assert res.exit_code == 2 and "not found" in res.output and "--data-dir" in res.output
     assert not (tmp_path / "y").exists()
 
 
-def test_cli_interrupt_keeps_scored_candidates_and_says_how_to_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_cli_interrupt_keeps_scored_candidates_and_says_how_to_resume(tmp_path: Path, workers: str) -> None:
+    """Ctrl-C keeps every candidate scored so far (in worker processes too, in any order), and
+    ``--resume`` scores only the others."""
     import signal
     import time
 
     out = tmp_path / "int"
     args = ["search", "wrn_10_1", "20k", "--samples", "500", "--mode", "exact", "--device", "cpu", "--out", str(out)]
+    args += ["--workers", workers]
     cli = [sys.executable, "-c", "from blockswap_zoo.cli import main; main()"]
     proc = subprocess.Popen(cli + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = out / "candidates.jsonl"
@@ -407,7 +438,13 @@ def test_cli_interrupt_keeps_scored_candidates_and_says_how_to_resume(tmp_path: 
     assert proc.returncode == 130, err[-2000:]
     assert "--resume" in err and str(out) in err.replace("\n", "")
     kept = [json.loads(line)["index"] for line in log.read_text().splitlines()]
-    assert len(kept) >= 2 and kept == list(range(len(kept)))
+    assert len(kept) >= 2 and len(set(kept)) == len(kept) and len(kept) < 500
+    if workers == "1":
+        assert kept == list(range(len(kept)))
+    res = subprocess.run(cli + args + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"{500 - len(kept)} scored now" in res.stdout.replace("\n", " ")
+    assert [c.index for c in load_report(out).candidates] == list(range(500))
 
 
 def test_torchrun_two_processes_give_the_same_winner(tmp_path: Path) -> None:

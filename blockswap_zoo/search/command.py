@@ -55,10 +55,11 @@ def search(
     ),
     seed: int = typer.Option(0, help="Seed of the candidates, the minibatch and the inits."),
     device: str = typer.Option("auto", help="cpu, cuda, cuda:1, or auto (cuda when available)."),
-    workers: int = typer.Option(
-        1,
-        help="Worker processes. On a GPU they share it, and gain only under NVIDIA MPS "
-        "(start it with `nvidia-cuda-mps-control -d`; H100: 1000 candidates in 20 s with 8, 88 s with 1).",
+    workers: str = typer.Option(
+        "auto",
+        help="Scoring processes, or auto: on a CPU one per core (up to 8, at least 20 candidates each); "
+        "on a GPU 8 under NVIDIA MPS (`nvidia-cuda-mps-control -d`), else 1, as processes sharing a GPU "
+        "without MPS gain little. Exact mode's scores do not depend on it; fast mode's bf16 ones move with the torch threads per process.",
     ),
     threads: int | None = typer.Option(
         None, help="torch threads per process (default: torch's, or 1 when other jobs keep the CPU busy)."

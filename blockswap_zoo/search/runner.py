@@ -29,7 +29,7 @@ from ..io import atomic_write_text
 from .minibatch import EMBEDDED, load_search_batch
 from .proxies import get_proxy_name
 from .sampler import _backbone, parse_budget, sample_genotypes
-from .scoring import Candidate, candidate_seed, mode_config, resolve_mode, score_candidates
+from .scoring import Candidate, candidate_seed, mode_config, resolve_mode, resolve_workers, score_candidates
 
 __all__ = ["ReportError", "SearchResult", "SearchSettings", "load_report", "run_search"]
 
@@ -173,7 +173,7 @@ def _trim_torn_tail(path: Path) -> None:
             os.fsync(f.fileno())
 
 
-def _environment(device: str, world: int) -> dict[str, object]:
+def _environment(device: str, world: int, workers: int) -> dict[str, object]:
     from .. import __version__
 
     env: dict[str, object] = {
@@ -186,6 +186,7 @@ def _environment(device: str, world: int) -> dict[str, object]:
         "torch_threads": torch.get_num_threads(),
         "device": device,
         "world_size": world,
+        "workers": workers,
         "argv": sys.argv,
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -266,7 +267,7 @@ def run_search(
     tolerance: float = 0.025,
     block_types: Sequence[str] | None = None,
     device: str = "cpu",
-    workers: int = 1,
+    workers: int | str = 1,
     threads: int | None = None,
     report_dir: str | Path | None = None,
     resume: bool = False,
@@ -277,6 +278,8 @@ def run_search(
 
     The network searched takes its channels, classes and input size from the dataset. With
     ``report_dir`` every scored candidate is saved as it is scored (see the module docstring).
+    ``workers``: scoring processes, or ``"auto"`` (``scoring.resolve_workers``). Exact mode's scores do not depend
+    on it; fast mode's bf16 ones move (within its error) with the torch threads each process gets.
     """
     t_start = time.perf_counter()
     if not 1 <= samples <= MAX_SAMPLES:
@@ -284,14 +287,13 @@ def run_search(
     if not 0 <= seed < 2**63:
         raise ValueError(f"seed must be in 0..2**63-1, got {seed}")
     proxy = get_proxy_name(proxy)
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1 (1: score in this process), got {workers}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1 (or left out for torch's default), got {threads}")
     device = _check_device(device)
     rank, world = _dist()
     if torch.device(device).type == "cuda" and world > 1 and torch.device(device).index is None:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    workers = resolve_workers(workers, device, -(-samples // world), world)
     mode = resolve_mode(mode, device)
     cfg = mode_config(mode, proxy, device, threads)  # before anything is written: an unknown mode is an error
     bb = _backbone(backbone)
@@ -325,7 +327,8 @@ def run_search(
         if rank == 0:
             try:
                 _prepare_report(report, settings, resume, force)
-                atomic_write_text(report / "environment.json", json.dumps(_environment(device, world), indent=2) + "\n")
+                env = _environment(device, world, workers)
+                atomic_write_text(report / "environment.json", json.dumps(env, indent=2) + "\n")
             except ReportError as e:
                 error = str(e)
         if world > 1:
