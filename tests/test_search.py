@@ -272,6 +272,7 @@ def test_auto_workers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert scoring.resolve_workers("auto", "cpu", 1000) == 2
     assert scoring.resolve_workers("auto", "cpu", 39) == 1 and scoring.resolve_workers("auto", "cpu", 40) == 2
     assert scoring.resolve_workers("auto", "cpu", 1000, world=2) == 1
+    assert scoring.resolve_workers("auto", "cpu", 1000, threads=2) == 1  # --threads 2 fills both cores
     assert scoring.resolve_workers("auto", "cuda", 1000) == 1
     (tmp_path / "control").touch()
     assert scoring.resolve_workers("AUTO", "cuda", 1000) == 2

@@ -59,7 +59,8 @@ def search(
         "auto",
         help="Scoring processes, or auto: on a CPU one per core (up to 8, at least 20 candidates each); "
         "on a GPU 8 under NVIDIA MPS (`nvidia-cuda-mps-control -d`), else 1, as processes sharing a GPU "
-        "without MPS gain little. Exact mode's scores do not depend on it; fast mode's bf16 ones move with the torch threads per process.",
+        "without MPS gain little. Exact mode's scores do not depend on it; fast mode's bf16 ones move "
+        "with the torch threads per process.",
     ),
     threads: int | None = typer.Option(
         None, help="torch threads per process (default: torch's, or 1 when other jobs keep the CPU busy)."

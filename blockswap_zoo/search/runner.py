@@ -293,7 +293,7 @@ def run_search(
     rank, world = _dist()
     if torch.device(device).type == "cuda" and world > 1 and torch.device(device).index is None:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    workers = resolve_workers(workers, device, -(-samples // world), world)
+    workers = resolve_workers(workers, device, -(-samples // world), world, threads)
     mode = resolve_mode(mode, device)
     cfg = mode_config(mode, proxy, device, threads)  # before anything is written: an unknown mode is an error
     bb = _backbone(backbone)

@@ -302,18 +302,21 @@ AUTO_MIN_CANDIDATES_PER_WORKER = 20  # fewer, and starting a process (importing 
 
 
 def _usable_cores() -> int:
+    """The cores this process may run on (its affinity mask, as under taskset or a container's limit)."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
 
 
-def resolve_workers(workers: int | str, device: str, candidates: int, world: int = 1) -> int:
+def resolve_workers(
+    workers: int | str, device: str, candidates: int, world: int = 1, threads: int | None = None
+) -> int:
     """The number of scoring processes: ``workers`` itself, or for ``"auto"``:
 
-    - on a CPU, one per usable core (at most 8, and at least 20 candidates each), each with 1 torch
-      thread: on 2 cores, 2 workers scored exact mode 1.15x faster than 1 process with 2 threads, and
-      the 200-candidate Quick start search took 30 s instead of 34 (README);
+    - on a CPU, one per usable core (or per ``threads`` cores; at most 8, and at least 20 candidates
+      each): on 2 cores, 2 workers of 1 thread scored exact mode 1.07x and 1.15x faster than 1 process
+      of 2 threads in two runs, and the 200-candidate Quick start search took 28-31 s, not 34-35 (README);
     - on a GPU, 8 (at most one per core) where an MPS daemon serves it, else 1 (see ``_warn_without_mps``);
     - 1 under torchrun (``world`` > 1), whose ranks are the processes.
     """
@@ -323,7 +326,8 @@ def resolve_workers(workers: int | str, device: str, candidates: int, world: int
         cores = _usable_cores()
         if torch.device(device).type == "cuda":
             return min(AUTO_MAX_WORKERS, cores) if mps_control_pipe().exists() else 1
-        return max(1, min(cores, AUTO_MAX_WORKERS, candidates // AUTO_MIN_CANDIDATES_PER_WORKER))
+        per_core = max(1, cores // (threads or 1))
+        return max(1, min(per_core, AUTO_MAX_WORKERS, candidates // AUTO_MIN_CANDIDATES_PER_WORKER))
     try:
         n = int(workers)
     except (TypeError, ValueError):
