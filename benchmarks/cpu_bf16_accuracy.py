@@ -11,11 +11,11 @@ tenths of a point is within what another seed could give.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import torch
 
+from blockswap_zoo.cpu_info import cpu_info
 from blockswap_zoo.train.config import TrainConfig
 from blockswap_zoo.train.engine import train
 from blockswap_zoo.train.evaluate import evaluate
@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--subset", type=int, default=20000, help="training images (the first N)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    print(f"torch {torch.__version__}, {platform.processor() or platform.machine()}, threads {torch.get_num_threads()}")
+    print(f"torch {torch.__version__}, {cpu_info().describe()}, threads {torch.get_num_threads()}")
     print(f"{args.arch} on Fashion-MNIST, {args.epochs} epochs on {args.subset} images, seed {args.seed}")
     print(f"{'variant':<20} {'top-1':>7} {'top-5':>7} {'train img/s':>12}")
     for name, amp, channels_last in (("fp32 NCHW", "none", False), ("bf16 channels_last", "bf16", True)):

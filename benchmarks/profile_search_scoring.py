@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import statistics
 import time
 from collections import Counter
@@ -36,6 +35,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 from blockswap_zoo.allocator import retain_freed_memory
+from blockswap_zoo.cpu_info import cpu_info
 from blockswap_zoo.models import build_model
 from blockswap_zoo.search import sample_genotypes
 from blockswap_zoo.search.cpu_layers import MergedGroupConv2d, adapt_for_cpu_scoring
@@ -138,7 +138,7 @@ def main() -> None:
     # On a GPU each record_function range is also a GPU-side annotation with the same name (and
     # device time spanning its kernels): phases are read from the CPU entries, kernels without them.
     events = {e.key: e for e in averages if e.device_type.name == "CPU"}
-    hw = torch.cuda.get_device_name() if gpu else platform.processor() or platform.machine()
+    hw = torch.cuda.get_device_name() if gpu else cpu_info().describe()
     print(f"torch {torch.__version__}, {hw}; {args.mode} mode, {n} wrn_40_2 candidates @ {args.budget}")
     print(f"wall time per candidate (profiled): {wall * 1e3:.1f} ms")
     for name in PHASES:

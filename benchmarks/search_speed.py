@@ -4,13 +4,15 @@
     python benchmarks/search_speed.py --agreement-seeds 0  # speed only (a few minutes)
     python benchmarks/search_speed.py --ablation --agreement-seeds 0  # exact mode's parts (a few minutes)
     python benchmarks/search_speed.py --device cuda --agreement-seeds 0 --search-candidates 1000
+    ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 python benchmarks/search_speed.py  # as on an AVX2-only CPU
 
 Speed: WRN-40-2 candidates at the 800K budget, batch 128 of 3x32x32 (the embedded
 Fashion-MNIST images zero-padded to 32x32 and repeated to 3 channels), every method timed on
 the same candidates in this process, in blocks interleaved by repeat; the figure is the median
 over candidates and repeats, plus the ratio to the baseline. The baseline scores the way the
 paper's code does: NCHW fp32, forward and backward hooks on the probes, ``loss.backward()``
-computing every weight gradient. Exact and fast mode run through ``score_candidates``, as
+computing every weight gradient. ``fisher_potential`` is the library call on a freshly built model
+(exact mode's CPU path on a copy of it). Exact and fast mode run through ``score_candidates``, as
 ``blockswap-zoo search`` does; the baseline runs with the same allocator setting
 (``blockswap_zoo.allocator``), so the ratios leave that setting's gain out. Build time (with the
 seeded init) is included in every method.
@@ -41,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import resource
 import statistics
 import time
@@ -51,12 +52,20 @@ import torch
 import torch.nn.functional as F
 
 from blockswap_zoo.allocator import retain_freed_memory
+from blockswap_zoo.cpu_info import cpu_info
 from blockswap_zoo.models import build_model
 from blockswap_zoo.search import fisher_potential, proxies, sample_genotypes
 from blockswap_zoo.search.block_pool import BlockPool
 from blockswap_zoo.search.cpu_layers import adapt_for_cpu_scoring
 from blockswap_zoo.search.minibatch import load_embedded_batch
-from blockswap_zoo.search.scoring import ScoreConfig, candidate_seed, mode_config, score_candidates, score_genotype
+from blockswap_zoo.search.scoring import (
+    ScoreConfig,
+    candidate_seed,
+    describe_config,
+    mode_config,
+    score_candidates,
+    score_genotype,
+)
 
 
 def reference_style_score(genotype, images, labels, seed, num_classes, in_chans) -> float:  # noqa: ANN001
@@ -123,7 +132,24 @@ def speed(args: argparse.Namespace) -> None:
         # what `blockswap-zoo search` runs (CPU layers, allocator setting), timed per candidate by it
         return [(c.seconds, c.score) for c in score_candidates(jobs, x, y, cfg, 10, 3)]
 
-    methods = {"reference-style": baseline, **{m: (lambda cfg=cfg: ours(cfg)) for m, cfg in modes.items()}}
+    def public() -> list[tuple[float, float]]:
+        # what a library user calls: blockswap_zoo.search.fisher_potential on a freshly built model
+        out = []
+        for g, s in zip(gs, seeds):
+            _sync(args.device)
+            t0 = time.perf_counter()
+            torch.manual_seed(s)
+            model = build_model(g, num_classes=10, in_chans=3).to(args.device)
+            v = fisher_potential(model, x, y)
+            _sync(args.device)
+            out.append((time.perf_counter() - t0, v))
+        return out
+
+    methods = {
+        "reference-style": baseline,
+        "fisher_potential": public,
+        **{m: (lambda cfg=cfg: ours(cfg)) for m, cfg in modes.items()},
+    }
     for cfg in modes.values():  # warm-up
         score_candidates(jobs[:1], x, y, cfg, 10, 3)
     reference_style_score(gs[0], x, y, 0, 10, 3)
@@ -189,7 +215,7 @@ def ablation(args: argparse.Namespace) -> None:
         model = model.to(memory_format=fmt)
         built = time.perf_counter() - t0
         with contextlib.nullcontext() if v["fisher_kernel"] else _fisher_term_by_pytorch():
-            return fisher_potential(model, x.contiguous(memory_format=fmt), y), built
+            return fisher_potential(model, x.contiguous(memory_format=fmt), y, cpu_fast_path=False), built
 
     shipped = dict(
         channels_last=True, exact_bn=True, merge=True, fuse=True, conv4=True, add=True, fisher_kernel=True,
@@ -257,12 +283,12 @@ def accuracy(args: argparse.Namespace) -> None:
             torch.manual_seed(seed)
             model = build_model(g, num_classes=10, in_chans=3).requires_grad_(False)
             if name.startswith("NCHW"):
-                value = fisher_potential(model, x, y)
+                value = fisher_potential(model, x, y, cpu_fast_path=False)
             else:
                 kernels = name.endswith("(as shipped)")
                 adapt_for_cpu_scoring(model, fuse_norm_act=kernels, grouped_conv_kernel=kernels)
                 with contextlib.nullcontext() if kernels else _fisher_term_by_pytorch():
-                    value = fisher_potential(model.to(memory_format=torch.channels_last), xcl, y)
+                    value = fisher_potential(model.to(memory_format=torch.channels_last), xcl, y, cpu_fast_path=False)
             out.append(abs(value - ref) / abs(ref))
     print(f"accuracy: {len(gs)} wrn_40_2 candidates @ 800K, batch 128 x 3x32x32, relative difference from float64")
     for name, out in diffs.items():
@@ -343,8 +369,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    hw = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
+    hw = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_info().describe()
     print(f"torch {torch.__version__}, {hw}, threads {torch.get_num_threads()}")
+    for mode in ("exact", "fast"):
+        print(f"  {describe_config(mode, mode_config(mode, device=args.device))}")
     if args.ablation:
         ablation(args)  # instead of speed: it must run before anything changes the allocator
     elif args.speed_candidates:

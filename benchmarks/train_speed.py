@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import platform
 import statistics
 import time
 
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, RandomSampler
 
+from blockswap_zoo.cpu_info import cpu_info
 from blockswap_zoo.data import DeviceLoader, get_dataset_info
 from blockswap_zoo.data.transforms import PerSampleDataset, train_transform
 from blockswap_zoo.registry import create_model
@@ -186,7 +186,7 @@ def main() -> None:
     name = (
         torch.cuda.get_device_name(device)
         if gpu
-        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        else f"CPU {cpu_info().describe()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     )
     print(
         f"device: {name}; torch {torch.__version__}; "

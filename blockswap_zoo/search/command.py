@@ -42,8 +42,9 @@ def search(
     proxy: str = typer.Option("fisher", help="Score: fisher, grad_norm, snip, synflow, naswot."),
     mode: str = typer.Option(
         "auto",
-        help="fast (bf16, sub-batch), exact (fp32, the definition's values), or auto: fast on CPUs, exact on GPUs. "
-        "Scores compare within one mode and batch size only (the loss is a batch mean).",
+        help="fast (a 64-image sub-batch, in bf16 where the CPU has native bf16, else fp32), exact (fp32, the "
+        "definition's values), or auto: fast on CPUs, exact on GPUs. The search prints which it runs and why. "
+        "Scores compare within one mode, precision and batch size only (the loss is a batch mean).",
     ),
     dataset: str = typer.Option(
         "embedded", help="embedded (128 Fashion-MNIST images shipped with the package), fashion_mnist, cifar10, ..."
@@ -127,6 +128,7 @@ def search(
                 resume=resume,
                 force=force,
                 progress=on_progress,
+                log=lambda line: progress.console.print(f"scoring: {line}", highlight=False),
             )
     except (BudgetError, ReportError, DatasetError, DatasetNotFoundError, ValueError) as e:
         _fail(str(e))

@@ -20,6 +20,7 @@ Figures: ``python benchmarks/search_speed.py --ablation --agreement-seeds 0`` an
 
 from __future__ import annotations
 
+import copy
 import ctypes
 from collections import Counter
 
@@ -39,6 +40,7 @@ __all__ = [
     "MergedGroupConv2d",
     "adapt_for_cpu_scoring",
     "fisher_term_by_kernel",
+    "scoring_copy",
 ]
 
 
@@ -432,3 +434,22 @@ def adapt_for_cpu_scoring(
     if fuse_residual_adds:
         residual_fusion.fuse_residual_adds(model)
     return model
+
+
+def scoring_copy(model: nn.Module, images: torch.Tensor) -> tuple[nn.Module, torch.Tensor] | None:
+    """A copy of ``model`` adapted and laid out as exact mode scores it on the CPU (channels_last, these
+    layers), with ``images`` in channels_last; None where that path does not apply: images or model not
+    fp32 on the CPU, images not NCHW (a caller who chose the layout is taken at its word), or a model
+    without swappable blocks. The model itself is left as it is."""
+    if images.device.type != "cpu" or images.dtype != torch.float32 or images.dim() != 4:
+        return None
+    if not images.is_contiguous():
+        return None
+    if not hasattr(model, "swap_blocks"):
+        return None
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.device.type != "cpu" or (t.is_floating_point() and t.dtype != torch.float32) for t in tensors):
+        return None
+    fast = copy.deepcopy(model).requires_grad_(False)
+    adapt_for_cpu_scoring(fast)
+    return fast.to(memory_format=torch.channels_last), images.contiguous(memory_format=torch.channels_last)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
-from .cpu_layers import fisher_term_by_kernel
+from .cpu_layers import fisher_term_by_kernel, scoring_copy
 
 __all__ = [
     "PROXIES",
@@ -60,22 +60,33 @@ def _probes(model: nn.Module) -> list[nn.Module]:
 
 
 def fisher_per_block(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, autocast_dtype: torch.dtype | None = None
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    autocast_dtype: torch.dtype | None = None,
+    cpu_fast_path: bool = True,
 ) -> list[float]:
     """Fisher potential of each swappable block (network order), as defined by BlockSwap.
 
     For the residual-branch output ``a`` of a block and ``g = dL/da`` (L: mean cross-entropy of
     the batch, BatchNorm in train mode): ``sum_c 0.5 * mean_n (sum_hw a * g)^2``. Only the
     gradients at the probes are computed (no weight gradients); no optimiser step is taken.
+    An fp32 model on the CPU is scored as the search's exact mode scores it (``cpu_fast_path``: a
+    channels_last copy with ``cpu_layers``; the same values to fp32 rounding); False runs the model as it is.
     """
-    return [float(v) for v in _fisher_blocks(model, images, labels, autocast_dtype)]
+    return [float(v) for v in _fisher_blocks(model, images, labels, autocast_dtype, cpu_fast_path)]
 
 
 def fisher_potential(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, autocast_dtype: torch.dtype | None = None
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    autocast_dtype: torch.dtype | None = None,
+    cpu_fast_path: bool = True,
 ) -> float:
-    """BlockSwap's Fisher potential of ``model`` on one minibatch: the sum of the per-block values."""
-    return float(torch.stack(_fisher_blocks(model, images, labels, autocast_dtype)).sum())
+    """BlockSwap's Fisher potential of ``model`` on one minibatch: the sum of the per-block values
+    (``fisher_per_block``, whose ``cpu_fast_path`` it takes)."""
+    return float(torch.stack(_fisher_blocks(model, images, labels, autocast_dtype, cpu_fast_path)).sum())
 
 
 def _fisher_term(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -90,8 +101,16 @@ def _fisher_term(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 
 def _fisher_blocks(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, autocast_dtype: torch.dtype | None
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    autocast_dtype: torch.dtype | None,
+    cpu_fast_path: bool = False,
 ) -> list[torch.Tensor]:
+    if cpu_fast_path and autocast_dtype is None:
+        fast = scoring_copy(model, images)
+        if fast is not None:
+            return _fisher_blocks(*fast, labels, None)
     acts: list[torch.Tensor] = []
     hooks = [p.register_forward_hook(lambda _m, _i, out: acts.append(out)) for p in _probes(model)]
     terms: dict[int, torch.Tensor] = {}
@@ -118,7 +137,7 @@ def _fisher_blocks(
             with record_function("fisher/forward"):
                 with ctx:
                     logits = model(x)
-                loss = F.cross_entropy(logits.float(), labels)
+                loss = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels)
             for k, a in enumerate(acts):
                 a.register_hook(reduce_at(k))
             with record_function("fisher/backward"):

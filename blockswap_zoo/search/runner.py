@@ -24,12 +24,21 @@ from pathlib import Path
 
 import torch
 
+from ..cpu_info import cpu_info
 from ..genotype import Genotype
 from ..io import atomic_write_text
 from .minibatch import EMBEDDED, load_search_batch
 from .proxies import get_proxy_name
 from .sampler import _backbone, parse_budget, sample_genotypes
-from .scoring import Candidate, candidate_seed, mode_config, resolve_mode, resolve_workers, score_candidates
+from .scoring import (
+    Candidate,
+    candidate_seed,
+    describe_config,
+    mode_config,
+    resolve_mode,
+    resolve_workers,
+    score_candidates,
+)
 
 __all__ = ["ReportError", "SearchResult", "SearchSettings", "load_report", "run_search"]
 
@@ -65,6 +74,7 @@ class SearchSettings:
     input_size: tuple[int, int, int]
     block_types: tuple[str, ...] | None = None
     minibatch_sha256: str | None = None  # the scored images and labels: a resume must see the same ones
+    precision: str | None = None  # "fp32" or the autocast dtype: fast mode's depends on the CPU (scoring)
     format: str = "blockswap-search-settings/1"
 
     def to_dict(self) -> dict[str, object]:
@@ -76,16 +86,19 @@ class SearchSettings:
     def differences(self, other: dict) -> list[str]:
         """Keys (other than ``samples``) whose values differ from a saved settings dict.
 
-        Reports written before ``minibatch_sha256`` existed lack it; their minibatch goes unchecked.
+        Reports written before ``minibatch_sha256`` or ``precision`` existed lack them; those go unchecked.
         """
         mine = self.to_dict()
         return [
             f"{k}: saved {other.get(k)!r}, now {mine[k]!r}"
             for k in mine
             if k != "samples"
-            and not (k == "minibatch_sha256" and k not in other)
+            and not (k in _LATER_SETTINGS and k not in other)
             and json.loads(json.dumps(mine[k])) != other.get(k)
         ]
+
+
+_LATER_SETTINGS = ("minibatch_sha256", "precision")  # keys older reports lack
 
 
 @dataclass
@@ -182,6 +195,7 @@ def _environment(device: str, world: int, workers: int) -> dict[str, object]:
         "torch": torch.__version__,
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu": cpu_info().to_dict(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "device": device,
@@ -273,6 +287,7 @@ def run_search(
     resume: bool = False,
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> SearchResult:
     """Search ``samples`` random genotypes of ``backbone`` within ``tolerance`` of ``budget`` for the best proxy score.
 
@@ -280,6 +295,7 @@ def run_search(
     ``report_dir`` every scored candidate is saved as it is scored (see the module docstring).
     ``workers``: scoring processes, or ``"auto"`` (``scoring.resolve_workers``). Exact mode's scores do not depend
     on it; fast mode's bf16 ones move (within its error) with the torch threads each process gets.
+    ``log`` receives one line saying how candidates are scored and why (on rank 0), before scoring starts.
     """
     t_start = time.perf_counter()
     if not 1 <= samples <= MAX_SAMPLES:
@@ -296,6 +312,7 @@ def run_search(
     workers = resolve_workers(workers, device, -(-samples // world), world, threads)
     mode = resolve_mode(mode, device)
     cfg = mode_config(mode, proxy, device, threads)  # before anything is written: an unknown mode is an error
+    scoring = f"{describe_config(mode, cfg)}; {workers} scoring process{'es' if workers > 1 else ''}"
     bb = _backbone(backbone)
     budget_n = parse_budget(budget)
     batch = load_search_batch(dataset, batch_size, seed, data_dir)
@@ -320,6 +337,7 @@ def run_search(
         tuple(batch.input_size),
         None if block_types is None else tuple(block_types),
         _minibatch_sha256(batch.images, batch.labels),
+        cfg.autocast_precision,
     )
     report = Path(report_dir) if report_dir is not None else None
     if report is not None:
@@ -327,7 +345,7 @@ def run_search(
         if rank == 0:
             try:
                 _prepare_report(report, settings, resume, force)
-                env = _environment(device, world, workers)
+                env = {**_environment(device, world, workers), "scoring": scoring}
                 atomic_write_text(report / "environment.json", json.dumps(env, indent=2) + "\n")
             except ReportError as e:
                 error = str(e)
@@ -369,6 +387,8 @@ def run_search(
         if progress is not None:
             progress(counter[0] if world == 1 else len(done) + (counter[0] - len(done)) * world, samples)
 
+    if log is not None and rank == 0:
+        log(scoring)
     if progress is not None:
         progress(len(done), samples)
     try:

@@ -1,11 +1,12 @@
 """Scoring candidates: build each genotype with a per-candidate init seed and apply a proxy.
 
 Two modes. ``exact``: fp32 on the whole minibatch: the values of the definition (to fp32 rounding).
-``fast``: bf16 autocast on a sub-batch of the same minibatch; chosen by measurement
-(``benchmarks/search_speed.py`` reports its speed and how often its winner is in exact mode's top
-5). Both initialise the network on the CPU (the same weights on every device), with parameters
-that need no gradient, so the only backward work is between the loss and the probes. On the CPU
-both run channels_last with the layers of ``cpu_layers`` and keep freed memory in the process.
+``fast``: a sub-batch of the same minibatch, in bf16 autocast where the CPU runs bf16 natively
+(``cpu_info``) and in fp32 where bf16 would be emulated, which is slower than fp32; chosen by
+measurement (``benchmarks/search_speed.py`` reports its speed and how often its winner is in exact
+mode's top 5). Both initialise the network on the CPU (the same weights on every device), with
+parameters that need no gradient, so the only backward work is between the loss and the probes. On
+the CPU both run channels_last with the layers of ``cpu_layers`` and keep freed memory in the process.
 A scoring loop builds each network from the blocks of the one before (``block_pool``): the same
 weights as a fresh build, with less Python work per candidate.
 """
@@ -29,6 +30,7 @@ from torch import nn
 from torch.profiler import record_function
 
 from ..allocator import retain_freed_memory
+from ..cpu_info import cpu_info
 from ..genotype import Genotype
 from ..models import build_model
 from ..numerics import strict_fp32
@@ -42,6 +44,7 @@ __all__ = [
     "Candidate",
     "ScoreConfig",
     "candidate_seed",
+    "describe_config",
     "mode_config",
     "resolve_mode",
     "score_candidates",
@@ -66,6 +69,11 @@ class ScoreConfig:
     def autocast_dtype(self) -> torch.dtype | None:
         return None if self.autocast is None else getattr(torch, self.autocast)
 
+    @property
+    def autocast_precision(self) -> str:
+        """``fp32``, ``bf16`` or ``fp16``: the arithmetic the network runs in."""
+        return {None: "fp32", "bfloat16": "bf16", "float16": "fp16"}[self.autocast]
+
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
@@ -75,34 +83,54 @@ MODES: dict[str, dict[str, object]] = {
     # ExactStatsBatchNorm2d (PyTorch's channels_last batch norm put Fisher potential 6e-3 from float64,
     # NCHW 3.9e-4: benchmarks/search_speed.py --ablation); GPUs keep NCHW, the published search's layout.
     "exact": {"autocast": None, "batch_size": None, "channels_last": True},
-    # bf16 autocast, channels_last, the first 64 images of the same minibatch (benchmarks/search_speed.py).
+    # bf16 autocast (fp32 on a CPU without native bf16), channels_last, the first 64 images of the same
+    # minibatch (benchmarks/search_speed.py).
     "fast": {"autocast": "bfloat16", "batch_size": 64, "channels_last": True},
 }
 
 
 def resolve_mode(mode: str, device: str) -> str:
-    """``auto``: fast mode on CPUs, exact mode on GPUs, where bf16 scored no faster (H200: exact 0.065,
-    fast 0.070 s/candidate, README) and exact mode gives the definition's values. Other modes pass through."""
+    """``auto``: fast mode on CPUs (in bf16 or fp32, as ``mode_config`` picks by the CPU), exact mode on GPUs,
+    where bf16 scored no faster (H200: exact 0.065, fast 0.070 s/candidate, README) and exact mode gives the
+    definition's values. Other modes pass through."""
     if mode != "auto":
         return mode
     return "exact" if torch.device(device).type == "cuda" else "fast"
 
 
 def mode_config(mode: str, proxy: str = "fisher", device: str = "cpu", num_threads: int | None = None) -> ScoreConfig:
-    """The ScoreConfig of a named mode (exact or fast) for ``proxy`` on ``device``."""
+    """The ScoreConfig of a named mode (exact or fast) for ``proxy`` on ``device``.
+
+    Fast mode on a CPU without native bf16 (``cpu_info``) stays fp32: emulated bf16 is slower than fp32
+    there, and the sub-batch alone makes it faster than exact mode.
+    """
     if mode not in MODES:
         raise ValueError(f"unknown scoring mode {mode!r}; choose one of {', '.join(MODES)}")
     opts = dict(MODES[mode])
+    on_cuda = torch.device(device).type == "cuda"
     if proxy != "fisher":
-        opts["autocast"], opts["channels_last"] = (
-            None,
-            False,
-        )  # the ablation proxies run in fp32 (synflow needs float64 range anyway)
-    if torch.device(device).type == "cuda" and opts["autocast"] == "bfloat16":
+        # the ablation proxies run in fp32 (synflow needs float64 range anyway)
+        opts["autocast"], opts["channels_last"] = None, False
+    if opts["autocast"] == "bfloat16" and not on_cuda and not cpu_info().native_bf16:
+        opts["autocast"] = None
+    if on_cuda and opts["autocast"] == "bfloat16":
         opts["batch_size"] = None  # on a GPU the whole batch costs about the same as half of it
-    if torch.device(device).type == "cuda" and opts["autocast"] is None:
+    if on_cuda and opts["autocast"] is None:
         opts["channels_last"] = False
     return ScoreConfig(proxy=proxy, device=device, num_threads=num_threads, **opts)  # type: ignore[arg-type]
+
+
+def describe_config(mode: str, cfg: ScoreConfig) -> str:
+    """What scoring with ``cfg`` runs and why, in one line, e.g. ``fast mode: fp32 on the first 64 images``."""
+    precision = cfg.autocast_precision + ("" if cfg.autocast is None else " autocast")
+    images = "the whole minibatch" if cfg.batch_size is None else f"the first {cfg.batch_size} images"
+    line = f"{mode} mode: {precision} on {images}, {'channels_last' if cfg.channels_last else 'NCHW'}"
+    if _uses_cpu_kernels(cfg):
+        line += " with the C kernels" if cpu_kernels() is not None else " (C kernels unavailable: PyTorch's layers)"
+    if mode == "fast" and torch.device(cfg.device).type == "cpu" and cfg.proxy == "fisher":
+        info = cpu_info()
+        line += f"; {'bf16' if info.native_bf16 else 'fp32'} for this CPU, {info.describe()}: {info.reason}"
+    return line
 
 
 def candidate_seed(search_seed: int, index: int) -> int:
@@ -209,7 +237,7 @@ def score_genotype(
         model = _to_device(model, cfg.device, fmt)
     with strict_fp32() if cfg.autocast is None else contextlib.nullcontext():  # no TF32 in fp32 modes
         if cfg.proxy == "fisher":
-            return fisher_potential(model, images, labels, autocast_dtype=cfg.autocast_dtype)
+            return fisher_potential(model, images, labels, cfg.autocast_dtype, cpu_fast_path=False)
         return get_proxy(cfg.proxy)(model, images, labels)
 
 

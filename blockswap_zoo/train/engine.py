@@ -9,6 +9,7 @@ import math
 import os
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..cpu_info import cpu_info
 from ..data import DatasetInfo, DeviceLoader, get_dataset_info, image_folder, load_arrays
 from ..io import atomic_write_text
 from ..models import build_model
@@ -39,6 +41,19 @@ RESUME_MAY_CHANGE = frozenset(
     {"data_dir", "download", "device", "progress", "num_workers", "eval_every", "eval_batch_size", "eval_subset",
      "compile", "compile_mode", "amp", "channels_last", "deterministic", "extra"}
 )  # fmt: skip
+
+
+def _use_bf16(amp: str, dev: torch.device) -> bool:
+    """Whether to train in bf16 autocast: ``bf16``, or ``auto`` on a GPU. Warns when a CPU would emulate bf16."""
+    use = amp == "bf16" or (amp == "auto" and dev.type == "cuda")
+    if use and dev.type == "cpu" and not cpu_info().native_bf16:
+        info = cpu_info()
+        warnings.warn(
+            f"--amp bf16 on {info.describe()}: {info.reason}, several times slower than fp32 here; "
+            "train with --amp none (or auto, fp32 on CPUs)",
+            stacklevel=3,
+        )
+    return use
 
 
 def _same_setting(key: str, saved: Any, now: Any) -> bool:  # noqa: ANN401
@@ -338,7 +353,7 @@ def _train(
     distill = teacher is not None
     if distill:
         check_model_fits(teacher, info, f"the teacher {config.teacher or ''}".rstrip(), classes=config.kd_alpha > 0)
-    amp = config.amp == "bf16" or (config.amp == "auto" and dev.type == "cuda")
+    amp = _use_bf16(config.amp, dev)
     channels_last = config.channels_last if config.channels_last is not None else dev.type == "cuda"
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(dev, memory_format=fmt)
