@@ -8,15 +8,32 @@ Only torch and safetensors are needed (no torchvision, typer or huggingface_hub)
 
 from __future__ import annotations
 
+from pathlib import Path as _Path
+
+import blockswap_zoo as _package
 from blockswap_zoo.pretrained import Weights as _Weights  # underscored: torch.hub.list shows only entrypoints
 from blockswap_zoo.pretrained import load_records as _load_records
 from blockswap_zoo.registry import create_model as _create_model
 
 dependencies = ["torch", "safetensors"]
+_HERE = _Path(__file__).resolve().parent
+
+
+def _check_own_package() -> None:
+    """Refuse to load through another copy of blockswap_zoo: one imported before this hubconf (an installed or
+    other checkout) would serve its own records and weight files, not this repository's."""
+    mine = _Path(_package.__file__).resolve().parent.parent
+    if mine != _HERE:
+        raise ImportError(
+            f"blockswap_zoo is already imported from {mine}, not from this repository ({_HERE}); torch.hub would "
+            "load that copy's records and weights. Call torch.hub.load in a process that has not imported "
+            "blockswap_zoo, or use that copy's create_model directly"
+        )
 
 
 def _entrypoint(w: _Weights):  # noqa: ANN202 - torch.hub reads the function and its docstring
     def load(pretrained: bool = True, num_classes: int | None = None, in_chans: int | None = None, **kwargs):  # noqa: ANN003
+        _check_own_package()
         if not pretrained and in_chans is None:
             in_chans = w.in_chans  # the published configuration, randomly initialised
         return _create_model(w.name if pretrained else w.arch, pretrained=pretrained, num_classes=num_classes,

@@ -337,16 +337,18 @@ def reproduce(
 ) -> None:
     """Rebuild a checkpoint from its recipe; exit 1 if the measured metric misses the recipe's expectation."""
     from .recipes import load_recipe
-    from .reproduce import plan, preflight
+    from .reproduce import check_run_dir, plan, preflight
     from .reproduce import reproduce as run
 
     try:
         r = load_recipe(recipe)
+        run_dir = out or Path("runs") / r.name
         if dry_run:
             preflight(r, max_steps)  # what the run would refuse, refused by the dry run too
+            check_run_dir(r, run_dir, resume, force, max_steps)
             print(json.dumps(plan(r), indent=2))
             return
-        result = run(r, out or Path("runs") / r.name, resume=resume, force=force, max_steps=max_steps, device=device)
+        result = run(r, run_dir, resume=resume, force=force, max_steps=max_steps, device=device)
     except (ValueError, FileExistsError, FileNotFoundError) as e:
         fail(str(e))
     console.print(result.message, highlight=False)

@@ -121,7 +121,10 @@ def checkpoint_directory(spec: str) -> Path:
     """The folder a ``local-dir:PATH`` or ``hf-hub:ORG/NAME[@REV]`` name points to (a Hub repo is pulled or
     found in the cache); ValueError for a malformed name."""
     if spec.startswith("local-dir:"):
-        return Path(spec[len("local-dir:") :]).expanduser()
+        try:
+            return Path(spec[len("local-dir:") :]).expanduser()
+        except RuntimeError:  # ~user for a user this system does not have
+            raise ValueError(f"{spec!r}: no such user's home directory; write the path out") from None
     if not spec.startswith("hf-hub:"):
         raise ValueError(f"{spec!r} is not a local-dir:PATH or hf-hub:ORG/NAME name")
     repo_id, _, rev = spec[len("hf-hub:") :].partition("@")
@@ -161,6 +164,8 @@ def _read_config(directory: Path) -> dict[str, Any]:
         or size[0] != cfg["in_chans"]
     ):  # fmt: skip
         raise WeightsError(f"{cfg_path}: input_size must be [in_chans, height, width] (in_chans {cfg['in_chans']})")
+    if cfg.get("weights_size") is not None and not positive_int(cfg["weights_size"], 0):
+        raise WeightsError(f"{cfg_path}: weights_size must be the file's size in bytes, got {cfg['weights_size']!r}")
     return cfg
 
 
@@ -177,12 +182,33 @@ def load_checkpoint_dir(
     if in_chans is not None and in_chans != cfg["in_chans"]:
         raise WeightsError(f"the checkpoint takes {cfg['in_chans']} input channels, not {in_chans}")
     genotype = Genotype.from_dict(cfg["genotype"])
+    # verified first, then checked against config.json (not itself hashed), then built: a config that asks
+    # for a network the weights do not hold fails here, not in allocating it
+    state = load_verified_state_dict(directory / WEIGHTS_NAME, cfg["weights_sha256"], cfg.get("weights_size"))
+    _check_config_fits_weights(cfg, genotype, state, directory / CONFIG_NAME)
     classes = cfg["num_classes"] if num_classes is None else num_classes  # 0: features only, as timm
     model = build_model(genotype, num_classes=classes, in_chans=cfg["in_chans"], **kwargs)
-    state = load_verified_state_dict(directory / WEIGHTS_NAME, cfg["weights_sha256"], cfg.get("weights_size"))
     load_model_weights(model, state, str(directory / WEIGHTS_NAME))
     model.pretrained_cfg = cfg  # type: ignore[attr-defined]
     return model
+
+
+def _check_config_fits_weights(
+    cfg: dict[str, Any], genotype: Genotype, state: dict[str, torch.Tensor], cfg_path: Path
+) -> None:
+    """The network config.json describes holds the verified weights: as many classes as the classifier and no
+    more parameters than the file (counted analytically, nothing built); WeightsError naming the file if not."""
+    head = state.get("fc.weight")
+    classes = 0 if head is None else head.shape[0]
+    if cfg["num_classes"] != classes:
+        raise WeightsError(f"{cfg_path}: num_classes is {cfg['num_classes']} but the weights' classifier has {classes}")
+    params = genotype.num_params(cfg["num_classes"], cfg["in_chans"])
+    stored = sum(t.numel() for t in state.values())
+    if params > stored:
+        raise WeightsError(
+            f"{cfg_path}: its genotype has {params:,} parameters but the weights hold {stored:,} values; "
+            "config.json and model.safetensors are not from one checkpoint"
+        )
 
 
 def save_checkpoint_dir(

@@ -8,7 +8,6 @@ verifies the full sha256 first.
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import json
 import os
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .hub import OfflineError, WeightsError, is_offline, load_verified_state_dict
+from .io import missing_dirs, remove_failed_download
 
 __all__ = [
     "GITHUB_REPO",
@@ -33,6 +33,12 @@ __all__ = [
 GITHUB_REPO = "blockswap-zoo/blockswap-zoo"
 RECORDS_FILE = Path(__file__).with_name("pretrained.json")
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def is_checkout() -> bool:
+    """Whether the package runs from a repository checkout (or torch.hub clone), which holds ``weights/``
+    and ``recipes/``, rather than from an installed wheel."""
+    return (REPO_ROOT / "hubconf.py").is_file() and (REPO_ROOT / "blockswap_zoo").is_dir()
 
 
 @dataclass(frozen=True)
@@ -133,20 +139,19 @@ def resolve_weights_file(w: Weights) -> Path:
     if cached.is_file():
         return cached
     if is_offline():
+        checkout = f" (or {in_repo} in this checkout)" if is_checkout() else ""
         raise OfflineError(
-            f"offline mode: weights {w.name} are not cached; expected {cached} (or {in_repo} in a checkout). "
+            f"offline mode: weights {w.name} are not cached; expected {cached}{checkout}. "
             "Copy the file there, or unset HF_HUB_OFFLINE / BLOCKSWAP_ZOO_OFFLINE to download it"
         )
     from torch.hub import download_url_to_file
 
-    made = not cached.parent.exists()
+    created = missing_dirs(cached.parent)
     cached.parent.mkdir(parents=True, exist_ok=True)
     try:
         download_url_to_file(w.url, str(cached), progress=False)  # writes a temp file, then renames
     except OSError as e:  # URLError included: no network, DNS, HTTP errors
-        if made:
-            with contextlib.suppress(OSError):
-                cached.parent.rmdir()  # only if empty: leave nothing behind
+        remove_failed_download(created)  # the folders made for it, if left empty: nothing behind
         raise OfflineError(
             f"could not download weights {w.name} from {w.url} ({type(e).__name__}: {e}). Put the file at "
             f"{cached} (sha256 {w.sha256}) and set HF_HUB_OFFLINE=1, or retry with network access"

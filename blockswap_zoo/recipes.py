@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-from .yaml_io import load_yaml
+from .limits import check_seed
+from .yaml_io import load_yaml, read_settings_text
 
 __all__ = [
     "Recipe",
@@ -188,6 +191,14 @@ def _build(cls: type, data: Any, where: str) -> Any:
     return cls(**kwargs)
 
 
+def _field(where: str, check: Callable[[Any], object], value: Any) -> None:  # noqa: ANN401
+    """``check(value)``, its ValueError (GenotypeError, ...) as a RecipeError that names the field."""
+    try:
+        check(value)
+    except ValueError as e:
+        raise RecipeError(f"{where}: {e}") from None
+
+
 def _validate(r: Recipe) -> None:
     from .registry import resolve_genotype
 
@@ -198,8 +209,17 @@ def _validate(r: Recipe) -> None:
         )
     if (r.student.genotype is None) == (r.student.search is None):
         raise RecipeError("student: give exactly one of 'genotype' or 'search'")
+    _field("seed", check_seed, r.seed)
+    if r.student.genotype is not None:
+        _field("student.genotype", resolve_genotype, r.student.genotype)
+    if r.expected is not None:
+        e = r.expected
+        if not (math.isfinite(e.value) and 0 <= e.value <= 100):
+            raise RecipeError(f"expected.value: a percentage in 0..100, got {e.value!r}")
+        if not (math.isfinite(e.tolerance) and 0 <= e.tolerance <= 100):
+            raise RecipeError(f"expected.tolerance: percentage points in 0..100, got {e.tolerance!r}")
     if r.teacher is not None:
-        resolve_genotype(r.teacher.arch)  # a registered arch or a plain backbone (wrn_10_1: all-S)
+        _field("teacher.arch", resolve_genotype, r.teacher.arch)  # a registered arch or a plain backbone
         if (r.teacher.pretrained is None) == (r.teacher.train is None):
             raise RecipeError("teacher: give exactly one of 'pretrained' (a zoo checkpoint) or 'train'")
         zoo_weights = r.teacher.pretrained is not None and ":" not in r.teacher.pretrained  # arch.tag, not torchvision:
@@ -241,8 +261,7 @@ def _validate_search(s: SearchSpec) -> None:
         raise RecipeError(f"student.search.budget: {e}") from None
     if not 1 <= s.samples <= MAX_SAMPLES:
         raise RecipeError(f"student.search.samples: must be in 1..{MAX_SAMPLES:,}, got {s.samples}")
-    if not 0 <= s.seed < 2**63:
-        raise RecipeError(f"student.search.seed: must be in 0..2**63-1, got {s.seed}")
+    _field("student.search.seed", check_seed, s.seed)
     if not 0 <= s.tolerance < 1:
         raise RecipeError(f"student.search.tolerance: must be in [0, 1) (0.025: +-2.5%), got {s.tolerance}")
 
@@ -278,10 +297,24 @@ def find_recipe(name_or_path: str | Path) -> Path:
     for f in list_recipes():
         if f.stem == str(name_or_path) or f.name == str(name_or_path):
             return f
-    names = ", ".join(f.stem for f in list_recipes()) or "none"
+    names = ", ".join(f.stem for f in list_recipes())
+    if not names:
+        raise RecipeError(
+            f"no recipe {str(name_or_path)!r}: not a recipe file, and this installation ships no recipes (they are "
+            "in the repository's recipes/ folder); pass the path of a recipe file"
+        )
     raise RecipeError(f"no recipe {str(name_or_path)!r}: not a file, and not one of the shipped recipes ({names})")
 
 
 def load_recipe(name_or_path: str | Path) -> Recipe:
+    """Find (``find_recipe``), read and parse a recipe; RecipeError naming the file for anything unreadable."""
     path = find_recipe(name_or_path)
-    return parse_recipe(path.read_text(), str(path))
+    try:
+        text = read_settings_text(path)
+    except OSError as e:
+        raise RecipeError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise RecipeError(f"{path}: not UTF-8 text; a recipe is YAML") from None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: {e}") from None
+    return parse_recipe(text, str(path))

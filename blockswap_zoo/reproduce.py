@@ -20,7 +20,16 @@ from .genotype import Genotype
 from .io import atomic_write_text
 from .recipes import OptimSpec, Recipe, RecipeError
 
-__all__ = ["ReproduceResult", "plan", "reproduce", "stage_costs", "student_genotype_of", "training_summary"]
+__all__ = [
+    "ReproduceResult",
+    "check_run_dir",
+    "plan",
+    "preflight",
+    "reproduce",
+    "stage_costs",
+    "student_genotype_of",
+    "training_summary",
+]
 
 
 @dataclass(frozen=True)
@@ -50,7 +59,8 @@ def _train_kwargs(spec: OptimSpec) -> dict[str, Any]:
 
 def preflight(recipe: Recipe, max_steps: int | None = None) -> None:
     """Refuse, before anything is written or trained, what a stage would only refuse hours later: a budget
-    no student meets, training settings TrainConfig rejects, a student whose stages the teacher lacks."""
+    no student meets, training settings TrainConfig rejects, a student whose stages the teacher lacks, data
+    that is missing or unreadable or smaller than a batch, a teacher source that does not resolve."""
     from .data import get_dataset_info
     from .registry import resolve_genotype
     from .search import BudgetError, sample_genotypes
@@ -59,6 +69,16 @@ def preflight(recipe: Recipe, max_steps: int | None = None) -> None:
     if max_steps is not None and max_steps < 1:
         raise RecipeError(f"--max-steps must be >= 1, got {max_steps}")
     info = get_dataset_info(recipe.dataset.name)
+    n_train = _check_data(recipe)
+    for where, spec in (("train", recipe.train), ("teacher.train", recipe.teacher.train if recipe.teacher else None)):
+        if spec is not None and spec.batch_size > min(spec.subset or n_train, n_train):
+            of = f"the {spec.subset:,}-image subset" if spec.subset and spec.subset < n_train else "the training split"
+            raise RecipeError(
+                f"{recipe.source}: {where}.batch_size {spec.batch_size} is larger than {of} "
+                f"({min(spec.subset or n_train, n_train):,} images); lower the batch size or raise the subset"
+            )
+    if recipe.teacher is not None and recipe.teacher.pretrained is not None:
+        _check_teacher_source(recipe)
     s = recipe.student.search
     student = student_genotype_of(recipe)
     if s is not None:
@@ -84,6 +104,45 @@ def preflight(recipe: Recipe, max_steps: int | None = None) -> None:
                 f"{recipe.source}: the student ({student.backbone}) has {len(student.backbone_spec.stage_depths)} "
                 f"stages but the teacher ({recipe.teacher.arch}) {teacher_stages}: attention transfer pairs stages"
             )
+
+
+def _check_data(recipe: Recipe) -> int:
+    """Both splits of the recipe's dataset found and readable (DatasetNotFoundError / DatasetError, which name
+    where they looked and how to get the data); returns the number of training images."""
+    from .data import get_dataset_info, image_folder, load_arrays
+
+    info = get_dataset_info(recipe.dataset.name)
+    data_dir = recipe.dataset.data_dir
+    if info.in_memory:
+        load_arrays(info.name, "test", data_dir)
+        return len(load_arrays(info.name, "train", data_dir))
+    image_folder(info.name, "val", data_dir, None)
+    return len(image_folder(info.name, "train", data_dir, None))  # type: ignore[arg-type]
+
+
+def _check_teacher_source(recipe: Recipe) -> None:
+    """``teacher.pretrained`` resolves to weights for ``teacher.arch``: a published record, a checkpoint
+    directory (``local-dir:``; ``hf-hub:`` is pulled or found in the cache), or a torchvision weights enum."""
+    from .hub import checkpoint_directory, read_checkpoint_config
+    from .pretrained import get_weights
+
+    t = recipe.teacher
+    assert t is not None and t.pretrained is not None
+    where = f"{recipe.source}: teacher.pretrained {t.pretrained!r}"
+    try:
+        if t.pretrained.startswith("torchvision:"):
+            import torchvision
+
+            torchvision.models.get_weight(t.pretrained.split(":", 1)[1])
+        elif t.pretrained.startswith(("local-dir:", "hf-hub:")):
+            read_checkpoint_config(checkpoint_directory(t.pretrained))
+        else:
+            get_weights(t.pretrained)
+    except (ValueError, KeyError, AttributeError, FileNotFoundError) as e:
+        raise RecipeError(
+            f"{where} does not resolve ({e}); use a published name (`blockswap-zoo list --pretrained`), "
+            "local-dir:PATH, hf-hub:ORG/NAME or torchvision:ENUM.WEIGHTS"
+        ) from None
 
 
 def _distill_kwargs(recipe: Recipe) -> dict[str, Any]:
@@ -331,6 +390,24 @@ def _write_checkpoint(
 RUN_KIND = "run.json"  # {"max_steps": null} for a full run, N for a smoke run
 
 
+def check_run_dir(recipe: Recipe, run_dir: Path, resume: bool, force: bool, max_steps: int | None) -> None:
+    """Whether ``run_dir`` can take this run as asked (new, resumed, or replaced with ``force``); FileExistsError
+    with the fix if not. Writes nothing: the dry run asks it too."""
+    marker = run_dir / "recipe.yaml"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"--out {run_dir} is a file, not a directory; choose a directory for the run")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if force:
+            if not marker.is_file() and not (run_dir / RUN_KIND).is_file():
+                raise FileExistsError(f"{run_dir} is not a reproduce run (no recipe.yaml); --force only replaces runs")
+            return
+        if not resume:
+            raise FileExistsError(f"{run_dir} is not empty; pass --resume to continue it or --force to start over")
+        if marker.is_file() and marker.read_text() != Path(recipe.source).read_text():
+            raise FileExistsError(f"{run_dir} was started from a different recipe; use another --out or --force")
+    _check_same_kind_of_run(run_dir, max_steps)
+
+
 def _check_same_kind_of_run(run_dir: Path, max_steps: int | None) -> None:
     """A resumed run keeps its kind: a smoke run's finished stages must not end up in a 'full' checkpoint."""
     kind = run_dir / RUN_KIND
@@ -360,17 +437,10 @@ def reproduce(
     run_dir = Path(run_dir)
     marker = run_dir / "recipe.yaml"
     preflight(recipe, max_steps)  # nothing is written for a recipe that cannot run
+    check_run_dir(recipe, run_dir, resume, force, max_steps)
     the_plan = plan(recipe)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if force:
-            if not marker.is_file() and not (run_dir / RUN_KIND).is_file():
-                raise FileExistsError(f"{run_dir} is not a reproduce run (no recipe.yaml); --force only replaces runs")
-            shutil.rmtree(run_dir)
-        elif not resume:
-            raise FileExistsError(f"{run_dir} is not empty; pass --resume to continue it or --force to start over")
-        elif marker.is_file() and marker.read_text() != Path(recipe.source).read_text():
-            raise FileExistsError(f"{run_dir} was started from a different recipe; use another --out or --force")
-    _check_same_kind_of_run(run_dir, max_steps)
+    if force and run_dir.exists() and any(run_dir.iterdir()):
+        shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / RUN_KIND, json.dumps({"max_steps": max_steps}) + "\n")
     atomic_write_text(marker, Path(recipe.source).read_text())

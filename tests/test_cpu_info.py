@@ -90,12 +90,12 @@ def test_fast_mode_is_bf16_only_where_the_cpu_has_native_bf16(cpu_kind) -> None:
     cpu_kind(NATIVE)
     cfg = mode_config("fast")
     assert cfg.autocast == "bfloat16" and cfg.batch_size == 64 and cfg.channels_last
-    assert "bf16 for this CPU" in describe_config("fast", cfg)
+    assert "bf16 because the CPU has avx512_bf16 (Test CPU, AVX-512)" in describe_config("fast", cfg)
     cpu_kind(EMULATED)
     cfg = mode_config("fast")
     assert cfg.autocast is None and cfg.batch_size == 64 and cfg.channels_last  # fp32, still the sub-batch
     line = describe_config("fast", cfg)
-    assert "fp32 on the first 64 images" in line and "Test CPU (AVX2, no native bf16)" in line and "emulated" in line
+    assert "fp32 on the first 64 images" in line and "fp32 because" in line and "emulated (Test CPU, AVX2)" in line
     # GPUs and the exact mode do not depend on the CPU
     assert mode_config("fast", device="cuda").autocast == "bfloat16"
     assert mode_config("exact").autocast is None and mode_config("exact").batch_size is None
@@ -109,7 +109,7 @@ def test_fast_mode_without_native_bf16_scores_exact_mode_on_the_sub_batch(cpu_ki
     out = tmp_path / "fp32"
     r = run_search("wrn_10_1", "20k", samples=3, seed=5, threads=1, mode="auto", report_dir=out, log=lines.append)
     assert r.settings.mode == "fast" and r.settings.precision == "fp32"
-    assert len(lines) == 1 and "fast mode: fp32 on the first 64 images" in lines[0] and "no native bf16" in lines[0]
+    assert len(lines) == 1 and "fast mode: fp32 on the first 64 images" in lines[0] and "bf16 is emulated" in lines[0]
     batch = load_embedded_batch(5)
     exact = mode_config("exact")
     for c in r.candidates:

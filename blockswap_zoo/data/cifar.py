@@ -7,14 +7,17 @@ the handful of numpy names that rebuild a plain ``ndarray`` (``_reconstruct``, `
 ``dtype``, ``_frombuffer``) (and ``_codecs.encode`` restricted to
 latin-1, which protocol-2 pickles written by Python 3 use for bytes). Anything else - ``os.system``,
 ``builtins.eval``, any other global - is refused with :class:`UnsafePickleError`, so a crafted
-file cannot run code. Downloads (when the network allows) use torchvision's downloader, which
-checks the archive's md5.
+file cannot run code. The allowed constructors refuse, before numpy allocates, any array larger
+than the format holds (50,000 x 3,072 bytes) and arrays of objects, so a small file cannot ask for
+terabytes. Downloads (when the network allows) use torchvision's downloader, which checks the
+archive's md5.
 """
 
 from __future__ import annotations
 
 import codecs
 import io
+import math
 import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,15 +69,59 @@ def _latin1_encode(obj: str, encoding: str = "utf-8", errors: str = "strict") ->
     return obj.encode("latin-1", errors)
 
 
+MAX_ARRAY_BYTES = 50_000 * 3072  # the largest array the format holds: CIFAR-100's train batch, uint8
+
+
+def _check_array(shape: Any, dtype: Any) -> None:  # noqa: ANN401 - whatever the pickle passes
+    """Refuse, before numpy allocates it, an array larger than any CIFAR batch holds, or one of objects."""
+    try:
+        dims = [int(d) for d in (shape if isinstance(shape, tuple | list) else (shape,))]
+        dt = np.dtype(dtype)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise CifarFormatError(f"an array of shape {shape!r} and dtype {dtype!r} ({e})") from None
+    if dt.hasobject:
+        raise UnsafePickleError("refusing an array of Python objects: CIFAR batches hold numbers")
+    if any(d < 0 for d in dims) or math.prod(dims) * dt.itemsize > MAX_ARRAY_BYTES:
+        raise CifarFormatError(
+            f"an array of shape {tuple(dims)} and dtype {dt}: more than a CIFAR batch holds ({MAX_ARRAY_BYTES:,} bytes)"
+        )
+
+
+class _BoundedArray(np.ndarray):
+    """The ndarray an unpickled batch is built as: created and restored only within ``MAX_ARRAY_BYTES``."""
+
+    def __new__(cls, shape: Any, dtype: Any = float, *args: Any, **kwargs: Any) -> _BoundedArray:  # noqa: ANN401
+        _check_array(shape, dtype)
+        return super().__new__(cls, shape, dtype, *args, **kwargs)
+
+    def __setstate__(self, state: Any) -> None:  # noqa: ANN401 - numpy's (version, shape, dtype, fortran, data)
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise CifarFormatError(f"an array state of the wrong form ({type(state).__name__})")
+        _check_array(state[-4], state[-3])
+        super().__setstate__(state)
+
+
+def _bounded_reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:  # noqa: ANN401
+    if subtype is not _BoundedArray:
+        raise UnsafePickleError(f"refusing to reconstruct {subtype!r}: CIFAR batches hold plain numpy arrays")
+    _check_array(shape, dtype)
+    return _reconstruct()(subtype, shape, dtype)
+
+
+def _bounded_frombuffer(buf: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:  # noqa: ANN401
+    _check_array(shape, dtype)
+    return _frombuffer()(buf, dtype, shape, order)
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """An unpickler that can rebuild dicts, lists, strings, numbers and numpy arrays - nothing else."""
 
     _ALLOWED: dict[tuple[str, str], Callable[[], Any]] = {
-        ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
-        ("numpy.core.numeric", "_frombuffer"): _frombuffer,  # protocol 5
-        ("numpy._core.numeric", "_frombuffer"): _frombuffer,
-        ("numpy", "ndarray"): lambda: np.ndarray,
+        ("numpy.core.multiarray", "_reconstruct"): lambda: _bounded_reconstruct,
+        ("numpy._core.multiarray", "_reconstruct"): lambda: _bounded_reconstruct,
+        ("numpy.core.numeric", "_frombuffer"): lambda: _bounded_frombuffer,  # protocol 5
+        ("numpy._core.numeric", "_frombuffer"): lambda: _bounded_frombuffer,
+        ("numpy", "ndarray"): lambda: _BoundedArray,
         ("numpy", "dtype"): lambda: np.dtype,
         ("_codecs", "encode"): lambda: _latin1_encode,
     }

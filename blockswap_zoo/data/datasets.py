@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io import missing_dirs, remove_failed_download
 from .cifar import CIFAR_LAYOUTS, CifarFormatError, UnsafePickleError, download_cifar, read_cifar
 from .idx import IdxFormatError, read_idx
 
@@ -245,32 +246,16 @@ def _cifar(name: str, data_dir: str | Path | None, split: str, download: bool) -
             return _read_cifar_checked(root, name, split)
     error = ""
     if download:
-        created = _missing_dirs(roots[0])
+        created = missing_dirs(roots[0])
         try:
             download_cifar(roots[0], name)
             return _read_cifar_checked(roots[0], name, split)
         except (OSError, RuntimeError) as e:  # no network, bad md5, ...
             error = f" Download into {roots[0]} failed: {type(e).__name__}: {e}."
             if not (roots[0] / layout.folder).is_dir():  # nothing was extracted: undo what the attempt made
-                _remove_failed_download(created, roots[0] / layout.archive)
+                remove_failed_download(created, roots[0] / layout.archive)
     looked = ", ".join(str(r / layout.folder) for r in roots)
     raise DatasetNotFoundError(f"{name} not found (looked in: {looked}).{error} To get it: {info.how_to_get}")
-
-
-def _missing_dirs(folder: Path) -> list[Path]:
-    """``folder`` and those of its parents that do not exist yet, deepest first (what a download would create)."""
-    return [p for p in (folder, *folder.parents) if not p.exists()]
-
-
-def _remove_failed_download(created: list[Path], archive: Path) -> None:
-    """After a failed download, remove its partial archive and the folders it created (if left empty)."""
-    if archive.parent in created:  # a folder that was there before is left to its owner
-        archive.unlink(missing_ok=True)
-    for folder in created:
-        try:
-            folder.rmdir()  # only empty folders: never a file we did not write
-        except OSError:
-            return
 
 
 def _read_cifar_checked(root: Path, name: str, split: str) -> tuple[np.ndarray, np.ndarray, str]:

@@ -128,7 +128,7 @@ def search(
                 resume=resume,
                 force=force,
                 progress=on_progress,
-                log=lambda line: progress.console.print(f"scoring: {line}", highlight=False),
+                log=lambda line: progress.console.print(f"scoring: {line}", highlight=False, soft_wrap=True),
             )
     except (BudgetError, ReportError, DatasetError, DatasetNotFoundError, ValueError) as e:
         _fail(str(e))

@@ -27,6 +27,7 @@ import torch
 from ..cpu_info import cpu_info
 from ..genotype import Genotype
 from ..io import atomic_write_text
+from ..limits import check_seed
 from .minibatch import EMBEDDED, load_search_batch
 from .proxies import get_proxy_name
 from .sampler import _backbone, parse_budget, sample_genotypes
@@ -300,8 +301,10 @@ def run_search(
     t_start = time.perf_counter()
     if not 1 <= samples <= MAX_SAMPLES:
         raise ValueError(f"samples must be in 1..{MAX_SAMPLES:,} (candidates are drawn up front), got {samples}")
-    if not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be in 0..2**63-1, got {seed}")
+    try:
+        check_seed(seed)
+    except ValueError as e:
+        raise ValueError(f"seed {e}") from None
     proxy = get_proxy_name(proxy)
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be >= 1 (or left out for torch's default), got {threads}")

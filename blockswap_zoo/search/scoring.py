@@ -129,7 +129,7 @@ def describe_config(mode: str, cfg: ScoreConfig) -> str:
         line += " with the C kernels" if cpu_kernels() is not None else " (C kernels unavailable: PyTorch's layers)"
     if mode == "fast" and torch.device(cfg.device).type == "cpu" and cfg.proxy == "fisher":
         info = cpu_info()
-        line += f"; {'bf16' if info.native_bf16 else 'fp32'} for this CPU, {info.describe()}: {info.reason}"
+        line += f"; {'bf16' if info.native_bf16 else 'fp32'} because {info.reason} ({info.model}, {info.isa})"
     return line
 
 

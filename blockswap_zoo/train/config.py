@@ -10,7 +10,8 @@ from typing import Any
 
 import yaml
 
-from ..yaml_io import load_yaml
+from ..limits import check_seed
+from ..yaml_io import load_yaml, read_settings_text
 from .distributed import parse_device
 
 __all__ = ["ConfigError", "TrainConfig", "load_config_file", "paper_defaults", "resolve_config"]
@@ -100,10 +101,14 @@ class TrainConfig:
             v = getattr(self, key)
             if v is not None and (not is_int(v) or v < 1):
                 raise ConfigError(f"{key} must be a positive integer or null; got {v!r}")
-        for key in ("eval_every", "num_workers", "seed"):
+        for key in ("eval_every", "num_workers"):
             v = getattr(self, key)
-            if not is_int(v) or (key != "seed" and v < 0):
-                raise ConfigError(f"{key} must be an integer{'' if key == 'seed' else ' >= 0'}; got {v!r}")
+            if not is_int(v) or v < 0:
+                raise ConfigError(f"{key} must be an integer >= 0; got {v!r}")
+        try:
+            check_seed(self.seed)
+        except ValueError as e:
+            raise ConfigError(f"seed {e}") from None
         for key in ("lr", "weight_decay", "beta", "warmup_epochs", "label_smoothing", "kd_alpha", "momentum"):
             if not is_number(getattr(self, key)) or getattr(self, key) < 0:
                 raise ConfigError(f"{key} must be a finite number >= 0; got {getattr(self, key)!r}")
@@ -176,9 +181,11 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML settings file (safe tags only, no code, no aliases: ``load_yaml``) into a dict."""
     path = Path(path)
     try:
-        data = load_yaml(path.read_text(encoding="utf-8"))
+        data = load_yaml(read_settings_text(path))
     except OSError as e:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text; a config file is YAML") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
     if data is None:
