@@ -1,5 +1,5 @@
 """``python -m blockswap_zoo``: the same CLI as the ``blockswap-zoo`` command."""
 
-from .cli import main
+from .cli.app import main
 
 main()

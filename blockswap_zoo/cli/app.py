@@ -1,4 +1,5 @@
-"""The ``blockswap-zoo`` command line: thin commands that call the library."""
+"""The ``blockswap-zoo`` app: the commands on models, recipes and the zoo, and the search and training
+commands registered from ``search.py`` and ``train.py``; thin commands that call the library."""
 
 from __future__ import annotations
 
@@ -6,25 +7,17 @@ import hashlib
 import json
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from .genotype import Genotype
-from .registry import get_arch, list_models, names_published_weights, resolve_genotype
+from ..genotype import Genotype
+from ..registry import get_arch, list_models, names_published_weights, resolve_genotype
+from .output import console, err_console, fail
+from .search import search as search_cmd
+from .train import distill_cmd, evaluate_cmd, finetune_cmd, train_teacher_cmd
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="BlockSwap students: search, distil, load.")
-console = Console()
-err_console = Console(stderr=True)
-
-
-def fail(message: str, code: int = 2) -> NoReturn:
-    """Print a clear error and exit non-zero (2: bad input)."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)  # [..] in a message is text
-    raise typer.Exit(code)
 
 
 def _resolve_genotype(name: str) -> tuple[str, Genotype, int, int, tuple[int, int, int]]:
@@ -32,7 +25,7 @@ def _resolve_genotype(name: str) -> tuple[str, Genotype, int, int, tuple[int, in
     if Path(name).is_dir() and (Path(name) / "winner.json").is_file():
         name = str(Path(name) / "winner.json")  # a search report: its winner
     if name.startswith(("local-dir:", "hf-hub:")):  # a checkpoint: the shape it was trained at
-        from .hub import checkpoint_directory, read_checkpoint_config
+        from ..hub import checkpoint_directory, read_checkpoint_config
 
         cfg = read_checkpoint_config(checkpoint_directory(name))
         g = Genotype.from_dict(cfg["genotype"])
@@ -60,7 +53,7 @@ def _resolve_genotype(name: str) -> tuple[str, Genotype, int, int, tuple[int, in
                 g.backbone_spec.default_input_size,
             )
         if names_published_weights(name):  # arch.tag: the published checkpoint's classes, channels and size
-            from .pretrained import get_weights
+            from ..pretrained import get_weights
 
             w = get_weights(name)
             return w.name, a.genotype, w.num_classes, w.in_chans, tuple(w.input_size)  # type: ignore[return-value]
@@ -96,7 +89,7 @@ def list_cmd(
 
 
 def _list_pretrained(pattern: str, as_json: bool) -> None:
-    from .pretrained import list_pretrained, load_records
+    from ..pretrained import list_pretrained, load_records
 
     names = list_pretrained(pattern)
     if not names:
@@ -203,8 +196,8 @@ def export_cmd(
     force: bool = typer.Option(False, "--force", help="Replace an existing output file."),
 ) -> None:
     """Export a model and check that the exported file reproduces PyTorch's outputs."""
-    from .export import export_model
-    from .registry import create_model, names_published_weights
+    from ..export import export_model
+    from ..registry import create_model, names_published_weights
 
     if fmt not in ("onnx", "export"):
         fail(f"--format must be onnx or export, got {fmt!r}")
@@ -253,8 +246,8 @@ def download(
     ),
 ) -> None:
     """Fetch a checkpoint into the local cache and verify it (sha256), so later loads work offline."""
-    from .hub import checkpoint_directory, load_checkpoint_dir, load_verified_state_dict
-    from .pretrained import get_weights, resolve_weights_file
+    from ..hub import checkpoint_directory, load_checkpoint_dir, load_verified_state_dict
+    from ..pretrained import get_weights, resolve_weights_file
 
     try:
         if name.startswith("hf-hub:"):
@@ -276,7 +269,7 @@ def publish(
     private: bool = typer.Option(False, "--private"),
 ) -> None:
     """Upload a checkpoint directory to the Hugging Face Hub and print the commit."""
-    from .hub import push_to_hf_hub
+    from ..hub import push_to_hf_hub
 
     try:
         commit = push_to_hf_hub(run_dir, repo_id, private=private)
@@ -294,7 +287,7 @@ def docs(
     ),
 ) -> None:
     """Regenerate the README's pretrained table, MODEL_CARD.md and each checkpoint's card from the records."""
-    from .cards import stale_docs, write_docs
+    from ..cards import stale_docs, write_docs
 
     root = Path(__file__).resolve().parents[1]
     try:
@@ -311,18 +304,11 @@ def docs(
         fail(str(e))
 
 
-# Training commands live in blockswap_zoo.train.command (heavy imports happen inside them).
-from .train.command import distill_cmd, evaluate_cmd, finetune_cmd, train_teacher_cmd  # noqa: E402
-
-app.command("train-teacher")(train_teacher_cmd)
+app.command("train-teacher")(train_teacher_cmd)  # cli/train.py: heavy imports happen inside the commands
 app.command("distill")(distill_cmd)
 app.command("evaluate")(evaluate_cmd)
 app.command("finetune")(finetune_cmd)
-
-# The search command lives in blockswap_zoo.search.command (it calls run_search).
-from .search.command import search as search_cmd  # noqa: E402
-
-app.command("search")(search_cmd)
+app.command("search")(search_cmd)  # cli/search.py: it calls run_search
 
 
 @app.command()
@@ -336,9 +322,9 @@ def reproduce(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
 ) -> None:
     """Rebuild a checkpoint from its recipe; exit 1 if the measured metric misses the recipe's expectation."""
-    from .recipes import load_recipe
-    from .reproduce import check_run_dir, plan, preflight
-    from .reproduce import reproduce as run
+    from ..recipes import load_recipe
+    from ..reproduce import check_run_dir, plan, preflight
+    from ..reproduce import reproduce as run
 
     try:
         r = load_recipe(recipe)
@@ -365,7 +351,7 @@ def release(
     ),
 ) -> None:
     """Publish a checkpoint into this repository: copy it to weights/<name>/ and add its record."""
-    from .release import release_checkpoint
+    from ..release import release_checkpoint
 
     try:
         w = release_checkpoint(checkpoint, force=force)
@@ -381,7 +367,3 @@ def main() -> None:
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
-
-
-if __name__ == "__main__":  # python -m blockswap_zoo.cli
-    main()

@@ -8,18 +8,15 @@ import time
 from pathlib import Path
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-__all__ = ["search"]
+from .output import console, err_console, fail
 
-console = Console()
+__all__ = ["search"]
 
 
 def _fail(message: str) -> None:
-    from ..cli import fail
-
     fail(message)
 
 
@@ -74,7 +71,7 @@ def search(
 ) -> None:
     """Search random students within a budget for the highest Fisher potential; write a report directory."""
     from ..data import DatasetError, DatasetNotFoundError
-    from . import BudgetError, ReportError, parse_budget, run_search
+    from ..search import BudgetError, ReportError, parse_budget, run_search
 
     if resume and force:
         _fail("--resume and --force contradict each other; pass one")
@@ -135,7 +132,7 @@ def search(
     except OSError as e:  # e.g. --out under a file, or somewhere not writable
         _fail(f"cannot write the report to {out}: {e.strerror or e} ({e.filename or out}); choose another --out")
     except KeyboardInterrupt:
-        Console(stderr=True).print(
+        err_console.print(
             f"interrupted; the scored candidates are saved in {out}: rerun the same command with --resume"
         )
         raise typer.Exit(130) from None

@@ -1,4 +1,4 @@
-"""The ``train-teacher``, ``distill``, ``finetune`` and ``evaluate`` commands (registered in ``cli.py``).
+"""The ``train-teacher``, ``distill``, ``finetune`` and ``evaluate`` commands (registered in ``app.py``).
 
 Every setting is an option and may also come from ``--config FILE.yaml``; options given on the
 command line win. The heavy imports happen inside the commands, so ``blockswap-zoo --help`` stays fast.
@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
+
+from .output import console, err_console, fail
 
 __all__ = ["distill_cmd", "evaluate_cmd", "finetune_cmd", "train_teacher_cmd"]
 
@@ -116,13 +118,12 @@ def _run(
     force: bool,
     source: str | None = None,
 ):
-    from ..cli import err_console, fail
     from ..data import DatasetError, DatasetNotFoundError
     from ..genotype import GenotypeError
     from ..hub import WeightsError
-    from .config import ConfigError, load_config_file, resolve_config
-    from .engine import RunDirError, train
-    from .finetune import FINETUNE_DEFAULTS, finetune
+    from ..train.config import ConfigError, load_config_file, resolve_config
+    from ..train.engine import RunDirError, train
+    from ..train.finetune import FINETUNE_DEFAULTS, finetune
 
     run_dir = out
     try:
@@ -206,8 +207,6 @@ def finetune_cmd(
     overrides, run = _split(settings)
     resumable = run["resume"] and run["out"] is not None and (run["out"] / "config.yaml").is_file()
     if overrides["dataset"] is None and run["config"] is None and not resumable:
-        from ..cli import fail
-
         fail("finetune needs --dataset (or a --config that names one)")
     _run("finetune", overrides, **run, source=model)
 
@@ -215,8 +214,8 @@ def finetune_cmd(
 def _recorded_dataset(model: str) -> str | None:
     """The dataset a published name, run directory (finished or interrupted) or checkpoint file records."""
     from ..pretrained import load_records
-    from .artifacts import CHECKPOINT, read_run_config
-    from .checkpoint import load_checkpoint
+    from ..train.artifacts import CHECKPOINT, read_run_config
+    from ..train.checkpoint import load_checkpoint
 
     if model in load_records():
         return load_records()[model].dataset  # a published checkpoint names its dataset
@@ -244,9 +243,8 @@ def evaluate_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """Top-1 / top-5 accuracy on the test split with the dataset's eval transform."""
-    from ..cli import console, fail
     from ..data import DatasetError, DatasetNotFoundError
-    from .evaluate import evaluate
+    from ..train.evaluate import evaluate
 
     try:
         if dataset is None:

@@ -1,0 +1,5 @@
+"""``python -m blockswap_zoo.cli``: the same CLI as the ``blockswap-zoo`` command."""
+
+from .app import main
+
+main()
