@@ -501,3 +501,37 @@ def test_a_resumed_teacher_may_be_spelt_differently(tmp_path: Path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     assert _same_setting("teacher", "t", "./t") and _same_setting("teacher", "t", str(tmp_path / "t"))
     assert not _same_setting("teacher", "t", "other") and not _same_setting("lr", 0.1, 0.2)
+
+
+def test_training_flags_are_set_for_the_run_and_restored_after() -> None:
+    """Deterministic runs and GPU runs change process-wide backend flags only for their duration."""
+    from blockswap_zoo.numerics import training_flags
+
+    def flags() -> tuple:
+        return (
+            torch.are_deterministic_algorithms_enabled(),
+            torch.backends.cudnn.benchmark,
+            torch.backends.cudnn.allow_tf32,
+            torch.backends.cuda.matmul.allow_tf32,
+            os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        )
+
+    before = flags()
+    with training_flags(deterministic=True, cuda=False):
+        assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+        assert os.environ.get("CUBLAS_WORKSPACE_CONFIG") is not None
+    assert flags() == before
+    with training_flags(deterministic=False, cuda=True):
+        assert torch.backends.cudnn.benchmark and torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.allow_tf32
+    assert flags() == before
+    with pytest.raises(RuntimeError), training_flags(deterministic=True, cuda=True):
+        raise RuntimeError("a failed run restores them too")
+    assert flags() == before
+
+
+@needs_fmnist
+def test_a_training_run_leaves_the_process_flags_alone() -> None:
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
+    train(_tiny(epochs=1, max_steps=1, deterministic=True))
+    assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before

@@ -361,9 +361,13 @@ def release(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point; under torchrun the process group is left at the end, however it ends."""
+    from ..train.distributed import cleanup
+
     try:
         app()
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)
+    finally:
+        cleanup()

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import random
 import time
 import warnings
@@ -24,6 +23,7 @@ from ..cpu_info import cpu_info
 from ..data import DatasetInfo, DeviceLoader, get_dataset_info, image_folder, load_arrays
 from ..io import atomic_write_text
 from ..models import build_model
+from ..numerics import training_flags
 from ..registry import resolve_genotype
 from . import distributed as D
 from .artifacts import CHECKPOINT, load_model, model_config, write_curves, write_final, write_metrics
@@ -313,15 +313,14 @@ def train(
     With ``out_dir`` every epoch writes ``checkpoint.pt`` (resumable), ``metrics.jsonl`` and
     ``curves.png``; the end writes ``model.safetensors`` and ``config.json``.
     """
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    try:
-        return _train(config, model, teacher, out_dir, resume, force, on_epoch_end)
-    finally:
-        torch.use_deterministic_algorithms(was_deterministic)
+    dist = D.setup(config.device)
+    with training_flags(config.deterministic, dist.device.type == "cuda"):  # the process's own flags come back
+        return _train(config, dist, model, teacher, out_dir, resume, force, on_epoch_end)
 
 
 def _train(
     config: TrainConfig,
+    dist: D.DistInfo,
     model: nn.Module | None,
     teacher: nn.Module | None,
     out_dir: str | Path | None,
@@ -329,20 +328,11 @@ def _train(
     force: bool,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
 ) -> TrainResult:
-    dist = D.setup(config.device)
     dev = dist.device
     info = get_dataset_info(config.dataset)
     out = Path(out_dir) if out_dir is not None else None
     resuming = _prepare_out_dir(out, resume, force, dist.is_main) if out is not None else False
     D.barrier()
-    if config.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    elif dev.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     _seed_everything(config.seed)
 
     if model is None:
