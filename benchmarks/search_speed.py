@@ -46,7 +46,6 @@ import contextlib
 import resource
 import statistics
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 
 import torch
@@ -57,7 +56,7 @@ from blockswap_zoo.cpu_info import cpu_info
 from blockswap_zoo.models import build_model
 from blockswap_zoo.search import fisher_potential, proxies, sample_genotypes
 from blockswap_zoo.search.block_pool import BlockPool
-from blockswap_zoo.search.cpu_layers import adapt_for_cpu_scoring
+from blockswap_zoo.search.cpu_layers import adapt_for_cpu_scoring, fisher_term_fast
 from blockswap_zoo.search.minibatch import load_embedded_batch
 from blockswap_zoo.search.scoring import (
     ScoreConfig,
@@ -107,7 +106,7 @@ def float64_score(genotype, images, labels, seed, num_classes, in_chans) -> floa
     """Fisher potential of the definition in float64 (NCHW): the yardstick for every fp32 method's error."""
     torch.manual_seed(seed)
     model = build_model(genotype, num_classes=num_classes, in_chans=in_chans).double().requires_grad_(False)
-    return fisher_potential(model, images.double().cpu(), labels.cpu())
+    return proxies.fisher_potential(model, images.double().cpu(), labels.cpu())
 
 
 def speed(args: argparse.Namespace) -> None:
@@ -177,17 +176,6 @@ def speed(args: argparse.Namespace) -> None:
         print(f"{name:<16} max relative difference from float64 (same {n} images): {err:.1e}")
 
 
-@contextlib.contextmanager
-def _fisher_term_by_pytorch() -> Iterator[None]:
-    """Fisher potential's per-block sums by PyTorch's ops, not kernels/fisher.c, for the duration."""
-    saved = proxies.fisher_term_by_kernel
-    proxies.fisher_term_by_kernel = lambda a, g: None
-    try:
-        yield
-    finally:
-        proxies.fisher_term_by_kernel = saved
-
-
 def ablation(args: argparse.Namespace) -> None:
     """Exact mode on the CPU with each of its parts turned off, in this process, before anything else runs.
 
@@ -217,8 +205,8 @@ def ablation(args: argparse.Namespace) -> None:
         fmt = torch.channels_last if v["channels_last"] else torch.contiguous_format
         model = model.to(memory_format=fmt)
         built = time.perf_counter() - t0
-        with contextlib.nullcontext() if v["fisher_kernel"] else _fisher_term_by_pytorch():
-            return fisher_potential(model, x.contiguous(memory_format=fmt), y, cpu_fast_path=False), built
+        term = fisher_term_fast if v["fisher_kernel"] else proxies.fisher_term  # kernels/fisher.c or PyTorch's ops
+        return proxies.fisher_potential(model, x.contiguous(memory_format=fmt), y, term=term), built
 
     shipped = dict(
         channels_last=True, exact_bn=True, merge=True, fuse=True, conv4=True, add=True, fisher_kernel=True,
@@ -286,12 +274,12 @@ def accuracy(args: argparse.Namespace) -> None:
             torch.manual_seed(seed)
             model = build_model(g, num_classes=10, in_chans=3).requires_grad_(False)
             if name.startswith("NCHW"):
-                value = fisher_potential(model, x, y, cpu_fast_path=False)
+                value = proxies.fisher_potential(model, x, y)
             else:
                 kernels = name.endswith("(as shipped)")
                 adapt_for_cpu_scoring(model, fuse_norm_act=kernels, grouped_conv_kernel=kernels)
-                with contextlib.nullcontext() if kernels else _fisher_term_by_pytorch():
-                    value = fisher_potential(model.to(memory_format=torch.channels_last), xcl, y, cpu_fast_path=False)
+                term = fisher_term_fast if kernels else proxies.fisher_term
+                value = proxies.fisher_potential(model.to(memory_format=torch.channels_last), xcl, y, term=term)
             out.append(abs(value - ref) / abs(ref))
     print(f"accuracy: {len(gs)} wrn_40_2 candidates @ 800K, batch 128 x 3x32x32, relative difference from float64")
     for name, out in diffs.items():

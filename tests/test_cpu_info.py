@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from blockswap_zoo import build_model
 from blockswap_zoo import cpu_info as cpu_info_module
 from blockswap_zoo.cpu_info import CpuInfo, cpu_info
-from blockswap_zoo.search import ReportError, fisher_per_block, fisher_potential, run_search, scoring
+from blockswap_zoo.search import ReportError, fisher_per_block, fisher_potential, proxies, run_search, scoring
 from blockswap_zoo.search.minibatch import load_embedded_batch
 from blockswap_zoo.search.scoring import describe_config, mode_config, score_genotype
 from blockswap_zoo.train import engine
@@ -137,7 +137,7 @@ def test_bf16_training_on_a_cpu_without_native_bf16_warns(cpu_kind) -> None:  # 
 # ----------------------------------------------------------------------------- the public Fisher potential
 def test_public_fisher_potential_takes_exact_modes_cpu_path_and_leaves_the_model_alone() -> None:
     """On an fp32 CPU model, ``fisher_potential`` gives exact mode's score bit for bit (channels_last copy with
-    the CPU layers), the reference path's value to fp32 rounding, and changes nothing in the model."""
+    the CPU layers), the definition's value to fp32 rounding, and changes nothing in the model."""
     g = "wrn_16_2:v1:G(N/2);BG(2,M/2);S;G(N);G(2);B(2)"
     x = F.pad(torch.rand(32, 1, 28, 28), (2, 2, 2, 2)).repeat(1, 3, 1, 1)
     y = torch.randint(0, 10, (32,))
@@ -151,5 +151,5 @@ def test_public_fisher_potential_takes_exact_modes_cpu_path_and_leaves_the_model
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # running stats too
     assert not model.training and [type(m) for m in model.modules()] == classes
     assert all(p.requires_grad and p.is_contiguous() for p in model.parameters())
-    reference = fisher_potential(model, x, y, cpu_fast_path=False)
+    reference = proxies.fisher_potential(model, x, y)  # the definition, on the model as it is
     assert fast == pytest.approx(reference, rel=1e-3)  # fp32 in two layouts and summation orders

@@ -15,7 +15,15 @@ from torch import nn
 
 from blockswap_zoo import build_model
 from blockswap_zoo.allocator import retain_freed_memory
-from blockswap_zoo.search import cpu_layers, fisher_potential, mode_config, native_kernels, score_genotype
+from blockswap_zoo.search import (
+    cpu_layers,
+    fisher_per_block,
+    fisher_potential,
+    mode_config,
+    native_kernels,
+    proxies,
+    score_genotype,
+)
 from blockswap_zoo.search.cpu_layers import (
     ExactStatsBatchNorm2d,
     FourChannelGroupConv2d,
@@ -25,7 +33,6 @@ from blockswap_zoo.search.cpu_layers import (
     MergedGroupConv2d,
     adapt_for_cpu_scoring,
 )
-from blockswap_zoo.search.proxies import fisher_per_block
 from blockswap_zoo.search.residual_fusion import ResidualFusedWideResNet
 
 CL = torch.channels_last
@@ -109,14 +116,14 @@ def test_exact_mode_on_cpu_matches_float64() -> None:
     torch.manual_seed(3)
     ref = fisher_potential(build_model(g).double(), x.double(), y)
     torch.manual_seed(3)
-    nchw = fisher_potential(build_model(g), x, y, cpu_fast_path=False)
+    nchw = proxies.fisher_potential(build_model(g), x, y)
     exact = score_genotype(build_model(g).genotype, x, y, 3, cfg, 10, 3)
     assert abs(exact - ref) / ref <= max(2e-4, 2 * abs(nchw - ref) / ref)
 
 
 def _faults_of_scoring(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    fisher_potential(model, x, y, cpu_fast_path=False)
+    proxies.fisher_potential(model, x, y)
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 

@@ -30,6 +30,7 @@ from torch.autograd.function import once_differentiable
 
 from . import residual_fusion
 from .native_kernels import cpu_kernels
+from .proxies import fisher_term
 
 __all__ = [
     "ExactStatsBatchNorm2d",
@@ -40,6 +41,7 @@ __all__ = [
     "MergedGroupConv2d",
     "adapt_for_cpu_scoring",
     "fisher_term_by_kernel",
+    "fisher_term_fast",
     "scoring_copy",
 ]
 
@@ -217,6 +219,13 @@ def fisher_term_by_kernel(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor | No
     if lib.fisher_term(a.data_ptr(), g.data_ptr(), n, h * w, c, out.data_ptr()):
         raise MemoryError("the Fisher potential kernel ran out of memory")
     return out.float()
+
+
+def fisher_term_fast(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``proxies.fisher_term`` by the C kernel where it takes the tensors (channels_last fp32 on the CPU),
+    else by PyTorch: the ``term`` the search's scoring plugs into the Fisher potential."""
+    term = fisher_term_by_kernel(a, g)
+    return fisher_term(a, g) if term is None else term
 
 
 class FusedBatchNormReLU2d(ExactStatsBatchNorm2d):

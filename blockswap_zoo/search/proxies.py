@@ -3,7 +3,9 @@
 ``fisher_potential`` is BlockSwap's (ICLR 2020) score and the one the search uses; gradient norm
 (the paper's Table 1 baseline), SNIP, synflow and NASWOT are here for ablations. Every proxy
 has the signature ``proxy(model, images, labels) -> float`` and higher is better. None of them
-changes the model: requires_grad flags, weights and modes are restored afterwards.
+changes the model: requires_grad flags, weights and modes are restored afterwards. These are the
+definitions in plain PyTorch, the ground truth of tests and benchmarks; the search's fast CPU path
+(``cpu_layers``, ``scoring``) plugs its kernel in through ``term`` and runs them.
 """
 
 from __future__ import annotations
@@ -17,12 +19,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.profiler import record_function
 
-from .cpu_layers import fisher_term_by_kernel, scoring_copy
-
 __all__ = [
     "PROXIES",
     "fisher_per_block",
     "fisher_potential",
+    "fisher_term",
     "get_proxy",
     "get_proxy_name",
     "grad_norm",
@@ -32,6 +33,7 @@ __all__ = [
 ]
 
 Proxy = Callable[[nn.Module, torch.Tensor, torch.Tensor], float]
+FisherTerm = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (activation, its gradient) -> one block's term
 
 
 @contextlib.contextmanager
@@ -59,22 +61,27 @@ def _probes(model: nn.Module) -> list[nn.Module]:
     return [b.probe for b in blocks]
 
 
+def fisher_term(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """One block's ``sum_c 0.5 * mean_n (sum_hw a * g)^2`` (bf16/fp16 activations summed in fp32)."""
+    dtype = torch.promote_types(a.dtype, torch.float32)
+    d = (a.detach().to(dtype) * g.to(dtype)).sum(dim=(2, 3))  # N x C
+    return 0.5 * d.pow(2).mean(dim=0).sum()
+
+
 def fisher_per_block(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
     autocast_dtype: torch.dtype | None = None,
-    cpu_fast_path: bool = True,
+    term: FisherTerm = fisher_term,
 ) -> list[float]:
     """Fisher potential of each swappable block (network order), as defined by BlockSwap.
 
     For the residual-branch output ``a`` of a block and ``g = dL/da`` (L: mean cross-entropy of
-    the batch, BatchNorm in train mode): ``sum_c 0.5 * mean_n (sum_hw a * g)^2``. Only the
+    the batch, BatchNorm in train mode): ``sum_c 0.5 * mean_n (sum_hw a * g)^2`` (``term``). Only the
     gradients at the probes are computed (no weight gradients); no optimiser step is taken.
-    An fp32 model on the CPU is scored as the search's exact mode scores it (``cpu_fast_path``: a
-    channels_last copy with ``cpu_layers``; the same values to fp32 rounding); False runs the model as it is.
     """
-    return [float(v) for v in _fisher_blocks(model, images, labels, autocast_dtype, cpu_fast_path)]
+    return [float(v) for v in _fisher_blocks(model, images, labels, autocast_dtype, term)]
 
 
 def fisher_potential(
@@ -82,22 +89,10 @@ def fisher_potential(
     images: torch.Tensor,
     labels: torch.Tensor,
     autocast_dtype: torch.dtype | None = None,
-    cpu_fast_path: bool = True,
+    term: FisherTerm = fisher_term,
 ) -> float:
-    """BlockSwap's Fisher potential of ``model`` on one minibatch: the sum of the per-block values
-    (``fisher_per_block``, whose ``cpu_fast_path`` it takes)."""
-    return float(torch.stack(_fisher_blocks(model, images, labels, autocast_dtype, cpu_fast_path)).sum())
-
-
-def _fisher_term(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """``sum_c 0.5 * mean_n (sum_hw a * g)^2`` of one block: by the C kernel on channels_last fp32 CPU
-    tensors (exact mode) where it is built, else in PyTorch (bf16/fp16 activations summed in fp32)."""
-    term = fisher_term_by_kernel(a, g)
-    if term is not None:
-        return term
-    dtype = torch.promote_types(a.dtype, torch.float32)
-    d = (a.detach().to(dtype) * g.to(dtype)).sum(dim=(2, 3))  # N x C
-    return 0.5 * d.pow(2).mean(dim=0).sum()
+    """BlockSwap's Fisher potential of ``model`` on one minibatch: the sum of the per-block values."""
+    return float(torch.stack(_fisher_blocks(model, images, labels, autocast_dtype, term)).sum())
 
 
 def _fisher_blocks(
@@ -105,12 +100,8 @@ def _fisher_blocks(
     images: torch.Tensor,
     labels: torch.Tensor,
     autocast_dtype: torch.dtype | None,
-    cpu_fast_path: bool = False,
+    term: FisherTerm,
 ) -> list[torch.Tensor]:
-    if cpu_fast_path and autocast_dtype is None:
-        fast = scoring_copy(model, images)
-        if fast is not None:
-            return _fisher_blocks(*fast, labels, None)
     acts: list[torch.Tensor] = []
     hooks = [p.register_forward_hook(lambda _m, _i, out: acts.append(out)) for p in _probes(model)]
     terms: dict[int, torch.Tensor] = {}
@@ -120,7 +111,7 @@ def _fisher_blocks(
         # in cache. The hook holds the list, not the tensor: no reference cycle once the list is cleared.
         def hook(g: torch.Tensor) -> None:
             with record_function("fisher/reduce"):
-                terms[k] = _fisher_term(acts[k], g)
+                terms[k] = term(acts[k], g)
 
         return hook
 
@@ -145,7 +136,7 @@ def _fisher_blocks(
             with record_function("fisher/reduce"):
                 for k, (a, g) in enumerate(zip(acts, grads)):
                     if k not in terms:  # where a hook did not run (hooks on autograd.grad's inputs: torch >= 2.0)
-                        terms[k] = _fisher_term(a, g)
+                        terms[k] = term(a, g)
             return [terms[k] for k in range(len(acts))]
     finally:
         for h in hooks:

@@ -34,10 +34,11 @@ from ..cpu_info import cpu_info
 from ..genotype import Genotype
 from ..models import build_model
 from ..numerics import strict_fp32
+from . import proxies
 from .block_pool import BlockPool
-from .cpu_layers import adapt_for_cpu_scoring
+from .cpu_layers import adapt_for_cpu_scoring, fisher_term_fast, scoring_copy
 from .native_kernels import cpu_kernels
-from .proxies import fisher_potential, get_proxy
+from .proxies import get_proxy
 
 __all__ = [
     "MODES",
@@ -45,6 +46,8 @@ __all__ = [
     "ScoreConfig",
     "candidate_seed",
     "describe_config",
+    "fisher_per_block",
+    "fisher_potential",
     "mode_config",
     "resolve_mode",
     "score_candidates",
@@ -237,8 +240,31 @@ def score_genotype(
         model = _to_device(model, cfg.device, fmt)
     with strict_fp32() if cfg.autocast is None else contextlib.nullcontext():  # no TF32 in fp32 modes
         if cfg.proxy == "fisher":
-            return fisher_potential(model, images, labels, cfg.autocast_dtype, cpu_fast_path=False)
+            return proxies.fisher_potential(model, images, labels, cfg.autocast_dtype, term=fisher_term_fast)
         return get_proxy(cfg.proxy)(model, images, labels)
+
+
+def fisher_per_block(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, autocast_dtype: torch.dtype | None = None
+) -> list[float]:
+    """``proxies.fisher_per_block`` of a user's model, computed as the search's exact mode computes it where
+    it can: an fp32 CPU model with NCHW images is scored as a channels_last copy with the CPU layers and
+    kernels (``cpu_layers.scoring_copy``: exact mode's values bit for bit, the model left as it is); any
+    other model as it is, with the Fisher-term kernel where the tensors allow it."""
+    fast = scoring_copy(model, images) if autocast_dtype is None else None
+    if fast is not None:
+        model, images = fast
+    return proxies.fisher_per_block(model, images, labels, autocast_dtype, term=fisher_term_fast)
+
+
+def fisher_potential(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, autocast_dtype: torch.dtype | None = None
+) -> float:
+    """BlockSwap's Fisher potential of a user's model on one minibatch, computed as ``fisher_per_block`` does."""
+    fast = scoring_copy(model, images) if autocast_dtype is None else None
+    if fast is not None:
+        model, images = fast
+    return proxies.fisher_potential(model, images, labels, autocast_dtype, term=fisher_term_fast)
 
 
 def _cores_busy_elsewhere(window: float = 0.1) -> float | None:
