@@ -21,7 +21,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 
 from .limits import check_seed
-from .yaml_io import load_yaml, read_settings_text
+from .yaml_io import SettingsFileError, load_yaml, read_settings_text
 
 __all__ = [
     "Recipe",
@@ -311,10 +311,6 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
     path = find_recipe(name_or_path)
     try:
         text = read_settings_text(path)
-    except OSError as e:
-        raise RecipeError(f"{path}: cannot read ({e.strerror or e})") from None
-    except UnicodeDecodeError:
-        raise RecipeError(f"{path}: not UTF-8 text; a recipe is YAML") from None
-    except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: {e}") from None
+    except SettingsFileError as e:
+        raise RecipeError(str(e)) from None
     return parse_recipe(text, str(path))

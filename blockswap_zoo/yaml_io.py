@@ -16,7 +16,7 @@ import yaml
 
 from .limits import MAX_SETTINGS_BYTES, MAX_SETTINGS_DEPTH
 
-__all__ = ["load_yaml", "read_settings_text"]
+__all__ = ["SettingsFileError", "load_yaml", "read_settings_text"]
 
 
 class _NoAliasLoader(yaml.SafeLoader):
@@ -63,10 +63,21 @@ def load_yaml(text: str) -> Any:  # noqa: ANN401 - YAML gives any plain data
     return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
 
 
+class SettingsFileError(ValueError):
+    """A settings file that cannot be read as text: missing, unreadable, not UTF-8 or too large."""
+
+
 def read_settings_text(path: Path) -> str:
-    """The text of a settings file, refusing one over the size bound before reading it (OSError, UnicodeError
-    and yaml.YAMLError for the caller to name)."""
-    size = path.stat().st_size
-    if size > MAX_SETTINGS_BYTES:
-        raise yaml.YAMLError(f"{size:,} bytes is more than a settings file needs (at most {MAX_SETTINGS_BYTES:,})")
-    return path.read_text()
+    """The text of a settings file, refusing one over the size bound before reading it; SettingsFileError
+    naming the file and the problem otherwise."""
+    try:
+        size = path.stat().st_size
+        if size > MAX_SETTINGS_BYTES:
+            raise SettingsFileError(
+                f"{path}: {size:,} bytes is more than a settings file needs (at most {MAX_SETTINGS_BYTES:,})"
+            )
+        return path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SettingsFileError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        raise SettingsFileError(f"{path}: not UTF-8 text; a settings file is YAML") from None

@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from ..limits import check_seed
-from ..yaml_io import load_yaml, read_settings_text
+from ..yaml_io import SettingsFileError, load_yaml, read_settings_text
 from .distributed import parse_device
 
 __all__ = ["ConfigError", "TrainConfig", "load_config_file", "paper_defaults", "resolve_config"]
@@ -182,10 +182,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
         data = load_yaml(read_settings_text(path))
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not UTF-8 text; a config file is YAML") from None
+    except SettingsFileError as e:
+        raise ConfigError(f"config file {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
     if data is None:
