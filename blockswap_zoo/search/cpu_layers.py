@@ -15,7 +15,7 @@ rounding. 3x3 convolutions with 4 channels per group, merged or not, run by a C 
 (``kernels/grouped_conv.c``; ``FourChannelGroupConv2d``, ``MergedFourChannelGroupConv2d``), 1.04x
 for the whole candidate (1.09x in another run). ``adapt_for_cpu_scoring`` swaps these into a model.
 Figures: ``python benchmarks/search_speed.py --ablation --agreement-seeds 0`` and
-``--accuracy-candidates 30`` (README).
+``--accuracy-candidates 30`` (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -143,7 +143,7 @@ def cpu_kernels() -> ctypes.CDLL | None:
     except (KernelBuildError, OSError) as e:
         warnings.warn(
             f"fp32 channels_last scoring on the CPU (exact mode) runs without its C kernels (batch norm + "
-            f"ReLU fused with residual adds, grouped convolutions, the Fisher potential sum), slower (README), "
+            f"ReLU fused with residual adds, grouped convolutions, the Fisher potential sum), slower (docs/benchmarks.md), "
             f"with the same values to fp32 rounding: {e}",
             RuntimeWarning,
             stacklevel=2,

@@ -94,7 +94,7 @@ MODES: dict[str, dict[str, object]] = {
 
 def resolve_mode(mode: str, device: str) -> str:
     """``auto``: fast mode on CPUs (in bf16 or fp32, as ``mode_config`` picks by the CPU), exact mode on GPUs,
-    where bf16 scored no faster (H200: exact 0.065, fast 0.070 s/candidate, README) and exact mode gives the
+    where bf16 scored no faster (H200: exact 0.065, fast 0.070 s/candidate, docs/benchmarks.md) and exact mode gives the
     definition's values. Other modes pass through."""
     if mode != "auto":
         return mode
@@ -251,9 +251,7 @@ def fisher_per_block(
     it can: an fp32 CPU model with NCHW images is scored as a channels_last copy with the CPU layers and
     kernels (``cpu_layers.scoring_copy``: exact mode's values bit for bit, the model left as it is); any
     other model as it is, with the Fisher-term kernel where the tensors allow it."""
-    fast = scoring_copy(model, images) if autocast_dtype is None else None
-    if fast is not None:
-        model, images = fast
+    model, images = _fast_path(model, images, autocast_dtype)
     return proxies.fisher_per_block(model, images, labels, autocast_dtype, term=fisher_term_fast)
 
 
@@ -261,10 +259,16 @@ def fisher_potential(
     model: nn.Module, images: torch.Tensor, labels: torch.Tensor, autocast_dtype: torch.dtype | None = None
 ) -> float:
     """BlockSwap's Fisher potential of a user's model on one minibatch, computed as ``fisher_per_block`` does."""
-    fast = scoring_copy(model, images) if autocast_dtype is None else None
-    if fast is not None:
-        model, images = fast
+    model, images = _fast_path(model, images, autocast_dtype)
     return proxies.fisher_potential(model, images, labels, autocast_dtype, term=fisher_term_fast)
+
+
+def _fast_path(
+    model: nn.Module, images: torch.Tensor, autocast_dtype: torch.dtype | None
+) -> tuple[nn.Module, torch.Tensor]:
+    """Exact mode's CPU copy of ``model`` and layout of ``images`` where it applies, else both as they are."""
+    fast = scoring_copy(model, images) if autocast_dtype is None else None
+    return (model, images) if fast is None else fast
 
 
 def _cores_busy_elsewhere(window: float = 0.1) -> float | None:
@@ -341,7 +345,7 @@ def _score_jobs(
 # candidate there is bound by the host (on an H100 its kernels ran 18 of its 88 ms), so several
 # processes keep the GPU busier, but only through NVIDIA's Multi-Process Service: without it the GPU
 # time-slices between processes (1000 candidates: 87.6 s in 1 process, 77.7 s in 8; with MPS 19.8 s;
-# benchmarks/device_checks.sh, README).
+# benchmarks/device_checks.sh, docs/benchmarks.md).
 _WORKER: dict[str, object] = {}
 DEFAULT_MPS_PIPE_DIRECTORY = "/tmp/nvidia-mps"
 
@@ -370,7 +374,7 @@ def resolve_workers(
 
     - on a CPU, one per usable core (or per ``threads`` cores; at most 8, and at least 20 candidates
       each): on 2 cores, 2 workers of 1 thread scored exact mode 1.07x and 1.15x faster than 1 process
-      of 2 threads in two runs, and the 200-candidate Quick start search took 28-31 s, not 34-35 (README);
+      of 2 threads in two runs, and the 200-candidate Quick start search took 28-31 s, not 34-35 (docs/benchmarks.md);
     - on a GPU, 8 (at most one per core) where an MPS daemon serves it, else 1 (see ``_warn_without_mps``);
     - 1 under torchrun (``world`` > 1), whose ranks are the processes.
     """
