@@ -8,6 +8,7 @@ verifies the full sha256 first.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import json
 import os
@@ -17,11 +18,15 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .hub import OfflineError, WeightsError, is_offline, load_verified_state_dict
+import torch
+
+from .genotype import Genotype
+from .hub import WEIGHTS_NAME, OfflineError, WeightsError, is_offline, load_verified_state_dict
 from .io import missing_dirs, remove_failed_download
 
 __all__ = [
     "GITHUB_REPO",
+    "EvalTransform",
     "Weights",
     "cache_dir",
     "get_weights",
@@ -86,6 +91,71 @@ class Weights:
     def hub_entrypoint(self) -> str:
         return self.name.replace(".", "_")
 
+    def transforms(self) -> EvalTransform:
+        """The eval transform the metrics were measured with, as a callable on image tensors (as torchvision's
+        ``Weights.transforms()``): ``model(w.transforms()(images))``."""
+        return EvalTransform(self.input_size, self.mean, self.std)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as ``pretrained.json`` holds it (tuples as JSON lists)."""
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Weights:
+        """A record from its ``pretrained.json`` object (``to_dict``'s inverse)."""
+        return cls(**{k: tuple(raw[k]) if k in _TUPLE_FIELDS else v for k, v in raw.items()})
+
+    @classmethod
+    def from_checkpoint_config(cls, name: str, cfg: dict[str, Any]) -> Weights:
+        """The record ``release`` publishes for a checkpoint directory's ``config.json`` under ``name``
+        (KeyError, TypeError or ValueError for a config that cannot make one)."""
+        metrics = {k: round(v, 2) for k, v in cfg["metrics"].items() if k in ("top1", "top5")}
+        return cls(
+            name=name, file=f"weights/{name}/{WEIGHTS_NAME}", sha256=cfg["weights_sha256"],
+            size=cfg["weights_size"], dataset=cfg["dataset"], num_classes=cfg["num_classes"],
+            in_chans=cfg["in_chans"], input_size=tuple(cfg["input_size"]), mean=tuple(cfg["mean"]),
+            std=tuple(cfg["std"]), label_names=tuple(cfg["label_names"]), metrics=metrics, params=cfg["params"],
+            macs=cfg["macs"], genotype=Genotype.from_dict(cfg["genotype"]).to_string(), teacher=cfg.get("teacher"),
+            recipe=cfg["recipe"], license=cfg.get("license", "mit"), hf_repo=f"blockswap-zoo/{name.replace('.', '-')}",
+            eval_transform=cfg["eval_transform"], training=cfg["training"], eval_command=cfg["eval_command"],
+            extra={"description": cfg.get("description", ""), "recipe_sha256": cfg.get("recipe_sha256", "")},
+        )  # fmt: skip
+
+
+_TUPLE_FIELDS = ("input_size", "mean", "std", "label_names")
+
+
+class EvalTransform:
+    """Images (uint8 0..255 or float 0..1; C x H x W or N x C x H x W) to the model's normalised input: at
+    the record's size they are only normalised, as the published metrics were measured; other sizes are
+    first resized (shorter side to size / 0.875, bilinear, antialiased) and centre-cropped, as for ImageNet."""
+
+    def __init__(self, input_size: tuple[int, ...], mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.size, self.mean_std = tuple(input_size[-2:]), (tuple(mean), tuple(std))
+        self.mean = torch.tensor(mean).view(-1, 1, 1)
+        self.std = torch.tensor(std).view(-1, 1, 1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
+        if tuple(x.shape[-2:]) != self.size:
+            batch = x if x.dim() == 4 else x.unsqueeze(0)
+            short = round(min(self.size) / 0.875)
+            h, w = batch.shape[-2:]
+            scale = short / min(h, w)
+            batch = torch.nn.functional.interpolate(
+                batch, size=(round(h * scale), round(w * scale)), mode="bilinear", antialias=True, align_corners=False
+            )
+            top, left = (batch.shape[-2] - self.size[0]) // 2, (batch.shape[-1] - self.size[1]) // 2
+            batch = batch[..., top : top + self.size[0], left : left + self.size[1]]
+            x = batch if x.dim() == 4 else batch[0]
+        return (x - self.mean) / self.std
+
+    def __repr__(self) -> str:
+        return (
+            f"EvalTransform(size={self.size}, mean={self.mean.flatten().tolist()}, std={self.std.flatten().tolist()})"
+        )
+
 
 @cache
 def load_records(path: Path = RECORDS_FILE) -> dict[str, Weights]:
@@ -94,9 +164,7 @@ def load_records(path: Path = RECORDS_FILE) -> dict[str, Weights]:
         return {}
     out: dict[str, Weights] = {}
     for raw in json.loads(path.read_text()):
-        for key in ("input_size", "mean", "std", "label_names"):
-            raw[key] = tuple(raw[key])
-        w = Weights(**raw)
+        w = Weights.from_dict(raw)
         out[w.name] = w
     return out
 

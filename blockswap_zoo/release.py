@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from .genotype import Genotype
-from .hub import CONFIG_NAME, WEIGHTS_NAME, load_checkpoint_dir
+from .hub import CONFIG_NAME, load_checkpoint_dir
 from .io import atomic_write_text
 from .pretrained import RECORDS_FILE, REPO_ROOT, Weights, load_records
 
@@ -78,27 +78,11 @@ def release_checkpoint(checkpoint: str | Path, force: bool = False) -> Weights:
     if (name in records or target.exists()) and not force:
         raise FileExistsError(f"{name} is already released (weights/{name} or its record); pass --force to replace it")
     try:  # the record first: a config that cannot make one changes nothing
-        w = Weights(
-            name=name, file=f"weights/{name}/{WEIGHTS_NAME}", sha256=cfg["weights_sha256"], size=cfg["weights_size"],
-            dataset=cfg["dataset"], num_classes=cfg["num_classes"], in_chans=cfg["in_chans"],
-            input_size=tuple(cfg["input_size"]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-            label_names=tuple(cfg["label_names"]), metrics={k: round(v, 2) for k, v in cfg["metrics"].items() if k in ("top1", "top5")},
-            params=cfg["params"], macs=cfg["macs"], genotype=Genotype.from_dict(cfg["genotype"]).to_string(),
-            teacher=cfg.get("teacher"), recipe=cfg["recipe"], license=cfg.get("license", "mit"),
-            hf_repo=f"blockswap-zoo/{name.replace('.', '-')}", eval_transform=cfg["eval_transform"],
-            training=cfg["training"], eval_command=cfg["eval_command"],
-            extra={"description": cfg.get("description", ""), "recipe_sha256": cfg.get("recipe_sha256", "")},
-        )  # fmt: skip
+        w = Weights.from_checkpoint_config(name, cfg)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{checkpoint / CONFIG_NAME} cannot make a release record ({type(e).__name__}: {e})") from None
     records[name] = w
-    rows = []
-    for r in records.values():
-        d = dict(vars(r))
-        for key in ("input_size", "mean", "std", "label_names"):
-            d[key] = list(d[key])
-        rows.append(d)
-    text = json.dumps(rows, indent=2) + "\n"  # made before anything changes
+    text = json.dumps([r.to_dict() for r in records.values()], indent=2) + "\n"  # made before anything changes
     staging = target.with_name(f".release-{name}")  # copied whole first: weights/ never holds half a checkpoint
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(checkpoint, staging)

@@ -107,3 +107,36 @@ def test_a_config_that_cannot_make_a_record_changes_nothing(repo: Path, tmp_path
         release.release_checkpoint(ck, force=True)
     after = (repo / "pretrained.json").read_text(), sorted(p.name for p in (repo / "weights" / NAME).iterdir())
     assert after == before
+
+
+def test_records_round_trip_through_their_json_and_rebuild_from_their_checkpoints() -> None:
+    """``Weights.to_dict`` writes what pretrained.json holds, ``from_dict`` reads it back, and a published
+    checkpoint's config.json makes its own record again (what ``release`` wrote)."""
+    raw = json.loads(pretrained.RECORDS_FILE.read_text())
+    records = list(load_records().values())
+    assert [w.to_dict() for w in records] == raw
+    assert [pretrained.Weights.from_dict(d) for d in raw] == records
+    for w in records:
+        cfg = json.loads((ROOT / w.file).with_name("config.json").read_text())
+        assert pretrained.Weights.from_checkpoint_config(w.name, cfg) == w
+
+
+def test_a_records_transforms_are_the_eval_transform_its_metrics_used() -> None:
+    """``w.transforms()`` on uint8 tensors equals the torchvision eval pipeline the evaluation ran (Fashion-MNIST:
+    ToTensor + Normalize); other sizes are resized and centre-cropped to the record's."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from blockswap_zoo.data import get_dataset_info
+    from blockswap_zoo.data.transforms import eval_transform
+
+    w = next(iter(load_records().values()))
+    info = get_dataset_info(w.dataset)
+    images = torch.randint(0, 256, (4, w.in_chans, *w.input_size[1:]), dtype=torch.uint8)
+    ours = w.transforms()(images)
+    theirs = torch.stack([eval_transform(info)(Image.fromarray(np.asarray(im[0]))) for im in images])
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
+    assert torch.equal(w.transforms()(images[0]), ours[0])  # one image as a batch of one
+    big = w.transforms()(torch.rand(2, w.in_chans, 64, 80))
+    assert big.shape == (2, w.in_chans, *w.input_size[1:])
