@@ -20,8 +20,9 @@ from typing import Any
 
 import torch
 
+from .checkpoint import WEIGHTS_NAME, WeightsError, load_verified_state_dict
 from .genotype import Genotype
-from .hub import WEIGHTS_NAME, OfflineError, WeightsError, is_offline, load_verified_state_dict
+from .hf import OfflineError, is_offline
 from .io import missing_dirs, remove_failed_download
 
 __all__ = [

@@ -241,15 +241,16 @@ def create_model(
       both always load their verified weights (``pretrained`` is not needed);
     - a Genotype, or its JSON / compact text.
     """
-    from . import hub
+    from .checkpoint import load_checkpoint_dir
+    from .hf import checkpoint_directory
 
     if isinstance(name_or_genotype, str):
         if name_or_genotype.startswith(("local-dir:", "hf-hub:")):  # a checkpoint: always its own weights
             try:
-                directory = hub.checkpoint_directory(name_or_genotype)
+                directory = checkpoint_directory(name_or_genotype)
             except (ValueError, TypeError) as e:
                 raise UnknownModelError(str(e)) from None
-            return hub.load_checkpoint_dir(directory, num_classes=num_classes, in_chans=in_chans, **kwargs)
+            return load_checkpoint_dir(directory, num_classes=num_classes, in_chans=in_chans, **kwargs)
     if isinstance(name_or_genotype, Genotype):
         genotype, arch = name_or_genotype, None
     elif isinstance(name_or_genotype, str) and (":" in name_or_genotype or name_or_genotype.lstrip().startswith("{")):
@@ -288,7 +289,7 @@ def create_model(
 
 
 def _create_pretrained(name: str, num_classes: int | None, in_chans: int | None, **kwargs: Any) -> SwapNet:
-    from .hub import load_model_weights, load_verified_state_dict
+    from .checkpoint import load_model_weights, load_verified_state_dict
     from .pretrained import get_weights, resolve_weights_file
 
     w = get_weights(name)
@@ -303,5 +304,5 @@ def _create_pretrained(name: str, num_classes: int | None, in_chans: int | None,
     model = build_model(genotype, num_classes=classes, in_chans=w.in_chans, **kwargs)
     path = resolve_weights_file(w)
     load_model_weights(model, load_verified_state_dict(path, w.sha256, w.size), w.name)
-    model.pretrained_cfg = dataclasses.asdict(w)  # type: ignore[attr-defined]  # a dict, as timm's and hub.py's
+    model.pretrained_cfg = dataclasses.asdict(w)  # type: ignore[attr-defined]  # a dict, as timm's and checkpoint.py's
     return model

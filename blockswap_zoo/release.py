@@ -8,8 +8,8 @@ import re
 import shutil
 from pathlib import Path
 
+from .checkpoint import CONFIG_NAME, load_checkpoint_dir
 from .genotype import Genotype
-from .hub import CONFIG_NAME, load_checkpoint_dir
 from .io import atomic_write_text
 from .pretrained import RECORDS_FILE, REPO_ROOT, Weights, load_records
 

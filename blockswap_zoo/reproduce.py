@@ -123,7 +123,8 @@ def _check_data(recipe: Recipe) -> int:
 def _check_teacher_source(recipe: Recipe) -> None:
     """``teacher.pretrained`` resolves to weights for ``teacher.arch``: a published record, a checkpoint
     directory (``local-dir:``; ``hf-hub:`` is pulled or found in the cache), or a torchvision weights enum."""
-    from .hub import checkpoint_directory, read_checkpoint_config
+    from .checkpoint import read_checkpoint_config
+    from .hf import checkpoint_directory
     from .pretrained import get_weights
 
     t = recipe.teacher
@@ -356,8 +357,8 @@ def _write_checkpoint(
     """Evaluate ``model`` (fp32, test split) and write its checkpoint directory: weights, config, recipe,
     per-epoch metrics and model card. Returns the config written."""
     from .cards import model_card
+    from .checkpoint import save_checkpoint_dir
     from .data import get_dataset_info
-    from .hub import save_checkpoint_dir
     from .train import evaluate
 
     metrics = evaluate(model.eval(), recipe.dataset.name, data_dir=recipe.dataset.data_dir)

@@ -21,10 +21,10 @@ from typer.testing import CliRunner
 from blockswap_zoo import create_model
 from blockswap_zoo import pretrained as pretrained_module
 from blockswap_zoo import recipes as recipes_module
+from blockswap_zoo.checkpoint import WeightsError, load_checkpoint_dir, save_checkpoint_dir
 from blockswap_zoo.cli import app
 from blockswap_zoo.data.cifar import CifarFormatError, UnsafePickleError, safe_unpickle
 from blockswap_zoo.data.idx import IdxFormatError, read_idx
-from blockswap_zoo.hub import WeightsError, load_checkpoint_dir, save_checkpoint_dir
 from blockswap_zoo.limits import MAX_SETTINGS_BYTES
 from blockswap_zoo.pretrained import resolve_weights_file
 from blockswap_zoo.recipes import RecipeError, load_recipe, parse_recipe

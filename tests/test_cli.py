@@ -107,7 +107,7 @@ def test_only_rank_0_prints_the_result(tmp_path, monkeypatch) -> None:
 
 def test_channel_mismatch_is_a_clear_error(tmp_path) -> None:
     from blockswap_zoo import create_model
-    from blockswap_zoo.hub import save_checkpoint_dir
+    from blockswap_zoo.checkpoint import save_checkpoint_dir
 
     rgb = tmp_path / "rgb"  # a trained-looking 3-channel checkpoint, evaluated on 1-channel images
     save_checkpoint_dir(create_model("wrn_16_1").eval(), rgb, {"dataset": "cifar10", "metrics": {}})

@@ -9,8 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from blockswap_zoo import create_model
+from blockswap_zoo.checkpoint import save_checkpoint_dir
 from blockswap_zoo.cli import app
-from blockswap_zoo.hub import save_checkpoint_dir
 from blockswap_zoo.train import TrainConfig, finetune, load_for_finetuning
 
 GENOTYPE = "wrn_10_1:v1:BG(2,M/2);G(4);S"

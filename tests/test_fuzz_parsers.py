@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from blockswap_zoo import Genotype, GenotypeError, create_model
-from blockswap_zoo.hub import WeightsError, load_checkpoint_dir, save_checkpoint_dir
+from blockswap_zoo.checkpoint import WeightsError, load_checkpoint_dir, save_checkpoint_dir
 from blockswap_zoo.recipes import RecipeError, parse_recipe
 from blockswap_zoo.registry import UnknownModelError
 from blockswap_zoo.search import BudgetError, parse_budget

@@ -66,7 +66,7 @@ def test_cli_evaluate_knows_the_published_dataset() -> None:
 
 
 def test_pretrained_may_name_the_tag() -> None:
-    from blockswap_zoo.hub import WeightsError
+    from blockswap_zoo.checkpoint import WeightsError
 
     name = PUBLISHED[0]
     arch, tag = name.split(".", 1)

@@ -417,7 +417,7 @@ def test_image_folder_run_records_the_class_folder_names(tmp_path: Path) -> None
 
 def test_run_files_are_written_atomically_with_normal_permissions(tmp_path: Path) -> None:
     """model.safetensors gets the same umask-respecting mode as config.json and leaves no temp file."""
-    from blockswap_zoo.hub import save_checkpoint_dir
+    from blockswap_zoo.checkpoint import save_checkpoint_dir
 
     model = build_model(Genotype.uniform("wrn_10_1"), 10, 1)
     old = os.umask(0o022)

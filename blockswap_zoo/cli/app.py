@@ -25,7 +25,8 @@ def _resolve_genotype(name: str) -> tuple[str, Genotype, int, int, tuple[int, in
     if Path(name).is_dir() and (Path(name) / "winner.json").is_file():
         name = str(Path(name) / "winner.json")  # a search report: its winner
     if name.startswith(("local-dir:", "hf-hub:")):  # a checkpoint: the shape it was trained at
-        from ..hub import checkpoint_directory, read_checkpoint_config
+        from ..checkpoint import read_checkpoint_config
+        from ..hf import checkpoint_directory
 
         cfg = read_checkpoint_config(checkpoint_directory(name))
         g = Genotype.from_dict(cfg["genotype"])
@@ -246,7 +247,8 @@ def download(
     ),
 ) -> None:
     """Fetch a checkpoint into the local cache and verify it (sha256), so later loads work offline."""
-    from ..hub import checkpoint_directory, load_checkpoint_dir, load_verified_state_dict
+    from ..checkpoint import load_checkpoint_dir, load_verified_state_dict
+    from ..hf import checkpoint_directory
     from ..pretrained import get_weights, resolve_weights_file
 
     try:
@@ -269,7 +271,7 @@ def publish(
     private: bool = typer.Option(False, "--private"),
 ) -> None:
     """Upload a checkpoint directory to the Hugging Face Hub and print the commit."""
-    from ..hub import push_to_hf_hub
+    from ..hf import push_to_hf_hub
 
     try:
         commit = push_to_hf_hub(run_dir, repo_id, private=private)

@@ -118,9 +118,9 @@ def _run(
     force: bool,
     source: str | None = None,
 ):
+    from ..checkpoint import WeightsError
     from ..data import DatasetError, DatasetNotFoundError
     from ..genotype import GenotypeError
-    from ..hub import WeightsError
     from ..train.config import ConfigError, load_config_file, resolve_config
     from ..train.engine import RunDirError, train
     from ..train.finetune import FINETUNE_DEFAULTS, finetune
@@ -220,7 +220,8 @@ def _recorded_dataset(model: str) -> str | None:
     if model in load_records():
         return load_records()[model].dataset  # a published checkpoint names its dataset
     if model.startswith("hf-hub:"):  # a Hub checkpoint's config.json (pulled, or found in the cache)
-        from ..hub import checkpoint_directory, read_checkpoint_config
+        from ..checkpoint import read_checkpoint_config
+        from ..hf import checkpoint_directory
 
         return read_checkpoint_config(checkpoint_directory(model)).get("dataset")
     p = Path(model.removeprefix("local-dir:"))  # a checkpoint directory names its dataset in config.json

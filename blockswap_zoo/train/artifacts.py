@@ -42,7 +42,7 @@ def model_config(model: nn.Module, info: Any, extra: dict[str, Any] | None = Non
 
 def write_final(out_dir: str | Path, model: nn.Module, config: dict[str, Any]) -> None:
     """Write ``model.safetensors`` and ``config.json`` atomically, with the weights' sha256 (a checkpoint dir)."""
-    from ..hub import save_checkpoint_dir
+    from ..checkpoint import save_checkpoint_dir
 
     save_checkpoint_dir(model, out_dir, config, overwrite=True)
 
@@ -64,7 +64,7 @@ def _build(cfg: dict[str, Any]) -> nn.Module:
 
 def load_run(run_dir: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a finished run's model from ``config.json`` and its sha256-verified ``model.safetensors``."""
-    from ..hub import load_checkpoint_dir
+    from ..checkpoint import load_checkpoint_dir
 
     cfg = read_run_config(run_dir)
     weights = Path(run_dir) / "model.safetensors"

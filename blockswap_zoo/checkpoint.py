@@ -1,17 +1,17 @@
-"""Checkpoints as safetensors directories, verified by sha256; pulling from local folders and the
-Hugging Face Hub; a thin publish call.
+"""Checkpoints as safetensors directories, verified by sha256 before use: the directory format
+(``model.safetensors`` + ``config.json``), saving, and verified loading. Pulling and publishing on the
+Hugging Face Hub is ``hf``.
 
 A checkpoint directory holds ``model.safetensors``, ``config.json`` (arch, genotype, classes,
 input size, normalisation, metrics, params, MACs, teacher, recipe, the weights' sha256 ...)
 and, when written by a training run, the recipe, per-epoch metrics and a model card.
-This module imports torch and safetensors only; huggingface_hub is imported when it is used.
+This module imports torch and safetensors only.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +27,9 @@ __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
     "WeightsError",
-    "OfflineError",
-    "checkpoint_directory",
-    "is_offline",
     "load_checkpoint_dir",
     "load_model_weights",
     "load_verified_state_dict",
-    "pull_hf_hub",
-    "push_to_hf_hub",
     "read_checkpoint_config",
     "save_checkpoint_dir",
     "sha256_file",
@@ -47,18 +42,6 @@ CHECKPOINT_FILES = (WEIGHTS_NAME, CONFIG_NAME, "README.md", "recipe.yaml", "metr
 
 class WeightsError(ValueError):
     """A weights file that is missing, corrupt, truncated, not safetensors or does not fit the model."""
-
-
-class OfflineError(FileNotFoundError):
-    """Offline mode is on and the file is not where the cache would hold it."""
-
-
-def is_offline() -> bool:
-    """Offline mode, read at call time: HF_HUB_OFFLINE=1 or BLOCKSWAP_ZOO_OFFLINE=1."""
-    return any(
-        os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
-        for v in ("HF_HUB_OFFLINE", "BLOCKSWAP_ZOO_OFFLINE")
-    )
 
 
 def sha256_file(path: str | Path) -> str:
@@ -115,22 +98,6 @@ def load_model_weights(model: SwapNet, state: dict[str, torch.Tensor], source: s
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise WeightsError(f"{source} does not fit the model: {e}") from None
-
-
-def checkpoint_directory(spec: str) -> Path:
-    """The folder a ``local-dir:PATH`` or ``hf-hub:ORG/NAME[@REV]`` name points to (a Hub repo is pulled or
-    found in the cache); ValueError for a malformed name."""
-    if spec.startswith("local-dir:"):
-        try:
-            return Path(spec[len("local-dir:") :]).expanduser()
-        except RuntimeError:  # ~user for a user this system does not have
-            raise ValueError(f"{spec!r}: no such user's home directory; write the path out") from None
-    if not spec.startswith("hf-hub:"):
-        raise ValueError(f"{spec!r} is not a local-dir:PATH or hf-hub:ORG/NAME name")
-    repo_id, _, rev = spec[len("hf-hub:") :].partition("@")
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"{spec!r}: write hf-hub:ORG/NAME or hf-hub:ORG/NAME@REV")
-    return pull_hf_hub(repo_id, rev or None)
 
 
 def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
@@ -241,53 +208,3 @@ def save_checkpoint_dir(
     }
     atomic_write_text(directory / CONFIG_NAME, json.dumps(full, indent=2) + "\n")
     return full
-
-
-def pull_hf_hub(repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None) -> Path:
-    """Download (or, offline, find in the cache) a checkpoint repo from the Hugging Face Hub."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.constants import HF_HUB_CACHE
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    offline = is_offline()
-    try:
-        path = snapshot_download(
-            repo_id,
-            revision=revision,
-            cache_dir=cache_dir,
-            allow_patterns=list(CHECKPOINT_FILES),
-            local_files_only=offline,
-        )
-    except LocalEntryNotFoundError:
-        root = Path(cache_dir or HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
-        if not offline:  # online, but the Hub did not answer
-            raise OfflineError(
-                f"cannot reach the Hugging Face Hub for {repo_id}@{revision or 'main'}, and it is not in the cache "
-                f"under {root}; check the network, or set HF_HUB_OFFLINE=1 once the cache holds it"
-            ) from None
-        raise OfflineError(
-            f"offline mode: {repo_id}@{revision or 'main'} is not in the Hugging Face cache; expected it under "
-            f"{root} (snapshots/<commit>/{WEIGHTS_NAME}, with refs/{revision or 'main'} holding <commit>, as "
-            f"huggingface_hub lays it out). Download it once online (`blockswap-zoo download "
-            f"hf-hub:{repo_id}`) or unset HF_HUB_OFFLINE / BLOCKSWAP_ZOO_OFFLINE"
-        ) from None
-    return Path(path)
-
-
-def push_to_hf_hub(directory: str | Path, repo_id: str, private: bool = False, token: str | None = None) -> str:
-    """Create the Hub repo (if needed) and upload a checkpoint directory; returns the commit id."""
-    from huggingface_hub import HfApi
-
-    directory = Path(directory)
-    load_checkpoint_dir(directory)  # only a checkpoint that loads, sha256-verified, is published
-    if is_offline():
-        raise OfflineError("offline mode is on (HF_HUB_OFFLINE / BLOCKSWAP_ZOO_OFFLINE): cannot publish")
-    api = HfApi(token=token)
-    api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    info = api.upload_folder(
-        repo_id=repo_id,
-        folder_path=str(directory),
-        allow_patterns=list(CHECKPOINT_FILES),  # the checkpoint's own files, nothing else in the folder
-        commit_message="Upload blockswap-zoo checkpoint",
-    )
-    return info.oid

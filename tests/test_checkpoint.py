@@ -8,14 +8,14 @@ import pytest
 import torch
 
 from blockswap_zoo import create_model
-from blockswap_zoo.hub import (
-    OfflineError,
+from blockswap_zoo.checkpoint import (
     WeightsError,
     load_checkpoint_dir,
     load_verified_state_dict,
     save_checkpoint_dir,
     sha256_file,
 )
+from blockswap_zoo.hf import OfflineError
 from blockswap_zoo.pretrained import Weights, resolve_weights_file
 
 GENOTYPE = "wrn_10_1:v1:BG(2,M/2);G(4);S"
@@ -151,7 +151,7 @@ def test_hf_hub_cache_offline(tmp_path: Path, checkpoint: Path, monkeypatch) -> 
 
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
-    from blockswap_zoo.hub import pull_hf_hub
+    from blockswap_zoo.hf import pull_hf_hub
 
     assert pull_hf_hub("someorg/tiny-student", cache_dir=cache) == snap
     model = load_checkpoint_dir(pull_hf_hub("someorg/tiny-student", "main", cache_dir=cache))
@@ -181,7 +181,7 @@ def test_no_unverified_path_and_config_values_are_checked(checkpoint: Path) -> N
 def test_publish_checks_the_checkpoint_and_uploads_only_its_files(checkpoint: Path, monkeypatch) -> None:
     import huggingface_hub
 
-    from blockswap_zoo.hub import push_to_hf_hub
+    from blockswap_zoo.hf import push_to_hf_hub
 
     calls = {}
 
