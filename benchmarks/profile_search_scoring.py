@@ -34,11 +34,11 @@ from search_speed import _speed_batch  # the same batch (this script's folder is
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
-from blockswap_zoo.allocator import retain_freed_memory
 from blockswap_zoo.cpu_info import cpu_info
 from blockswap_zoo.models import build_model
 from blockswap_zoo.search import sample_genotypes
-from blockswap_zoo.search.cpu_layers import MergedGroupConv2d, adapt_for_cpu_scoring
+from blockswap_zoo.search.cpu.allocator import retain_freed_memory
+from blockswap_zoo.search.cpu.layers import MergedGroupConv2d, adapt_for_cpu_scoring
 from blockswap_zoo.search.scoring import candidate_seed, mode_config, score_candidates
 
 PHASES = ["score/build", "score/to_device", "fisher/forward", "fisher/backward", "fisher/reduce"]

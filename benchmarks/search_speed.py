@@ -51,12 +51,12 @@ from dataclasses import replace
 import torch
 import torch.nn.functional as F
 
-from blockswap_zoo.allocator import retain_freed_memory
 from blockswap_zoo.cpu_info import cpu_info
 from blockswap_zoo.models import build_model
 from blockswap_zoo.search import fisher_potential, proxies, sample_genotypes
 from blockswap_zoo.search.block_pool import BlockPool
-from blockswap_zoo.search.cpu_layers import adapt_for_cpu_scoring, fisher_term_fast
+from blockswap_zoo.search.cpu.allocator import retain_freed_memory
+from blockswap_zoo.search.cpu.layers import adapt_for_cpu_scoring, fisher_term_fast
 from blockswap_zoo.search.minibatch import load_embedded_batch
 from blockswap_zoo.search.scoring import (
     ScoreConfig,

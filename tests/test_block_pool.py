@@ -9,7 +9,7 @@ from blockswap_zoo.genotype import Genotype
 from blockswap_zoo.models import build_model
 from blockswap_zoo.search import mode_config, sample_genotypes, score_genotype
 from blockswap_zoo.search.block_pool import BlockPool
-from blockswap_zoo.search.cpu_layers import adapt_for_cpu_scoring
+from blockswap_zoo.search.cpu.layers import adapt_for_cpu_scoring
 from blockswap_zoo.search.scoring import candidate_seed, score_candidates
 
 

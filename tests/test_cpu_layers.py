@@ -14,17 +14,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from blockswap_zoo import build_model
-from blockswap_zoo.allocator import retain_freed_memory
 from blockswap_zoo.search import (
-    cpu_layers,
     fisher_per_block,
     fisher_potential,
     mode_config,
-    native_kernels,
     proxies,
     score_genotype,
 )
-from blockswap_zoo.search.cpu_layers import (
+from blockswap_zoo.search.cpu import layers as cpu_layers
+from blockswap_zoo.search.cpu import native_kernels
+from blockswap_zoo.search.cpu.allocator import retain_freed_memory
+from blockswap_zoo.search.cpu.layers import (
     ExactStatsBatchNorm2d,
     FourChannelGroupConv2d,
     FusedAwayReLU,
@@ -33,7 +33,7 @@ from blockswap_zoo.search.cpu_layers import (
     MergedGroupConv2d,
     adapt_for_cpu_scoring,
 )
-from blockswap_zoo.search.residual_fusion import ResidualFusedWideResNet
+from blockswap_zoo.search.cpu.residual_fusion import ResidualFusedWideResNet
 
 CL = torch.channels_last
 

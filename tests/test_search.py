@@ -23,17 +23,17 @@ from blockswap_zoo.search import (
     BudgetError,
     ReportError,
     count_feasible,
-    cpu_layers,
     fisher_per_block,
     fisher_potential,
     load_report,
-    native_kernels,
     parse_budget,
     reachable_range,
     run_search,
     sample_genotypes,
     scoring,
 )
+from blockswap_zoo.search.cpu import layers as cpu_layers
+from blockswap_zoo.search.cpu import native_kernels
 from blockswap_zoo.search.sampler import BudgetSpace
 from blockswap_zoo.search.scoring import resolve_mode
 

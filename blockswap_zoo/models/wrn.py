@@ -30,7 +30,7 @@ class PreActBlock(nn.Module):
     """
 
     # (norm, activation) attributes that forward runs as act(norm(x)), norm's output used nowhere else:
-    # the search may fuse each pair (blockswap_zoo.search.cpu_layers).
+    # the search may fuse each pair (blockswap_zoo.search.cpu.layers).
     fusable_norm_act: ClassVar[tuple[tuple[str, str], ...]] = (("bn1", "act1"),)
 
     def __init__(self, parts: dict[str, Part]) -> None:

@@ -5,7 +5,7 @@
 has the signature ``proxy(model, images, labels) -> float`` and higher is better. None of them
 changes the model: requires_grad flags, weights and modes are restored afterwards. These are the
 definitions in plain PyTorch, the ground truth of tests and benchmarks; the search's fast CPU path
-(``cpu_layers``, ``scoring``) plugs its kernel in through ``term`` and runs them.
+(``cpu.layers``, ``scoring``) plugs its kernel in through ``term`` and runs them.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Two modes. ``exact``: fp32 on the whole minibatch: the values of the definition 
 measurement (``benchmarks/search_speed.py`` reports its speed and how often its winner is in exact
 mode's top 5). Both initialise the network on the CPU (the same weights on every device), with
 parameters that need no gradient, so the only backward work is between the loss and the probes. On
-the CPU both run channels_last with the layers of ``cpu_layers`` and keep freed memory in the process.
+the CPU both run channels_last with the layers of ``cpu.layers`` and keep freed memory in the process.
 A scoring loop builds each network from the blocks of the one before (``block_pool``): the same
 weights as a fresh build, with less Python work per candidate.
 """
@@ -29,15 +29,15 @@ import torch
 from torch import nn
 from torch.profiler import record_function
 
-from ..allocator import retain_freed_memory
 from ..cpu_info import cpu_info
 from ..genotype import Genotype
 from ..models import build_model
 from ..numerics import strict_fp32
 from . import proxies
 from .block_pool import BlockPool
-from .cpu_layers import adapt_for_cpu_scoring, fisher_term_fast, scoring_copy
-from .native_kernels import cpu_kernels
+from .cpu.allocator import retain_freed_memory
+from .cpu.layers import adapt_for_cpu_scoring, fisher_term_fast, scoring_copy
+from .cpu.native_kernels import cpu_kernels
 from .proxies import get_proxy
 
 __all__ = [
@@ -174,7 +174,7 @@ class Candidate:
 
 
 def _uses_cpu_kernels(cfg: ScoreConfig) -> bool:
-    """Whether scoring with ``cfg`` runs the C kernels of ``cpu_layers`` (fp32 channels_last on a CPU)."""
+    """Whether scoring with ``cfg`` runs the C kernels of ``cpu.layers`` (fp32 channels_last on a CPU)."""
     return cfg.channels_last and cfg.autocast is None and torch.device(cfg.device).type == "cpu"
 
 
@@ -249,7 +249,7 @@ def fisher_per_block(
 ) -> list[float]:
     """``proxies.fisher_per_block`` of a user's model, computed as the search's exact mode computes it where
     it can: an fp32 CPU model with NCHW images is scored as a channels_last copy with the CPU layers and
-    kernels (``cpu_layers.scoring_copy``: exact mode's values bit for bit, the model left as it is); any
+    kernels (``cpu.layers.scoring_copy``: exact mode's values bit for bit, the model left as it is); any
     other model as it is, with the Fisher-term kernel where the tensors allow it."""
     model, images = _fast_path(model, images, autocast_dtype)
     return proxies.fisher_per_block(model, images, labels, autocast_dtype, term=fisher_term_fast)

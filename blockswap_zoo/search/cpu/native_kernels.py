@@ -64,7 +64,7 @@ def _cpu_signature() -> str:
 
 
 def _cache_root() -> Path:
-    from ..pretrained import cache_dir
+    from ...pretrained import cache_dir
 
     return cache_dir() / "kernels"
 

@@ -28,9 +28,9 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from ..proxies import fisher_term
 from . import residual_fusion
 from .native_kernels import cpu_kernels
-from .proxies import fisher_term
 
 __all__ = [
     "ExactStatsBatchNorm2d",

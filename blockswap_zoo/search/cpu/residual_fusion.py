@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.modules import module as _module
 
-from ..models.wrn import PreActBlock, WideResNet
+from ...models.wrn import PreActBlock, WideResNet
 
 __all__ = ["ResidualFusedWideResNet", "fuse_residual_adds"]
 
