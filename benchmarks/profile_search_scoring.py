@@ -39,7 +39,8 @@ from blockswap_zoo.models import build_model
 from blockswap_zoo.search import sample_genotypes
 from blockswap_zoo.search.cpu.allocator import retain_freed_memory
 from blockswap_zoo.search.cpu.layers import MergedGroupConv2d, adapt_for_cpu_scoring
-from blockswap_zoo.search.scoring import candidate_seed, mode_config, score_candidates
+from blockswap_zoo.search.scoring import candidate_seed, mode_config
+from blockswap_zoo.search.workers import score_candidates
 
 PHASES = ["score/build", "score/to_device", "fisher/forward", "fisher/backward", "fisher/reduce"]
 

@@ -63,9 +63,9 @@ from blockswap_zoo.search.scoring import (
     candidate_seed,
     describe_config,
     mode_config,
-    score_candidates,
     score_genotype,
 )
+from blockswap_zoo.search.workers import score_candidates
 
 
 def reference_style_score(genotype, images, labels, seed, num_classes, in_chans) -> float:  # noqa: ANN001

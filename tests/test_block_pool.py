@@ -10,7 +10,8 @@ from blockswap_zoo.models import build_model
 from blockswap_zoo.search import mode_config, sample_genotypes, score_genotype
 from blockswap_zoo.search.block_pool import BlockPool
 from blockswap_zoo.search.cpu.layers import adapt_for_cpu_scoring
-from blockswap_zoo.search.scoring import candidate_seed, score_candidates
+from blockswap_zoo.search.scoring import candidate_seed
+from blockswap_zoo.search.workers import score_candidates
 
 
 def _assert_same_network(a: nn.Module, b: nn.Module) -> None:

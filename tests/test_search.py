@@ -31,6 +31,7 @@ from blockswap_zoo.search import (
     run_search,
     sample_genotypes,
     scoring,
+    workers,
 )
 from blockswap_zoo.search.cpu import layers as cpu_layers
 from blockswap_zoo.search.cpu import native_kernels
@@ -268,6 +269,7 @@ def test_workers_do_without_the_cpu_kernels_when_the_parent_could_not_build_them
     """The parent tells its workers; they score with PyTorch's layers, as the parent would, and do not
     try (and warn) again. The kernels round differently, so a worker that used them would show."""
     with_kernels = run_search("wrn_10_1", "20k", **SMALL)
+    monkeypatch.setattr(workers, "cpu_kernels", lambda: None)
     monkeypatch.setattr(scoring, "cpu_kernels", lambda: None)
     monkeypatch.setattr(cpu_layers, "cpu_kernels", lambda: None)
     one = run_search("wrn_10_1", "20k", **SMALL)
@@ -280,24 +282,24 @@ def test_auto_workers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """``auto``: a worker per core on a CPU (at most 8, at least 20 candidates each), 8 on a GPU only
     under MPS, 1 under torchrun; a number is taken as given, anything else is a clear error."""
     monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))
-    monkeypatch.setattr(scoring, "_usable_cores", lambda: 2)
-    assert scoring.resolve_workers("auto", "cpu", 1000) == 2
-    assert scoring.resolve_workers("auto", "cpu", 39) == 1 and scoring.resolve_workers("auto", "cpu", 40) == 2
-    assert scoring.resolve_workers("auto", "cpu", 1000, world=2) == 1
-    assert scoring.resolve_workers("auto", "cpu", 1000, threads=2) == 1  # --threads 2 fills both cores
-    assert scoring.resolve_workers("auto", "cuda", 1000) == 1
+    monkeypatch.setattr(workers, "_usable_cores", lambda: 2)
+    assert workers.resolve_workers("auto", "cpu", 1000) == 2
+    assert workers.resolve_workers("auto", "cpu", 39) == 1 and workers.resolve_workers("auto", "cpu", 40) == 2
+    assert workers.resolve_workers("auto", "cpu", 1000, world=2) == 1
+    assert workers.resolve_workers("auto", "cpu", 1000, threads=2) == 1  # --threads 2 fills both cores
+    assert workers.resolve_workers("auto", "cuda", 1000) == 1
     (tmp_path / "control").touch()
-    assert scoring.resolve_workers("AUTO", "cuda", 1000) == 2
-    monkeypatch.setattr(scoring, "_usable_cores", lambda: 64)
-    assert scoring.resolve_workers("auto", "cuda:0", 1000) == 8 and scoring.resolve_workers("auto", "cpu", 10**4) == 8
-    assert scoring.resolve_workers("3", "cpu", 5) == 3 and scoring.resolve_workers(4, "cuda", 5) == 4
+    assert workers.resolve_workers("AUTO", "cuda", 1000) == 2
+    monkeypatch.setattr(workers, "_usable_cores", lambda: 64)
+    assert workers.resolve_workers("auto", "cuda:0", 1000) == 8 and workers.resolve_workers("auto", "cpu", 10**4) == 8
+    assert workers.resolve_workers("3", "cpu", 5) == 3 and workers.resolve_workers(4, "cuda", 5) == 4
     for bad, match in (
         ("0", "workers must be >= 1"),
         (0, "workers must be >= 1"),
         ("many", "whole number >= 1 or 'auto'"),
     ):
         with pytest.raises(ValueError, match=match):
-            scoring.resolve_workers(bad, "cpu", 100)
+            workers.resolve_workers(bad, "cpu", 100)
 
 
 def test_workers_sharing_a_gpu_without_mps_are_warned_about(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -308,16 +310,16 @@ def test_workers_sharing_a_gpu_without_mps_are_warned_about(tmp_path: Path, monk
 
     monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))
     with pytest.warns(UserWarning, match=r"without NVIDIA MPS \(no .*control\).*nvidia-cuda-mps-control -d"):
-        scoring._warn_without_mps(8, "cuda")
+        workers._warn_without_mps(8, "cuda")
     (tmp_path / "control").touch()  # the daemon's named pipe
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        scoring._warn_without_mps(8, "cuda:0")
+        workers._warn_without_mps(8, "cuda:0")
         (tmp_path / "control").unlink()
-        scoring._warn_without_mps(1, "cuda")
-        scoring._warn_without_mps(8, "cpu")
+        workers._warn_without_mps(1, "cuda")
+        workers._warn_without_mps(8, "cpu")
     monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY")
-    assert scoring.mps_control_pipe() == Path("/tmp/nvidia-mps/control")  # CUDA's default
+    assert workers.mps_control_pipe() == Path("/tmp/nvidia-mps/control")  # CUDA's default
 
 
 def test_fast_mode_does_not_build_the_cpu_kernels(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -31,15 +31,8 @@ from ..limits import check_seed
 from .minibatch import EMBEDDED, load_search_batch
 from .proxies import get_proxy_name
 from .sampler import _backbone, parse_budget, sample_genotypes
-from .scoring import (
-    Candidate,
-    candidate_seed,
-    describe_config,
-    mode_config,
-    resolve_mode,
-    resolve_workers,
-    score_candidates,
-)
+from .scoring import Candidate, candidate_seed, describe_config, mode_config, resolve_mode
+from .workers import resolve_workers, score_candidates
 
 __all__ = ["ReportError", "SearchResult", "SearchSettings", "load_report", "run_search"]
 
@@ -294,7 +287,7 @@ def run_search(
 
     The network searched takes its channels, classes and input size from the dataset. With
     ``report_dir`` every scored candidate is saved as it is scored (see the module docstring).
-    ``workers``: scoring processes, or ``"auto"`` (``scoring.resolve_workers``). Exact mode's scores do not depend
+    ``workers``: scoring processes, or ``"auto"`` (``workers.resolve_workers``). Exact mode's scores do not depend
     on it; fast mode's bf16 ones move (within its error) with the torch threads each process gets.
     ``log`` receives one line saying how candidates are scored and why (on rank 0), before scoring starts.
     """
