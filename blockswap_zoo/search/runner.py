@@ -28,10 +28,10 @@ from ..cpu_info import cpu_info
 from ..genotype import Genotype
 from ..io import atomic_write_text
 from ..limits import check_seed
-from .minibatch import EMBEDDED, load_search_batch
+from .minibatch import EMBEDDED, SearchBatch, load_search_batch
 from .proxies import get_proxy_name
 from .sampler import _backbone, parse_budget, sample_genotypes
-from .scoring import Candidate, candidate_seed, describe_config, mode_config, resolve_mode
+from .scoring import Candidate, Job, ScoreConfig, candidate_seed, describe_config, mode_config, resolve_mode
 from .workers import resolve_workers, score_candidates
 
 __all__ = ["ReportError", "SearchResult", "SearchSettings", "load_report", "run_search"]
@@ -292,15 +292,8 @@ def run_search(
     ``log`` receives one line saying how candidates are scored and why (on rank 0), before scoring starts.
     """
     t_start = time.perf_counter()
-    if not 1 <= samples <= MAX_SAMPLES:
-        raise ValueError(f"samples must be in 1..{MAX_SAMPLES:,} (candidates are drawn up front), got {samples}")
-    try:
-        check_seed(seed)
-    except ValueError as e:
-        raise ValueError(f"seed {e}") from None
+    _check_arguments(samples, seed, threads)
     proxy = get_proxy_name(proxy)
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1 (or left out for torch's default), got {threads}")
     device = _check_device(device)
     rank, world = _dist()
     if torch.device(device).type == "cuda" and world > 1 and torch.device(device).index is None:
@@ -337,77 +330,21 @@ def run_search(
     )
     report = Path(report_dir) if report_dir is not None else None
     if report is not None:
-        error = None
-        if rank == 0:
-            try:
-                _prepare_report(report, settings, resume, force)
-                env = {**_environment(device, world, workers), "scoring": scoring}
-                atomic_write_text(report / "environment.json", json.dumps(env, indent=2) + "\n")
-            except ReportError as e:
-                error = str(e)
-        if world > 1:
-            import torch.distributed as dist
-
-            box = [error]
-            dist.broadcast_object_list(box, src=0)
-            error = box[0]
-        if error:
-            raise ReportError(error)
-    done: dict[int, Candidate] = {}
-    if report is not None and resume:
-        for i, c in _read_records(report).items():  # all below samples (_prepare_report checked)
-            if c.genotype != genotypes[i].to_string():
-                raise ReportError(f"{report}: candidate {i} was {c.genotype}, but this search draws another")
-            done[i] = c
-    costs = {}
-    jobs = []
-    for i, g in enumerate(genotypes):
-        if i in done or i % world != rank:
-            continue
-        p = g.num_params(batch.num_classes, batch.in_chans)
-        m = g.macs(batch.num_classes, batch.in_chans, hw)
-        costs[i] = (p, m)
-        jobs.append((i, g.to_string(), p, m, candidate_seed(seed, i)))
-    shard = report / (CANDIDATES if world == 1 else f"candidates.rank{rank}.jsonl") if report else None
-    if shard is not None:
-        _trim_torn_tail(shard)
-    fh = shard.open("a") if shard else None
-    counter = [len(done)]
-
-    def on_result(c: Candidate) -> None:
-        if fh is not None:
-            fh.write(json.dumps(c.to_dict()) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        counter[0] += 1
-        if progress is not None:
-            progress(counter[0] if world == 1 else len(done) + (counter[0] - len(done)) * world, samples)
-
+        env = {**_environment(device, world, workers), "scoring": scoring}
+        _open_report(report, settings, resume, force, env, rank, world)
+    done = _resumed_candidates(report, genotypes) if report is not None and resume else {}
+    jobs = [
+        (i, g.to_string(), g.num_params(batch.num_classes, batch.in_chans),
+         g.macs(batch.num_classes, batch.in_chans, hw), candidate_seed(seed, i))
+        for i, g in enumerate(genotypes) if i not in done and i % world == rank
+    ]  # fmt: skip
     if log is not None and rank == 0:
         log(scoring)
-    if progress is not None:
-        progress(len(done), samples)
-    try:
-        new = score_candidates(
-            jobs, batch.images, batch.labels, cfg, batch.num_classes, batch.in_chans, workers, on_result
-        )
-    finally:
-        if fh is not None:
-            fh.close()
-    if world > 1:
-        import torch.distributed as dist
-
-        gathered: list[list[dict]] = [[] for _ in range(world)]
-        dist.all_gather_object(gathered, [c.to_dict() for c in new])
-        new = [Candidate.from_dict(d) for part in gathered for d in part]
-    records = {**done, **{c.index: c for c in new}}
+    shard = report / (CANDIDATES if world == 1 else f"candidates.rank{rank}.jsonl") if report else None
+    new = _score_and_record(jobs, batch, cfg, workers, shard, progress, len(done), samples, world)
+    records = {**done, **{c.index: c for c in _gathered(new, world)}}
     candidates = [records[i] for i in sorted(records)]
-    best = max(candidates, key=lambda c: (c.score if math.isfinite(c.score) else -math.inf, -c.index))
-    if not math.isfinite(best.score):
-        raise ValueError(
-            f"no candidate got a finite {proxy} score ({len(candidates)} scored, saved in the report); "
-            "try --mode exact, another --proxy, or check the minibatch"
-        )
+    best = _best(candidates, proxy)
     result = SearchResult(
         winner=Genotype.from_string(best.genotype),
         winner_index=best.index,
@@ -418,12 +355,115 @@ def run_search(
         settings=settings,
         report_dir=report,
         seconds=time.perf_counter() - t_start,
-        rescored=len(new),
+        rescored=len(records) - len(done),
         extra={"device": device, "world_size": world, "score_config": cfg.to_dict()},
     )
     if report is not None and rank == 0:
         write_report(result)
     return result
+
+
+def _check_arguments(samples: int, seed: int, threads: int | None) -> None:
+    """ValueError naming the fix for a sample count, seed or thread count out of range."""
+    if not 1 <= samples <= MAX_SAMPLES:
+        raise ValueError(f"samples must be in 1..{MAX_SAMPLES:,} (candidates are drawn up front), got {samples}")
+    try:
+        check_seed(seed)
+    except ValueError as e:
+        raise ValueError(f"seed {e}") from None
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1 (or left out for torch's default), got {threads}")
+
+
+def _open_report(
+    report: Path, settings: SearchSettings, resume: bool, force: bool, env: dict, rank: int, world: int
+) -> None:
+    """Rank 0 prepares the report directory and writes environment.json; every rank raises its ReportError."""
+    error = None
+    if rank == 0:
+        try:
+            _prepare_report(report, settings, resume, force)
+            atomic_write_text(report / "environment.json", json.dumps(env, indent=2) + "\n")
+        except ReportError as e:
+            error = str(e)
+    if world > 1:
+        import torch.distributed as dist
+
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise ReportError(error)
+
+
+def _resumed_candidates(report: Path, genotypes: Sequence[Genotype]) -> dict[int, Candidate]:
+    """The candidates a resumed report already holds, each checked against the one this search draws."""
+    done = {}
+    for i, c in _read_records(report).items():  # all below samples (_prepare_report checked)
+        if c.genotype != genotypes[i].to_string():
+            raise ReportError(f"{report}: candidate {i} was {c.genotype}, but this search draws another")
+        done[i] = c
+    return done
+
+
+def _score_and_record(
+    jobs: list[Job],
+    batch: SearchBatch,
+    cfg: ScoreConfig,
+    workers: int,
+    shard: Path | None,
+    progress: Callable[[int, int], None] | None,
+    done: int,
+    samples: int,
+    world: int,
+) -> list[Candidate]:
+    """Score ``jobs``, appending each candidate to ``shard`` (fsynced) as it finishes and reporting progress
+    (under torchrun, as if every rank kept pace with this one)."""
+    if shard is not None:
+        _trim_torn_tail(shard)
+    fh = shard.open("a") if shard else None
+    scored = [done]
+
+    def on_result(c: Candidate) -> None:
+        if fh is not None:
+            fh.write(json.dumps(c.to_dict()) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        scored[0] += 1
+        if progress is not None:
+            progress(scored[0] if world == 1 else done + (scored[0] - done) * world, samples)
+
+    if progress is not None:
+        progress(done, samples)
+    try:
+        return score_candidates(
+            jobs, batch.images, batch.labels, cfg, batch.num_classes, batch.in_chans, workers, on_result
+        )
+    finally:
+        if fh is not None:
+            fh.close()
+
+
+def _gathered(new: list[Candidate], world: int) -> list[Candidate]:
+    """Every rank's newly scored candidates (under torchrun), or ``new`` itself."""
+    if world == 1:
+        return new
+    import torch.distributed as dist
+
+    gathered: list[list[dict]] = [[] for _ in range(world)]
+    dist.all_gather_object(gathered, [c.to_dict() for c in new])
+    return [Candidate.from_dict(d) for part in gathered for d in part]
+
+
+def _best(candidates: list[Candidate], proxy: str) -> Candidate:
+    """The highest finite score (the lowest index among ties); ValueError when no score is finite."""
+    best = max(candidates, key=lambda c: (c.score if math.isfinite(c.score) else -math.inf, -c.index))
+    if not math.isfinite(best.score):
+        raise ValueError(
+            f"no candidate got a finite {proxy} score ({len(candidates)} scored, saved in the report); "
+            "try --mode exact, another --proxy, or check the minibatch"
+        )
+    return best
 
 
 def write_report(result: SearchResult) -> None:
