@@ -5,13 +5,18 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 from .output import console, err_console, fail
+
+if TYPE_CHECKING:
+    from ..search import SearchResult
 
 __all__ = ["search"]
 
@@ -82,27 +87,7 @@ def search(
         _fail(str(e))
     if out is None:
         out = Path(f"search-{backbone}-{budget.strip().lower()}{'-macs' if macs else ''}-s{seed}")
-    progress = Progress(
-        TextColumn("[bold]scoring"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-        disable=_rank() != 0,  # under torchrun, rank 0 shows progress and the winner
-    )
-    state: dict[str, float] = {}
-
-    def on_progress(done: int, total: int) -> None:
-        if "task" not in state:
-            state["task"] = progress.add_task("scoring", total=total, completed=done, rate="")
-            state["t0"], state["d0"] = time.perf_counter(), done
-        dt = time.perf_counter() - state["t0"]
-        rate = (done - state["d0"]) / dt if dt > 0 and done > state["d0"] else 0.0
-        progress.update(int(state["task"]), completed=done, rate=f"{rate:.2f} cand/s" if rate else "")
-
+    progress, on_progress = _progress_bar()
     try:
         with progress:
             result = run_search(
@@ -136,8 +121,38 @@ def search(
             f"interrupted; the scored candidates are saved in {out}: rerun the same command with --resume"
         )
         raise typer.Exit(130) from None
-    if _rank() != 0:
-        return
+    if _rank() == 0:  # under torchrun, rank 0 shows the winner
+        _print_winner(result, out)
+
+
+def _progress_bar() -> tuple[Progress, Callable[[int, int], None]]:
+    """The scoring progress bar (rank 0 only) and the callback run_search reports to, with candidates/s."""
+    progress = Progress(
+        TextColumn("[bold]scoring"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        disable=_rank() != 0,  # under torchrun, rank 0 shows progress
+    )
+    state: dict[str, float] = {}
+
+    def on_progress(done: int, total: int) -> None:
+        if "task" not in state:
+            state["task"] = progress.add_task("scoring", total=total, completed=done, rate="")
+            state["t0"], state["d0"] = time.perf_counter(), done
+        dt = time.perf_counter() - state["t0"]
+        rate = (done - state["d0"]) / dt if dt > 0 and done > state["d0"] else 0.0
+        progress.update(int(state["task"]), completed=done, rate=f"{rate:.2f} cand/s" if rate else "")
+
+    return progress, on_progress
+
+
+def _print_winner(result: SearchResult, out: Path) -> None:
+    """The winner block by block with its costs, its score and compact genotype, and the report's place."""
     s = result.settings
     g = result.winner
     hw = s.input_size[1:]
