@@ -369,21 +369,8 @@ def _train(
     run_cfg = model_config(model, info, {"teacher": config.teacher, "train_config": config.to_dict()})
     start_epoch, step, history = 0, 0, []
     if resuming:
-        state = load_checkpoint(out / CHECKPOINT, map_location="cpu")
-        saved = state.get("config", {})
-        for key, now in config.to_dict().items():
-            if key in saved and key not in RESUME_MAY_CHANGE and not _same_setting(key, saved[key], now):
-                raise RunDirError(
-                    f"cannot resume {out}: {key} was {saved[key]!r}, now {now!r}. A resumed run keeps its "
-                    f"settings ({out / 'config.yaml'}); start a new run (another --out) to change them"
-                )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if loader_state is not None and state.get("loader"):
-            loader_state.load_state_dict(state["loader"])
-        set_rng_state(state["rng"])
-        start_epoch, step, history = state["epoch"] + 1, state["step"], list(state["history"])
+        assert out is not None
+        start_epoch, step, history = _resume(out, config, model, optimizer, scheduler, loader_state)
     if dist.is_main and out is not None:
         import yaml
 
@@ -479,21 +466,8 @@ def _train(
             if dist.is_main:
                 progress.console.print(_epoch_line(record), highlight=False)
                 if out is not None:
-                    save_checkpoint(
-                        out / CHECKPOINT,
-                        {
-                            "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(),
-                            "loader": loader_state.state_dict() if loader_state is not None else {},
-                            "rng": get_rng_state(),
-                            "epoch": epoch,
-                            "step": step,
-                            "history": history,
-                            "config": config.to_dict(),
-                            "model_config": run_cfg,
-                        },
-                    )
+                    state = _checkpoint_state(model, optimizer, scheduler, loader_state, epoch, step, history)
+                    save_checkpoint(out / CHECKPOINT, {**state, "config": config.to_dict(), "model_config": run_cfg})
                     write_metrics(out, history)
                     write_curves(out, history)
             D.barrier()
@@ -502,21 +476,7 @@ def _train(
 
     if last_eval is None:
         last_eval = run_eval(model, info, dev, **eval_kwargs)
-    final = {
-        "top1": last_eval["top1"],
-        "top5": last_eval["top5"],
-        "test_loss": last_eval["loss"],
-        "n_test": last_eval["n"],
-        "epochs": len(history),
-        "steps": step,
-        "train_images": n_train,
-        "wall_time_s": time.perf_counter() - run_start,
-        "device": str(dev),
-        "device_name": D.device_name(dev),
-        "world_size": dist.world_size,
-    }
-    if history:
-        final["images_per_s"] = history[-1]["images_per_s"]
+    final = _final_metrics(last_eval, history, step, n_train, time.perf_counter() - run_start, dist)
     if dist.is_main and out is not None:
         write_final(out, model, {**run_cfg, "metrics": final})
     if dist.is_main and config.progress:
@@ -528,6 +488,77 @@ def _train(
             highlight=False,
         )
     return TrainResult(out, final, history, model)
+
+
+def _resume(
+    out: Path,
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loader_state: Any,  # noqa: ANN401 - the device loader's state, or None
+) -> tuple[int, int, list[dict[str, Any]]]:
+    """Restore a run from ``out``'s checkpoint (model, optimiser, schedule, data order, RNG) after checking that
+    no setting that shapes training changed; returns (first epoch to run, step, history)."""
+    state = load_checkpoint(out / CHECKPOINT, map_location="cpu")
+    saved = state.get("config", {})
+    for key, now in config.to_dict().items():
+        if key in saved and key not in RESUME_MAY_CHANGE and not _same_setting(key, saved[key], now):
+            raise RunDirError(
+                f"cannot resume {out}: {key} was {saved[key]!r}, now {now!r}. A resumed run keeps its "
+                f"settings ({out / 'config.yaml'}); start a new run (another --out) to change them"
+            )
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if loader_state is not None and state.get("loader"):
+        loader_state.load_state_dict(state["loader"])
+    set_rng_state(state["rng"])
+    return state["epoch"] + 1, state["step"], list(state["history"])
+
+
+def _checkpoint_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    loader_state: Any,  # noqa: ANN401 - the device loader's state, or None
+    epoch: int,
+    step: int,
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Everything ``_resume`` restores, after ``epoch`` (0-based) and ``step``."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "loader": loader_state.state_dict() if loader_state is not None else {},
+        "rng": get_rng_state(),
+        "epoch": epoch,
+        "step": step,
+        "history": history,
+    }
+
+
+def _final_metrics(
+    last_eval: dict[str, float], history: list[dict[str, Any]], step: int, n_train: int, wall: float, dist: D.DistInfo
+) -> dict[str, Any]:
+    """The run's record: test metrics, how long and on what it trained."""
+    final: dict[str, Any] = {
+        "top1": last_eval["top1"],
+        "top5": last_eval["top5"],
+        "test_loss": last_eval["loss"],
+        "n_test": last_eval["n"],
+        "epochs": len(history),
+        "steps": step,
+        "train_images": n_train,
+        "wall_time_s": wall,
+        "device": str(dist.device),
+        "device_name": D.device_name(dist.device),
+        "world_size": dist.world_size,
+    }
+    if history:
+        final["images_per_s"] = history[-1]["images_per_s"]
+    return final
 
 
 def _check_compatible(student: list[torch.Tensor], teacher: list[torch.Tensor]) -> None:
