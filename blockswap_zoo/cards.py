@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .genotype import Genotype
-from .pretrained import Weights, load_records
+from .pretrained import REPO_ROOT, Weights, load_records
 
 __all__ = ["README_MARKERS", "model_card", "readme_table", "update_readme", "zoo_model_card"]
 
@@ -174,7 +174,7 @@ def zoo_model_card(records: dict[str, Weights] | None = None) -> str:
 
 def _checkpoint_config(w: Weights) -> dict[str, Any]:
     """The config.json beside a published checkpoint's weights in this checkout ({} when absent)."""
-    path = Path(__file__).resolve().parents[1] / Path(w.file).parent / "config.json"
+    path = REPO_ROOT / Path(w.file).parent / "config.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
 

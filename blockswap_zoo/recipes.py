@@ -32,7 +32,7 @@ __all__ = [
     "parse_recipe",
 ]
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"  # in a checkout; a wheel ships none (find_recipe)
 
 
 class RecipeError(ValueError):

@@ -54,3 +54,29 @@ def test_docs_check_sees_a_hand_edited_checkpoint_card(tmp_path: Path) -> None:
     card = tmp_path / "weights" / "wrn_40_2.fmnist" / "README.md"
     card.write_text(card.read_text().replace("top-1", "top-1 (99.99!)", 1))
     assert stale_docs(tmp_path) == [card]
+
+
+def test_the_docs_command_reads_and_writes_the_checkout_it_is_given(tmp_path: Path) -> None:
+    """``blockswap-zoo docs`` works on this checkout by default and on another with --repo (writing only there);
+    a folder that is not a checkout is refused."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from blockswap_zoo.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["docs", "--check"])
+    assert res.exit_code == 0 and "up to date" in res.output, res.output
+    for name in ("README.md", "MODEL_CARD.md"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    shutil.copytree(ROOT / "weights", tmp_path / "weights")
+    card = tmp_path / "weights" / "wrn_40_2.fmnist" / "README.md"
+    card.write_text("stale")
+    res = runner.invoke(app, ["docs", "--check", "--repo", str(tmp_path)])
+    assert res.exit_code == 1 and "out of date" in res.output
+    res = runner.invoke(app, ["docs", "--repo", str(tmp_path)])
+    assert res.exit_code == 0 and card.read_text() != "stale"
+    assert (ROOT / "weights" / "wrn_40_2.fmnist" / "README.md").read_text() == card.read_text()
+    res = runner.invoke(app, ["docs", "--repo", str(tmp_path / "empty")])
+    assert res.exit_code == 2 and "not a blockswap-zoo checkout" in " ".join(res.output.split())

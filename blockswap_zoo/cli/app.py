@@ -287,11 +287,19 @@ def docs(
     check: bool = typer.Option(
         False, "--check", help="Exit 1 if README.md, MODEL_CARD.md or a checkpoint's card is out of date."
     ),
+    repo: Path | None = typer.Option(
+        None, "--repo", help="The repository checkout to write into (default: the one this package runs from)."
+    ),
 ) -> None:
     """Regenerate the README's pretrained table, MODEL_CARD.md and each checkpoint's card from the records."""
     from ..cards import stale_docs, write_docs
+    from ..pretrained import REPO_ROOT, is_checkout
 
-    root = Path(__file__).resolve().parents[1]
+    if repo is None and not is_checkout():
+        fail(f"this installation ({REPO_ROOT}) is not a repository checkout; pass --repo with the checkout to update")
+    root = repo if repo is not None else REPO_ROOT
+    if not (root / "README.md").is_file():
+        fail(f"{root} holds no README.md: not a blockswap-zoo checkout; pass --repo with one")
     try:
         if check:
             stale = stale_docs(root)
