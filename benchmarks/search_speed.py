@@ -14,7 +14,7 @@ paper's code does: NCHW fp32, forward and backward hooks on the probes, ``loss.b
 computing every weight gradient. ``fisher_potential`` is the library call on a freshly built model
 (exact mode's CPU path on a copy of it). Exact and fast mode run through ``score_candidates``, as
 ``blockswap-zoo search`` does; the baseline runs with the same allocator setting
-(``blockswap_zoo.allocator``), so the ratios leave that setting's gain out. Build time (with the
+(``blockswap_zoo.search.cpu.allocator``), so the ratios leave that setting's gain out. Build time (with the
 seeded init) is included in every method.
 Accuracy: each method's largest relative difference from the definition computed in float64.
 
