@@ -11,7 +11,7 @@ from pathlib import Path
 from .checkpoint import CONFIG_NAME, load_checkpoint_dir
 from .genotype import Genotype
 from .io import atomic_write_text
-from .pretrained import RECORDS_FILE, REPO_ROOT, Weights, load_records
+from .pretrained import RECORDS_FILE, REPO_ROOT, Weights, is_checkout, load_records
 
 __all__ = ["release_checkpoint"]
 
@@ -65,7 +65,13 @@ def _check_recipe_expectation(cfg: dict, checkpoint: Path) -> None:
 
 
 def release_checkpoint(checkpoint: str | Path, force: bool = False) -> Weights:
-    """Verify the checkpoint loads, copy it into ``weights/`` and write its record."""
+    """Verify the checkpoint loads, copy it into ``weights/`` and write its record (in a repository checkout
+    only: an installed package's files are not where anyone publishes from)."""
+    if not is_checkout():
+        raise ValueError(
+            f"release writes weights/ and pretrained.json of a repository checkout, and this installation "
+            f"({REPO_ROOT}) is not one; run it from a checkout of blockswap-zoo"
+        )
     checkpoint = Path(checkpoint)
     load_checkpoint_dir(checkpoint)  # verifies the sha256 and that the weights fit the genotype
     cfg = json.loads((checkpoint / CONFIG_NAME).read_text())

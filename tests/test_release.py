@@ -140,3 +140,11 @@ def test_a_records_transforms_are_the_eval_transform_its_metrics_used() -> None:
     assert torch.equal(w.transforms()(images[0]), ours[0])  # one image as a batch of one
     big = w.transforms()(torch.rand(2, w.in_chans, 64, 80))
     assert big.shape == (2, w.in_chans, *w.input_size[1:])
+
+
+def test_release_is_refused_outside_a_checkout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An installed package (no hubconf.py beside it) does not write weights/ or records into site-packages."""
+    monkeypatch.setattr(pretrained, "REPO_ROOT", tmp_path / "site-packages")
+    with pytest.raises(ValueError, match="is not one; run it from a checkout"):
+        release.release_checkpoint(tmp_path / "ckpt")
+    assert not (tmp_path / "site-packages").exists()
