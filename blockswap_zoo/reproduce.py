@@ -71,11 +71,12 @@ def preflight(recipe: Recipe, max_steps: int | None = None) -> None:
     info = get_dataset_info(recipe.dataset.name)
     n_train = _check_data(recipe)
     for where, spec in (("train", recipe.train), ("teacher.train", recipe.teacher.train if recipe.teacher else None)):
-        if spec is not None and spec.batch_size > min(spec.subset or n_train, n_train):
+        available = min(spec.subset or n_train, n_train) if spec is not None else 0
+        if spec is not None and spec.batch_size > available:
             of = f"the {spec.subset:,}-image subset" if spec.subset and spec.subset < n_train else "the training split"
             raise RecipeError(
                 f"{recipe.source}: {where}.batch_size {spec.batch_size} is larger than {of} "
-                f"({min(spec.subset or n_train, n_train):,} images); lower the batch size or raise the subset"
+                f"({available:,} images); lower the batch size or raise the subset"
             )
     if recipe.teacher is not None and recipe.teacher.pretrained is not None:
         _check_teacher_source(recipe)

@@ -180,7 +180,7 @@ def _trim_torn_tail(path: Path) -> None:
             os.fsync(f.fileno())
 
 
-def _environment(device: str, world: int, workers: int) -> dict[str, object]:
+def _environment(device: str, world: int, workers: int, scoring: str) -> dict[str, object]:
     from .. import __version__
 
     env: dict[str, object] = {
@@ -195,6 +195,7 @@ def _environment(device: str, world: int, workers: int) -> dict[str, object]:
         "device": device,
         "world_size": world,
         "workers": workers,
+        "scoring": scoring,
         "argv": sys.argv,
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -330,8 +331,9 @@ def run_search(
     )
     report = Path(report_dir) if report_dir is not None else None
     if report is not None:
-        env = {**_environment(device, world, workers), "scoring": scoring}
-        _open_report(report, settings, resume, force, env, rank, world)
+        _open_report(
+            report, settings, resume, force, rank, world, lambda: _environment(device, world, workers, scoring)
+        )
     done = _resumed_candidates(report, genotypes) if report is not None and resume else {}
     jobs = [
         (i, g.to_string(), g.num_params(batch.num_classes, batch.in_chans),
@@ -376,14 +378,20 @@ def _check_arguments(samples: int, seed: int, threads: int | None) -> None:
 
 
 def _open_report(
-    report: Path, settings: SearchSettings, resume: bool, force: bool, env: dict, rank: int, world: int
+    report: Path,
+    settings: SearchSettings,
+    resume: bool,
+    force: bool,
+    rank: int,
+    world: int,
+    environment: Callable[[], dict[str, object]],
 ) -> None:
     """Rank 0 prepares the report directory and writes environment.json; every rank raises its ReportError."""
     error = None
     if rank == 0:
         try:
             _prepare_report(report, settings, resume, force)
-            atomic_write_text(report / "environment.json", json.dumps(env, indent=2) + "\n")
+            atomic_write_text(report / "environment.json", json.dumps(environment(), indent=2) + "\n")
         except ReportError as e:
             error = str(e)
     if world > 1:
