@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path as _Path
 
 import blockswap_zoo as _package
+from blockswap_zoo.factory import create_model as _create_model
 from blockswap_zoo.pretrained import Weights as _Weights  # underscored: torch.hub.list shows only entrypoints
 from blockswap_zoo.pretrained import load_records as _load_records
-from blockswap_zoo.registry import create_model as _create_model
 
 dependencies = ["torch", "safetensors"]
 _HERE = _Path(__file__).resolve().parent

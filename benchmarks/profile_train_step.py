@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from blockswap_zoo.data import DeviceLoader, get_dataset_info
-from blockswap_zoo.registry import create_model
+from blockswap_zoo.factory import create_model
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, RandomSampler
 from blockswap_zoo.cpu_info import cpu_info
 from blockswap_zoo.data import DeviceLoader, get_dataset_info
 from blockswap_zoo.data.transforms import PerSampleDataset, train_transform
-from blockswap_zoo.registry import create_model
+from blockswap_zoo.factory import create_model
 from blockswap_zoo.train.losses import attention_transfer
 
 

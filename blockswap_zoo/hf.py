@@ -1,6 +1,5 @@
-"""The Hugging Face Hub and local folders as checkpoint sources: offline rules, pulling a checkpoint repo
-into the cache, publishing one, and resolving ``local-dir:`` / ``hf-hub:`` names to a checkpoint directory.
-huggingface_hub is imported only when it is used.
+"""The Hugging Face Hub as checkpoint transport: offline rules, pulling a checkpoint repo into the cache,
+publishing one. huggingface_hub is imported only when it is used.
 """
 
 from __future__ import annotations
@@ -10,7 +9,7 @@ from pathlib import Path
 
 from .checkpoint import CHECKPOINT_FILES, WEIGHTS_NAME, load_checkpoint_dir
 
-__all__ = ["OfflineError", "checkpoint_directory", "is_offline", "pull_hf_hub", "push_to_hf_hub"]
+__all__ = ["OfflineError", "is_offline", "pull_hf_hub", "push_to_hf_hub"]
 
 
 class OfflineError(FileNotFoundError):
@@ -23,22 +22,6 @@ def is_offline() -> bool:
         os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
         for v in ("HF_HUB_OFFLINE", "BLOCKSWAP_ZOO_OFFLINE")
     )
-
-
-def checkpoint_directory(spec: str) -> Path:
-    """The folder a ``local-dir:PATH`` or ``hf-hub:ORG/NAME[@REV]`` name points to (a Hub repo is pulled or
-    found in the cache); ValueError for a malformed name."""
-    if spec.startswith("local-dir:"):
-        try:
-            return Path(spec[len("local-dir:") :]).expanduser()
-        except RuntimeError:  # ~user for a user this system does not have
-            raise ValueError(f"{spec!r}: no such user's home directory; write the path out") from None
-    if not spec.startswith("hf-hub:"):
-        raise ValueError(f"{spec!r} is not a local-dir:PATH or hf-hub:ORG/NAME name")
-    repo_id, _, rev = spec[len("hf-hub:") :].partition("@")
-    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
-        raise ValueError(f"{spec!r}: write hf-hub:ORG/NAME or hf-hub:ORG/NAME@REV")
-    return pull_hf_hub(repo_id, rev or None)
 
 
 def pull_hf_hub(repo_id: str, revision: str | None = None, cache_dir: str | Path | None = None) -> Path:

@@ -200,7 +200,7 @@ def _field(where: str, check: Callable[[Any], object], value: Any) -> None:  # n
 
 
 def _validate(r: Recipe) -> None:
-    from .registry import resolve_genotype
+    from .sources import resolve_genotype
 
     if not re.fullmatch(r"[a-z0-9_]+\.[a-z0-9_]+", r.name):
         raise RecipeError(

@@ -1,31 +1,18 @@
-"""Model registry: named archs (teachers, baselines, the paper's searched students) and
-``create_model``. Names are ``arch`` or ``arch.tag``: the arch fixes the structure, the tag
-names a set of weights.
+"""Model registry: the named archs (teachers, baselines, the paper's searched students, published
+students). Names are ``arch`` or ``arch.tag``: the arch fixes the structure, the tag names a set of
+weights (``pretrained.py``); ``sources.py`` parses names and ``factory.py`` builds models.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from .genotype import Genotype, GenotypeError
-from .models import SwapNet, build_model
+from .genotype import Genotype
 
-__all__ = [
-    "Arch",
-    "UnknownModelError",
-    "create_model",
-    "get_arch",
-    "list_models",
-    "names_published_weights",
-    "register_arch",
-    "resolve_genotype",
-]
+__all__ = ["Arch", "UnknownModelError", "get_arch", "is_registered", "list_models", "register_arch"]
 
 
 class UnknownModelError(ValueError):
@@ -181,21 +168,14 @@ def list_models(pattern: str | Iterable[str] = "*", exclude: str | Iterable[str]
     return sorted(n for n in names if not any(fnmatch.fnmatchcase(n, e) for e in excludes))
 
 
-def names_published_weights(name: str) -> bool:
-    """Whether ``name`` is ``arch.tag``: on the command line (evaluate, export, --teacher) that means the
-    published weights, as ``create_model(name, pretrained=True)``; in ``create_model`` the tag alone does not."""
-    return ":" not in name and not name.lstrip().startswith("{") and split_name(name)[1] is not None
-
-
-def split_name(name: str) -> tuple[str, str | None]:
-    """``arch.tag`` -> (arch, tag); ``arch`` -> (arch, None)."""
-    arch, _, tag = name.partition(".")
-    return arch, (tag or None)
+def is_registered(arch: str) -> bool:
+    """Whether ``arch`` (without a tag) is a registered architecture."""
+    return arch in _ARCHS
 
 
 def get_arch(name: str) -> Arch:
     """The registered arch of ``name`` (a tag, if any, is ignored)."""
-    arch = split_name(name)[0]
+    arch = name.partition(".")[0]
     if arch not in _ARCHS:
         close = difflib.get_close_matches(arch, list(_ARCHS), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
@@ -204,105 +184,3 @@ def get_arch(name: str) -> Arch:
             f"{len(_ARCHS)} names, or pass a Genotype"
         )
     return _ARCHS[arch]
-
-
-def resolve_genotype(text: str) -> Genotype:
-    """A registered arch, a plain backbone (``wrn_10_1``: all-S), a genotype JSON file, or genotype text."""
-    if text.endswith(".json") and Path(text).is_file():
-        return Genotype.load(text)
-    if ":" in text or text.lstrip().startswith("{"):
-        return Genotype.parse(text)
-    try:
-        return get_arch(text).genotype
-    except UnknownModelError:
-        try:
-            return Genotype.uniform(text)
-        except ValueError:
-            pass
-        raise
-
-
-def create_model(
-    name_or_genotype: str | Genotype,
-    pretrained: bool | str = False,
-    num_classes: int | None = None,
-    in_chans: int | None = None,
-    **kwargs: Any,
-) -> SwapNet:
-    """Build a model by name, Genotype or genotype string, or load a published / saved checkpoint.
-
-    - ``"wrn_40_2_bs811k"``: the arch, randomly initialised (``num_classes`` / ``in_chans``
-      default to the arch's);
-    - ``"arch.tag"`` with ``pretrained=True``, ``"arch"`` with ``pretrained=True`` (the arch's first
-      published tag) or ``pretrained="tag"``: published weights, sha256-verified; a different
-      ``num_classes`` replaces only the classifier (fine-tuning). ``"arch.tag"`` without
-      ``pretrained`` is the tag's configuration (classes, channels) randomly initialised, as in timm;
-    - ``"local-dir:<path>"``: any checkpoint directory; ``"hf-hub:ORG/NAME[@REV]"``: one on the Hub;
-      both always load their verified weights (``pretrained`` is not needed);
-    - a Genotype, or its JSON / compact text.
-    """
-    from .checkpoint import load_checkpoint_dir
-    from .hf import checkpoint_directory
-
-    if isinstance(name_or_genotype, str):
-        if name_or_genotype.startswith(("local-dir:", "hf-hub:")):  # a checkpoint: always its own weights
-            try:
-                directory = checkpoint_directory(name_or_genotype)
-            except (ValueError, TypeError) as e:
-                raise UnknownModelError(str(e)) from None
-            return load_checkpoint_dir(directory, num_classes=num_classes, in_chans=in_chans, **kwargs)
-    if isinstance(name_or_genotype, Genotype):
-        genotype, arch = name_or_genotype, None
-    elif isinstance(name_or_genotype, str) and (":" in name_or_genotype or name_or_genotype.lstrip().startswith("{")):
-        try:
-            genotype, arch = Genotype.parse(name_or_genotype), None
-        except GenotypeError as e:
-            raise UnknownModelError(f"{name_or_genotype!r} is neither a model name nor a valid genotype: {e}") from None
-    else:
-        arch = get_arch(name_or_genotype)
-        genotype = arch.genotype
-        tag = split_name(name_or_genotype)[1]
-        if tag is not None and not pretrained:  # as timm: the tag's configuration, randomly initialised
-            from .pretrained import get_weights
-
-            w = get_weights(name_or_genotype)
-            num_classes = w.num_classes if num_classes is None else num_classes
-            in_chans = w.in_chans if in_chans is None else in_chans
-    if pretrained:
-        if arch is None:
-            raise UnknownModelError("pretrained=True needs a registered model name, not a bare genotype")
-        name = str(name_or_genotype)
-        if isinstance(pretrained, str):  # pretrained="tag" names the weights
-            given = split_name(name)[1]
-            if given is not None and given != pretrained:
-                raise UnknownModelError(
-                    f"{name!r} already names tag {given!r}; pretrained={pretrained!r} contradicts it"
-                )
-            name = f"{arch.name}.{pretrained}"
-        return _create_pretrained(name, num_classes, in_chans, **kwargs)
-    return build_model(
-        genotype,
-        num_classes=num_classes if num_classes is not None else (arch.num_classes if arch else None),
-        in_chans=in_chans if in_chans is not None else (arch.in_chans if arch else 3),
-        **kwargs,
-    )
-
-
-def _create_pretrained(name: str, num_classes: int | None, in_chans: int | None, **kwargs: Any) -> SwapNet:
-    from .checkpoint import load_model_weights, load_verified_state_dict
-    from .pretrained import get_weights, resolve_weights_file
-
-    w = get_weights(name)
-    if in_chans is not None and in_chans != w.in_chans:
-        raise UnknownModelError(
-            f"{w.name} was trained on {w.in_chans}-channel input; in_chans={in_chans} cannot load it"
-        )
-    genotype = Genotype.from_string(w.genotype)
-    if genotype != get_arch(w.arch).genotype:
-        raise UnknownModelError(f"record {w.name} does not describe arch {w.arch}'s genotype")
-    classes = w.num_classes if num_classes is None else num_classes  # 0: features only, as timm
-    model = build_model(genotype, num_classes=classes, in_chans=w.in_chans, **kwargs)
-    path = resolve_weights_file(w)
-    load_model_weights(model, load_verified_state_dict(path, w.sha256, w.size), w.name)
-    model.pretrained_cfg = dataclasses.asdict(w)  # type: ignore[attr-defined]  # a dict, as timm's and checkpoint.py's
-    return model

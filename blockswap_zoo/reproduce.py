@@ -19,6 +19,7 @@ from torch import nn
 from .genotype import Genotype
 from .io import atomic_write_text
 from .recipes import OptimSpec, Recipe, RecipeError
+from .sources import resolve_genotype
 
 __all__ = [
     "ReproduceResult",
@@ -43,8 +44,6 @@ class ReproduceResult:
 
 def student_genotype_of(recipe: Recipe) -> Genotype | None:
     """The fixed student genotype (a registered arch, backbone or genotype text); None when it is searched."""
-    from .registry import resolve_genotype
-
     return None if recipe.student.genotype is None else resolve_genotype(recipe.student.genotype)
 
 
@@ -62,7 +61,6 @@ def preflight(recipe: Recipe, max_steps: int | None = None) -> None:
     no student meets, training settings TrainConfig rejects, a student whose stages the teacher lacks, data
     that is missing or unreadable or smaller than a batch, a teacher source that does not resolve."""
     from .data import get_dataset_info
-    from .registry import resolve_genotype
     from .search import BudgetError, sample_genotypes
     from .train import ConfigError, TrainConfig
 
@@ -125,8 +123,8 @@ def _check_teacher_source(recipe: Recipe) -> None:
     """``teacher.pretrained`` resolves to weights for ``teacher.arch``: a published record, a checkpoint
     directory (``local-dir:``; ``hf-hub:`` is pulled or found in the cache), or a torchvision weights enum."""
     from .checkpoint import read_checkpoint_config
-    from .hf import checkpoint_directory
     from .pretrained import get_weights
+    from .sources import checkpoint_directory, parse_source
 
     t = recipe.teacher
     assert t is not None and t.pretrained is not None
@@ -136,8 +134,8 @@ def _check_teacher_source(recipe: Recipe) -> None:
             import torchvision
 
             torchvision.models.get_weight(t.pretrained.split(":", 1)[1])
-        elif t.pretrained.startswith(("local-dir:", "hf-hub:")):
-            read_checkpoint_config(checkpoint_directory(t.pretrained))
+        elif (source := parse_source(t.pretrained, files=False)).kind in ("checkpoint_dir", "hf_hub"):
+            read_checkpoint_config(checkpoint_directory(source))
         else:
             get_weights(t.pretrained)
     except (ValueError, KeyError, AttributeError, FileNotFoundError) as e:
@@ -184,8 +182,6 @@ def plan(recipe: Recipe) -> dict[str, Any]:
 
     teacher_g = None
     if recipe.teacher is not None:
-        from .registry import resolve_genotype
-
         teacher_g = resolve_genotype(recipe.teacher.arch)
         if recipe.teacher.train is not None:
             out["teacher"] = {"arch": recipe.teacher.arch, "train": stage(teacher_g, recipe.teacher.train)}
@@ -284,7 +280,7 @@ def _environment() -> dict[str, Any]:
 
 
 def _load_teacher(recipe: Recipe, run_dir: Path, device: str, max_steps: int | None, resume: bool) -> nn.Module:
-    from .registry import create_model
+    from .factory import create_model
     from .train import TrainConfig, load_run, train
 
     t = recipe.teacher

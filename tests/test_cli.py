@@ -3,7 +3,6 @@
 import dataclasses
 import inspect
 import json
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -166,22 +165,3 @@ def test_help_texts_have_no_brackets_rich_would_swallow() -> None:
         texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
         for text in texts:
             assert "[" not in text.replace("\\[", ""), f"{name}: {text!r}"
-
-
-def test_the_library_never_imports_the_cli_or_typer() -> None:
-    """Only cli/ (and the ``python -m blockswap_zoo`` entry point) import typer or the CLI; the library raises
-    typed errors that the CLI turns into messages and exit codes."""
-    import ast
-
-    package = Path(__file__).resolve().parents[1] / "blockswap_zoo"
-    offenders = []
-    for path in package.rglob("*.py"):
-        rel = path.relative_to(package)
-        if rel.parts[0] == "cli" or rel.name == "__main__.py":
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
-            if isinstance(node, ast.ImportFrom):
-                names = [("." * node.level) + (node.module or "")]
-            offenders += [f"{rel}: {n}" for n in names if n.split(".")[0] == "typer" or n.lstrip(".").startswith("cli")]
-    assert not offenders, offenders

@@ -12,55 +12,13 @@ import typer
 from rich.table import Table
 
 from ..genotype import Genotype
-from ..registry import get_arch, list_models, names_published_weights, resolve_genotype
+from ..registry import get_arch, list_models
+from ..sources import ModelSource, model_shape, parse_source
 from .output import console, err_console, fail
 from .search import search as search_cmd
 from .train import distill_cmd, evaluate_cmd, finetune_cmd, train_teacher_cmd
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="BlockSwap students: search, distil, load.")
-
-
-def _resolve_genotype(name: str) -> tuple[str, Genotype, int, int, tuple[int, int, int]]:
-    """A registered name or a genotype text/file -> (label, genotype, classes, in_chans, input size)."""
-    if Path(name).is_dir() and (Path(name) / "winner.json").is_file():
-        name = str(Path(name) / "winner.json")  # a search report: its winner
-    if name.startswith(("local-dir:", "hf-hub:")):  # a checkpoint: the shape it was trained at
-        from ..checkpoint import read_checkpoint_config
-        from ..hf import checkpoint_directory
-
-        cfg = read_checkpoint_config(checkpoint_directory(name))
-        g = Genotype.from_dict(cfg["genotype"])
-        size = cfg.get("input_size") or [cfg["in_chans"], *g.backbone_spec.default_input_size[1:]]
-        return name, g, cfg["num_classes"], cfg["in_chans"], tuple(size)  # type: ignore[return-value]
-    if ":" in name or name.lstrip().startswith("{"):
-        g = Genotype.parse(name)
-    elif name.endswith(".json"):
-        g = Genotype.load(name)
-        summary = Path(name).parent / "summary.json"  # beside a search's winner: the shape it was searched at
-        if Path(name).name == "winner.json" and summary.is_file():
-            s = json.loads(summary.read_text())
-            if {"num_classes", "in_chans", "input_size"} <= set(s):
-                return name, g, int(s["num_classes"]), int(s["in_chans"]), tuple(s["input_size"])  # type: ignore[return-value]
-    else:
-        try:
-            a = get_arch(name)
-        except ValueError:
-            g = resolve_genotype(name)  # a plain backbone (all S), or else the registry's error
-            return (
-                g.backbone + " (backbone)",
-                g,
-                g.backbone_spec.default_num_classes,
-                3,
-                g.backbone_spec.default_input_size,
-            )
-        if names_published_weights(name):  # arch.tag: the published checkpoint's classes, channels and size
-            from ..pretrained import get_weights
-
-            w = get_weights(name)
-            return w.name, a.genotype, w.num_classes, w.in_chans, tuple(w.input_size)  # type: ignore[return-value]
-        return a.name, a.genotype, a.num_classes, a.in_chans, a.input_size
-    spec = g.backbone_spec
-    return g.backbone + " (custom genotype)", g, spec.default_num_classes, 3, spec.default_input_size
 
 
 @app.command("list")
@@ -126,9 +84,10 @@ def info(
 ) -> None:
     """Show a model's genotype block by block, its params and MACs, and the ratio to its teacher."""
     try:
-        label, g, nc, ch, size = _resolve_genotype(name)
+        shape = model_shape(parse_source(name))
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
+    label, g, nc, ch, size = shape.label, shape.genotype, shape.num_classes, shape.in_chans, shape.input_size
     nc = nc if num_classes is None else num_classes
     ch = ch if in_chans is None else in_chans
     hw = (size[1], size[2]) if input_size is None else (input_size, input_size)
@@ -198,15 +157,21 @@ def export_cmd(
 ) -> None:
     """Export a model and check that the exported file reproduces PyTorch's outputs."""
     from ..export import export_model
-    from ..registry import create_model, names_published_weights
+    from ..factory import load_trained
+    from ..models import build_model
 
     if fmt not in ("onnx", "export"):
         fail(f"--format must be onnx or export, got {fmt!r}")
     try:
-        model = create_model(name, pretrained=names_published_weights(name))
-        size = _input_size(name, model)
-        target = out or Path(f"{_file_stem(name, model)}.{'onnx' if fmt == 'onnx' else 'pt2'}")
-        check = export_model(model, fmt, target, size, overwrite=force)  # type: ignore[arg-type]
+        source = parse_source(name)
+        shape = model_shape(source)
+        model = (
+            load_trained(source)
+            if source.names_weights
+            else build_model(shape.genotype, shape.num_classes, shape.in_chans)
+        )
+        target = out or Path(f"{_file_stem(source, shape.genotype)}.{'onnx' if fmt == 'onnx' else 'pt2'}")
+        check = export_model(model, fmt, target, shape.input_size, overwrite=force)  # type: ignore[arg-type]
     except (ValueError, FileExistsError, FileNotFoundError, ImportError) as e:
         fail(str(e))
     if not check.ok:
@@ -217,27 +182,17 @@ def export_cmd(
     console.print(f"wrote {check.path}; max |exported - PyTorch| = {check.max_abs_diff:.3g} (<= {check.atol})")
 
 
-def _file_stem(name: str, model: object) -> str:
+def _file_stem(source: ModelSource, genotype: Genotype) -> str:
     """A default export file name: the model name, the checkpoint folder or repo, or backbone + genotype hash."""
-    for prefix in ("local-dir:", "hf-hub:"):
-        if name.startswith(prefix):
-            return Path(name[len(prefix) :].rstrip("/")).name.replace("@", "-") or "model"
-    if ":" in name or name.lstrip().startswith("{"):  # genotype text: keep the backbone, tell students apart
-        compact = model.genotype.to_string()  # type: ignore[attr-defined]
-        return f"{model.genotype.backbone}-{hashlib.sha256(compact.encode()).hexdigest()[:8]}"  # type: ignore[attr-defined]
-    return name
-
-
-def _input_size(name: str, model: object) -> tuple[int, int, int]:
-    """The input a model was trained for: its checkpoint's record, else its arch's default."""
-    cfg = getattr(model, "pretrained_cfg", None)
-    if cfg is not None:
-        return tuple(cfg["input_size"])  # type: ignore[return-value]
-    try:
-        size = get_arch(name).input_size
-    except ValueError:
-        size = model.genotype.backbone_spec.default_input_size  # type: ignore[attr-defined]
-    return (model.in_chans, *size[1:])  # type: ignore[attr-defined]
+    if source.kind == "hf_hub":
+        return f"{(source.repo_id or '').split('/')[-1]}{'-' + source.revision if source.revision else ''}"
+    if source.kind in ("checkpoint_dir", "training_checkpoint") and source.path is not None:
+        folder = source.path if source.kind == "checkpoint_dir" else source.path.parent
+        return folder.resolve().name or "model"
+    if source.kind in ("arch", "backbone"):
+        return source.text
+    digest = hashlib.sha256(genotype.to_string().encode()).hexdigest()[:8]  # genotypes: tell students apart
+    return f"{genotype.backbone}-{digest}"
 
 
 @app.command()
@@ -248,12 +203,12 @@ def download(
 ) -> None:
     """Fetch a checkpoint into the local cache and verify it (sha256), so later loads work offline."""
     from ..checkpoint import load_checkpoint_dir, load_verified_state_dict
-    from ..hf import checkpoint_directory
     from ..pretrained import get_weights, resolve_weights_file
+    from ..sources import checkpoint_directory
 
     try:
         if name.startswith("hf-hub:"):
-            path = checkpoint_directory(name)  # pulled, or found in the cache
+            path = checkpoint_directory(parse_source(name))  # pulled, or found in the cache
             load_checkpoint_dir(path)  # builds the model and checks the weights' sha256
         else:
             w = get_weights(name)

@@ -211,29 +211,6 @@ def finetune_cmd(
     _run("finetune", overrides, **run, source=model)
 
 
-def _recorded_dataset(model: str) -> str | None:
-    """The dataset a published name, run directory (finished or interrupted) or checkpoint file records."""
-    from ..pretrained import load_records
-    from ..train.artifacts import CHECKPOINT, read_run_config
-    from ..train.checkpoint import load_checkpoint
-
-    if model in load_records():
-        return load_records()[model].dataset  # a published checkpoint names its dataset
-    if model.startswith("hf-hub:"):  # a Hub checkpoint's config.json (pulled, or found in the cache)
-        from ..checkpoint import read_checkpoint_config
-        from ..hf import checkpoint_directory
-
-        return read_checkpoint_config(checkpoint_directory(model)).get("dataset")
-    p = Path(model.removeprefix("local-dir:"))  # a checkpoint directory names its dataset in config.json
-    run_dir = p if p.is_dir() else p.parent
-    ckpt = p if p.is_file() and p.suffix == ".pt" else run_dir / CHECKPOINT
-    if not (p.is_file() and p.suffix == ".pt") and (run_dir / "config.json").is_file():
-        return read_run_config(run_dir)["dataset"]
-    if ckpt.is_file():  # a checkpoint (e.g. of an interrupted run) records the model's config and dataset
-        return load_checkpoint(ckpt).get("model_config", {}).get("dataset")
-    return None
-
-
 def evaluate_cmd(
     model: str = typer.Argument(..., help="Run directory, checkpoint.pt, or model name."),
     dataset: str = typer.Option(None, help="Dataset (default: the run's, or the published checkpoint's)."),
@@ -245,11 +222,12 @@ def evaluate_cmd(
 ) -> None:
     """Top-1 / top-5 accuracy on the test split with the dataset's eval transform."""
     from ..data import DatasetError, DatasetNotFoundError
+    from ..sources import parse_source, recorded_dataset
     from ..train.evaluate import evaluate
 
     try:
         if dataset is None:
-            dataset = _recorded_dataset(model)
+            dataset = recorded_dataset(parse_source(model))
             if dataset is None:
                 fail(f"--dataset is required for {model!r} (no config.json or checkpoint beside it names the dataset)")
         r = evaluate(model, dataset, data_dir=data_dir, batch_size=batch_size, device=device, subset=subset)

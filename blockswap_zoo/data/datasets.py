@@ -13,6 +13,7 @@ import torch
 
 from ..io import missing_dirs, remove_failed_download
 from .cifar import CIFAR_LAYOUTS, CifarFormatError, UnsafePickleError, download_cifar, read_cifar
+from .errors import DatasetError, DatasetNotFoundError
 from .idx import IdxFormatError, read_idx
 
 __all__ = [
@@ -28,14 +29,6 @@ __all__ = [
 
 DATA_ENV = "BLOCKSWAP_ZOO_DATA"
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
-
-
-class DatasetError(ValueError):
-    """A dataset that is unknown or whose files are corrupt."""
-
-
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset whose files are not where we looked; the message says where and how to get them."""
 
 
 @dataclass(frozen=True)
@@ -310,7 +303,7 @@ def image_folder(name: str, split: str, data_dir: str | Path | None, transform: 
     for r in roots:
         for n in names:
             if (r / n).is_dir():
-                from .image_folders import CheckedImageFolder, class_folders
+                from .image_folders import CheckedImageFolder, class_folders  # torchvision: only when used
 
                 classes = class_folders(r / "train") if split != "train" and (r / "train").is_dir() else None
                 return CheckedImageFolder(r / n, transform, classes)

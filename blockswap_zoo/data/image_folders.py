@@ -10,7 +10,7 @@ from pathlib import Path
 
 from torchvision.datasets import ImageFolder
 
-from .datasets import DatasetError
+from .errors import DatasetError
 
 __all__ = ["CheckedImageFolder", "class_folders"]
 

@@ -13,11 +13,11 @@ from torch import nn
 
 from ..genotype import Genotype
 from ..io import atomic_write_bytes, atomic_write_text
-from ..models import build_model
+from ..sources import TRAINING_CHECKPOINT
 
 __all__ = ["CHECKPOINT", "load_model", "load_run", "read_run_config", "write_curves", "write_final", "write_metrics"]
 
-CHECKPOINT = "checkpoint.pt"
+CHECKPOINT = TRAINING_CHECKPOINT
 RUN_FORMAT = "blockswap-zoo-run/1"
 
 
@@ -58,10 +58,6 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     return cfg
 
 
-def _build(cfg: dict[str, Any]) -> nn.Module:
-    return build_model(Genotype.from_dict(cfg["genotype"]), num_classes=cfg["num_classes"], in_chans=cfg["in_chans"])
-
-
 def load_run(run_dir: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a finished run's model from ``config.json`` and its sha256-verified ``model.safetensors``."""
     from ..checkpoint import load_checkpoint_dir
@@ -80,61 +76,12 @@ def load_run(run_dir: str | Path, map_location: str | torch.device = "cpu") -> n
 
 
 def load_model(spec: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
-    """A model from a run directory, a ``checkpoint.pt`` (weights_only), or a registered model name."""
-    path = Path(spec)
-    if path.is_dir():
-        if (path / "model.safetensors").is_file():
-            return load_run(path, map_location)
-        if (path / CHECKPOINT).is_file():
-            return load_model(path / CHECKPOINT, map_location)
-        raise FileNotFoundError(f"{path} holds neither model.safetensors nor {CHECKPOINT}")
-    if path.is_file():
-        if path.name.endswith(".safetensors"):
-            return load_run(path.parent, map_location)
-        from .checkpoint import load_checkpoint
+    """A trained model from any name with weights (``sources.py``): a run or checkpoint directory, a
+    ``checkpoint.pt``, ``local-dir:``, ``hf-hub:`` or a published ``arch.tag``."""
+    from ..factory import load_trained
+    from ..sources import parse_source
 
-        state = load_checkpoint(path, map_location)
-        if not isinstance(state, dict) or not {"model_config", "model"} <= set(state):
-            raise ValueError(
-                f"{path} is not a blockswap-zoo checkpoint (it needs 'model' and 'model_config'); pass a run "
-                "directory or the checkpoint.pt a training run wrote"
-            )
-        model = _build(state["model_config"])
-        try:
-            model.load_state_dict(state["model"], strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"{path}: its weights do not fit the model its model_config describes: {e}") from None
-        return model
-    from ..pretrained import list_pretrained
-    from ..registry import create_model, names_published_weights, split_name
-
-    name = str(spec)
-    if not names_published_weights(name) and not name.startswith(("local-dir:", "hf-hub:")):
-        if not _names_an_architecture(name):
-            raise FileNotFoundError(
-                f"{name!r} is not a run directory, a checkpoint file, or a model name (no such file or folder)"
-            )
-        tags = list_pretrained(f"{split_name(name)[0]}.*") if ":" not in name else []
-        hint = f" (published: {', '.join(tags)})" if tags else ""
-        raise FileNotFoundError(
-            f"{name!r} names an architecture, not trained weights; pass a run directory, a checkpoint, "
-            f"local-dir:PATH, hf-hub:ORG/NAME or a published arch.tag{hint}"
-        )
-    try:
-        return create_model(name, pretrained=True)
-    except ValueError as e:
-        raise FileNotFoundError(f"{name!r} is not a run directory, a checkpoint file, or a model name: {e}") from None
-
-
-def _names_an_architecture(name: str) -> bool:
-    """Whether ``name`` is a registered arch, a backbone or a genotype (text or JSON), not a mistyped path."""
-    from ..registry import resolve_genotype
-
-    try:
-        resolve_genotype(name)
-    except (ValueError, KeyError, OSError):
-        return False
-    return True
+    return load_trained(parse_source(spec)).to(map_location)
 
 
 def write_metrics(out_dir: str | Path, history: list[dict[str, Any]]) -> None:

@@ -24,7 +24,7 @@ from ..data import DatasetInfo, DeviceLoader, get_dataset_info, image_folder, lo
 from ..io import atomic_write_text
 from ..models import build_model
 from ..numerics import training_flags
-from ..registry import resolve_genotype
+from ..sources import resolve_genotype
 from . import distributed as D
 from .artifacts import CHECKPOINT, load_model, model_config, write_curves, write_final, write_metrics
 from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state

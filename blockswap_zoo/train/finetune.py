@@ -23,20 +23,15 @@ FINETUNE_DEFAULTS = {"epochs": 10, "lr": 0.01}  # used by `blockswap-zoo finetun
 def load_for_finetuning(source: str, dataset: str) -> nn.Module:
     """``source``'s trained weights with a classifier for ``dataset``'s classes (kept when they match).
 
-    ``source``: a published ``arch.tag`` (or an arch with published weights), ``local-dir:PATH``,
-    ``hf-hub:ORG/NAME[@REV]``, or a run / checkpoint directory. Only the classifier is new; every
-    other weight loads strictly. The input channels must match the dataset's.
+    ``source``: any name with trained weights (``sources.py``): a published ``arch.tag``,
+    ``local-dir:PATH``, ``hf-hub:ORG/NAME[@REV]``, or a run / checkpoint directory. Only the classifier
+    is new; every other weight loads strictly. The input channels must match the dataset's.
     """
-    from ..registry import create_model
-    from .artifacts import load_model
+    from ..factory import load_trained
+    from ..sources import parse_source
 
     info = get_dataset_info(dataset)
-    if source.startswith(("local-dir:", "hf-hub:")) or not Path(source).exists():
-        model = create_model(source, pretrained=True, num_classes=info.num_classes)
-    else:
-        model = load_model(source)
-        if model.num_classes != info.num_classes:
-            model.reset_classifier(info.num_classes)
+    model = load_trained(parse_source(source), num_classes=info.num_classes)
     if model.in_chans != info.in_chans:
         raise ValueError(
             f"{source} takes {model.in_chans}-channel input but {info.name} images have {info.in_chans}; "
