@@ -36,11 +36,11 @@ def _checked_name(cfg: dict) -> str:
 
 
 def _check_recipe_expectation(cfg: dict, checkpoint: Path) -> None:
-    """The recipe the checkpoint names is in this repository, and the checkpoint meets its expected metric."""
-    from .recipes import load_recipe
+    """The recipe the checkpoint names ships with the package, and the checkpoint meets its expected metric."""
+    from .recipe import load_recipe, shipped_recipe
 
-    recipe_path = (REPO_ROOT / str(cfg.get("recipe", ""))).resolve()
-    if not cfg.get("recipe") or not recipe_path.is_file() or not recipe_path.is_relative_to(REPO_ROOT):
+    recipe_path = shipped_recipe(str(cfg.get("recipe", "")))
+    if recipe_path is None:
         raise ValueError(
             f"{checkpoint} names recipe {cfg.get('recipe')!r}, which is not in this repository; add it first"
         )

@@ -18,7 +18,7 @@ from torch import nn
 
 from .genotype import Genotype
 from .io import atomic_write_text
-from .recipes import OptimSpec, Recipe, RecipeError
+from .recipe import OptimSpec, Recipe, RecipeError, recipe_reference
 from .sources import resolve_genotype
 
 __all__ = [
@@ -326,17 +326,6 @@ def _search(recipe: Recipe, run_dir: Path, device: str, max_steps: int | None, r
     return result.winner
 
 
-def _recipe_reference(recipe: Recipe) -> str:
-    """How a card names the recipe: its path in this repository (``recipes/...``), else its absolute path."""
-    from .pretrained import REPO_ROOT
-
-    source = Path(recipe.source).resolve()
-    try:
-        return source.relative_to(REPO_ROOT).as_posix()
-    except ValueError:
-        return str(source)
-
-
 def _write_checkpoint(
     model: nn.Module,
     ckpt_dir: Path,
@@ -369,7 +358,7 @@ def _write_checkpoint(
         "name": name, "arch": name.partition(".")[0], "role": role, "description": description,
         "dataset": info.name, "label_names": label_names, "input_size": list(info.input_size),
         "mean": list(info.mean), "std": list(info.std), "metrics": {k: float(v) for k, v in metrics.items()},
-        "teacher": teacher, "recipe": _recipe_reference(recipe), "recipe_sha256": recipe.sha256,
+        "teacher": teacher, "recipe": recipe_reference(recipe.source), "recipe_sha256": recipe.sha256,
         "license": recipe.license, "training": training,
         "eval_command": f"blockswap-zoo evaluate {name} --dataset {recipe.dataset.name}",
         "eval_transform": "normalise with the dataset mean/std, no augmentation", "environment": _environment(),

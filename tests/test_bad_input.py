@@ -20,20 +20,20 @@ from typer.testing import CliRunner
 
 from blockswap_zoo import create_model
 from blockswap_zoo import pretrained as pretrained_module
-from blockswap_zoo import recipes as recipes_module
+from blockswap_zoo import recipe as recipes_module
 from blockswap_zoo.checkpoint import WeightsError, load_checkpoint_dir, save_checkpoint_dir
 from blockswap_zoo.cli import app
 from blockswap_zoo.data.cifar import CifarFormatError, UnsafePickleError, safe_unpickle
 from blockswap_zoo.data.idx import IdxFormatError, read_idx
 from blockswap_zoo.limits import MAX_SETTINGS_BYTES
 from blockswap_zoo.pretrained import resolve_weights_file
-from blockswap_zoo.recipes import RecipeError, load_recipe, parse_recipe
+from blockswap_zoo.recipe import RecipeError, load_recipe, parse_recipe
 from blockswap_zoo.registry import UnknownModelError
 from blockswap_zoo.reproduce import preflight
 from blockswap_zoo.train import ConfigError, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-OFFICIAL = ROOT / "recipes" / "wrn_40_2_bs400k.fmnist_at.yaml"
+OFFICIAL = ROOT / "blockswap_zoo" / "recipes" / "wrn_40_2_bs400k.fmnist_at.yaml"
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
 needs_fmnist = pytest.mark.skipif(not FMNIST.is_dir(), reason="Debian's dataset-fashion-mnist (.ci/run installs it)")
 runner = CliRunner()

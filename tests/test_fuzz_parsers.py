@@ -16,11 +16,11 @@ from hypothesis import strategies as st
 
 from blockswap_zoo import Genotype, GenotypeError, create_model
 from blockswap_zoo.checkpoint import WeightsError, load_checkpoint_dir, save_checkpoint_dir
-from blockswap_zoo.recipes import RecipeError, parse_recipe
+from blockswap_zoo.recipe import RecipeError, parse_recipe
 from blockswap_zoo.registry import UnknownModelError
 from blockswap_zoo.search import BudgetError, parse_budget
 
-OFFICIAL = Path(__file__).resolve().parents[1] / "recipes" / "wrn_40_2_bs400k.fmnist_at.yaml"
+OFFICIAL = Path(__file__).resolve().parents[1] / "blockswap_zoo" / "recipes" / "wrn_40_2_bs400k.fmnist_at.yaml"
 FUZZ = settings(
     max_examples=150,
     deadline=timedelta(seconds=2),  # per example: a parser that hangs or allocates without bound fails here

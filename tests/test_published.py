@@ -92,16 +92,18 @@ def test_cli_lists_published_weights() -> None:
 
 @pytest.mark.parametrize("name", PUBLISHED)
 def test_record_names_the_shipped_recipe(name: str) -> None:
-    """The recipe in recipes/ is byte for byte the one the checkpoint records (and carries)."""
+    """The shipped recipe (blockswap_zoo/recipes/) is byte for byte the one the checkpoint records (and carries)."""
     from pathlib import Path
 
-    from blockswap_zoo.recipes import load_recipe
+    from blockswap_zoo.recipe import load_recipe, shipped_recipe
 
     w = load_records()[name]
     root = Path(__file__).resolve().parents[1]
-    recipe = load_recipe(root / w.recipe)
+    shipped = shipped_recipe(w.recipe)
+    assert shipped is not None, f"{w.recipe} is not a shipped recipe"
+    recipe = load_recipe(w.recipe)  # the reference itself is what `reproduce` takes
     assert recipe.sha256 == w.extra["recipe_sha256"], "recipe changed since release: reproduce and release again"
-    assert (root / Path(w.file).parent / "recipe.yaml").read_text() == (root / w.recipe).read_text()
+    assert (root / Path(w.file).parent / "recipe.yaml").read_text() == shipped.read_text()
 
 
 @pytest.mark.parametrize("name", PUBLISHED)

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from blockswap_zoo.recipes import RecipeError, list_recipes, load_recipe, parse_recipe
+from blockswap_zoo.recipe import RecipeError, list_recipes, load_recipe, parse_recipe
 from blockswap_zoo.reproduce import plan, reproduce, student_genotype_of
 
-OFFICIAL = Path(__file__).resolve().parents[1] / "recipes" / "wrn_40_2_bs400k.fmnist_at.yaml"
+OFFICIAL = Path(__file__).resolve().parents[1] / "blockswap_zoo" / "recipes" / "wrn_40_2_bs400k.fmnist_at.yaml"
 
 
 @pytest.mark.parametrize("path", list_recipes(), ids=lambda p: p.stem)
@@ -177,3 +177,16 @@ def test_reproduce_force_replaces_only_runs(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match="--max-steps must be >= 1"):
         reproduce(load_recipe(OFFICIAL), tmp_path / "zero", max_steps=0, device="cpu")
     assert (mine / "notes.txt").read_text() == "keep" and not (tmp_path / "zero").exists()
+
+
+def test_a_shipped_recipe_is_found_by_its_reference_from_anywhere(tmp_path: Path, monkeypatch) -> None:
+    """Records name recipes as ``recipes/<file>``: that works from any folder, and never leaves the package."""
+    from blockswap_zoo.recipe import recipe_reference, shipped_recipe
+
+    monkeypatch.chdir(tmp_path)
+    reference = recipe_reference(OFFICIAL)
+    assert reference == "recipes/wrn_40_2_bs400k.fmnist_at.yaml"
+    assert load_recipe(reference).sha256 == load_recipe(OFFICIAL).sha256
+    assert shipped_recipe("recipes/../recipe.py") is None and shipped_recipe("recipes/nothing.yaml") is None
+    (tmp_path / "mine.yaml").write_text(OFFICIAL.read_text())
+    assert recipe_reference(tmp_path / "mine.yaml") == str((tmp_path / "mine.yaml").resolve())

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 
 from blockswap_zoo import pretrained, release
+from blockswap_zoo import recipe as recipe_module
 from blockswap_zoo.pretrained import load_records
-from blockswap_zoo.recipes import load_recipe
+from blockswap_zoo.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "wrn_40_2_bs400k.fmnist_at"
@@ -19,7 +20,7 @@ NAME = "wrn_40_2_bs400k.fmnist_at"
 def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty repository (recipes/ and weights/) that release writes into instead of this checkout."""
     root = tmp_path / "repo"
-    shutil.copytree(ROOT / "recipes", root / "recipes")
+    shutil.copytree(recipe_module.RECIPES_DIR, root / "recipes")
     (root / "weights").mkdir()
     records = root / "pretrained.json"
 
@@ -28,6 +29,7 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     records_here.cache_clear = lambda: None  # type: ignore[attr-defined]
     monkeypatch.setattr(release, "REPO_ROOT", root)
+    monkeypatch.setattr(recipe_module, "RECIPES_DIR", root / "recipes")
     monkeypatch.setattr(release, "RECORDS_FILE", records)
     monkeypatch.setattr(release, "load_records", records_here)
     return root
@@ -67,7 +69,7 @@ def test_release_writes_the_folder_and_the_record(repo: Path, tmp_path: Path) ->
         ({"metrics": {"top1": 80.0, "top5": 99.0}}, "outside its recipe's expected"),
         ({"recipe": "recipes/not_here.yaml"}, "not in this repository"),
         ({"recipe_sha256": "0" * 64}, "has changed since"),
-        ({"recipe": str(ROOT / "recipes" / f"{NAME}.yaml")}, "not in this repository"),  # this checkout's, not repo's
+        ({"recipe": str(ROOT / "blockswap_zoo" / "recipes" / f"{NAME}.yaml")}, "not in this repository"),  # a path
     ],
 )
 def test_release_refuses(repo: Path, tmp_path: Path, changes: dict, message: str) -> None:

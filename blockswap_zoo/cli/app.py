@@ -287,7 +287,7 @@ def reproduce(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
 ) -> None:
     """Rebuild a checkpoint from its recipe; exit 1 if the measured metric misses the recipe's expectation."""
-    from ..recipes import load_recipe
+    from ..recipe import load_recipe
     from ..reproduce import check_run_dir, plan, preflight
     from ..reproduce import reproduce as run
 

@@ -30,9 +30,11 @@ __all__ = [
     "list_recipes",
     "load_recipe",
     "parse_recipe",
+    "recipe_reference",
+    "shipped_recipe",
 ]
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"  # in a checkout; a wheel ships none (find_recipe)
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"  # package data: in a checkout and in a wheel alike
 
 
 class RecipeError(ValueError):
@@ -282,18 +284,44 @@ def parse_recipe(text: str, source: str = "<string>") -> Recipe:
 
 
 def list_recipes(kind: str | None = None) -> list[Path]:
-    """The recipe files shipped under ``recipes/`` (official and examples)."""
+    """The recipe files shipped in ``blockswap_zoo/recipes/`` (official and examples)."""
     files = sorted(RECIPES_DIR.glob("**/*.yaml"))
     if kind == "official":
         files = [f for f in files if "examples" not in f.parts]
     return files
 
 
+def recipe_reference(path: str | Path) -> str:
+    """How records and cards name a recipe: ``recipes/<file>`` for a shipped one (``reproduce`` takes that
+    anywhere, checkout or wheel), else its absolute path."""
+    resolved = Path(path).resolve()
+    try:
+        return (
+            resolved.relative_to(RECIPES_DIR.parent).as_posix()
+            if resolved.is_relative_to(RECIPES_DIR)
+            else str(resolved)
+        )
+    except ValueError:
+        return str(resolved)
+
+
+def shipped_recipe(reference: str) -> Path | None:
+    """The shipped file a ``recipes/<file>`` reference names, or None when it names none."""
+    if not reference.startswith("recipes/"):
+        return None
+    path = (RECIPES_DIR.parent / reference).resolve()
+    return path if path.is_relative_to(RECIPES_DIR.resolve()) and path.is_file() else None
+
+
 def find_recipe(name_or_path: str | Path) -> Path:
-    """A recipe path, or the shipped recipe whose file stem or name matches."""
+    """A recipe path, a shipped recipe's reference (``recipes/<file>``), or the shipped recipe whose file stem
+    or name matches."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") and p.is_file():
         return p
+    shipped = shipped_recipe(str(name_or_path))
+    if shipped is not None:
+        return shipped
     for f in list_recipes():
         if f.stem == str(name_or_path) or f.name == str(name_or_path):
             return f
@@ -301,7 +329,7 @@ def find_recipe(name_or_path: str | Path) -> Path:
     if not names:
         raise RecipeError(
             f"no recipe {str(name_or_path)!r}: not a recipe file, and this installation ships no recipes (they are "
-            "in the repository's recipes/ folder); pass the path of a recipe file"
+            "in blockswap_zoo/recipes/ of a full install); pass the path of a recipe file"
         )
     raise RecipeError(f"no recipe {str(name_or_path)!r}: not a file, and not one of the shipped recipes ({names})")
 
