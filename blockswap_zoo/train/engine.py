@@ -298,6 +298,18 @@ def _progress(enabled: bool):
     )
 
 
+def _progress_counter(progress: Any, task: Any, world_size: int) -> Callable[[int], None]:  # noqa: ANN401
+    """A per-batch callback that advances the epoch's progress bar and shows the images per second."""
+    t0, seen = time.perf_counter(), 0
+
+    def advance(batch: int) -> None:
+        nonlocal seen
+        seen += batch * world_size
+        progress.update(task, advance=1, ips=seen / max(time.perf_counter() - t0, 1e-9))
+
+    return advance
+
+
 def train(
     config: TrainConfig,
     model: nn.Module | None = None,
@@ -335,23 +347,9 @@ def _train(
     D.barrier()
     _seed_everything(config.seed)
 
-    if model is None:
-        model = build_student(config, info)
-    check_model_fits(model, info)
-    if teacher is None and config.teacher:
-        teacher = load_teacher(config.teacher, dev)
-    distill = teacher is not None
-    if distill:
-        check_model_fits(teacher, info, f"the teacher {config.teacher or ''}".rstrip(), classes=config.kd_alpha > 0)
     amp = _use_bf16(config.amp, dev)
     channels_last = config.channels_last if config.channels_last is not None else dev.type == "cuda"
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(dev, memory_format=fmt)
-    if distill:
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        teacher = teacher.eval().to(dev, memory_format=fmt)
-
+    model, teacher = _place_models(config, info, dev, model, teacher, channels_last)
     loader, loader_state, n_train, info = _train_loader(config, info, dist, channels_last)
     _check_test_split(config, info)  # a missing or corrupt test split fails now, not after the first epoch
     steps_per_epoch = len(loader)
@@ -360,11 +358,7 @@ def _train(
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
-    lr = config.lr * (config.batch_size / config.base_batch_size if config.lr_scaling == "linear" else 1.0)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, steps_per_epoch, total_steps))
+    optimizer, scheduler = _optimizer(config, model, steps_per_epoch, total_steps)
 
     run_cfg = model_config(model, info, {"teacher": config.teacher, "train_config": config.to_dict()})
     start_epoch, step, history = 0, 0, []
@@ -376,14 +370,7 @@ def _train(
 
         atomic_write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
 
-    fwd: nn.Module = _Forward(model, with_features=distill)
-    if dist.enabled:
-        fwd = nn.parallel.DistributedDataParallel(fwd, device_ids=[dev.index] if dev.type == "cuda" else None)
-    t_fwd = _Forward(teacher, with_features=True) if distill else None  # (logits, stage outputs), no grad
-    if config.compile:  # the teacher too: with reduce-overhead both replay CUDA graphs
-        fwd = torch.compile(fwd, mode=config.compile_mode)
-        t_fwd = torch.compile(t_fwd, mode=config.compile_mode) if t_fwd is not None else None
-    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+    stepper = _Stepper(config, dist, model, teacher, amp, optimizer, scheduler)
     eval_kwargs = dict(
         data_dir=config.data_dir,
         batch_size=config.eval_batch_size,
@@ -395,8 +382,6 @@ def _train(
         download=config.download,
         amp=amp,
     )
-
-    checked = False
     last_eval: dict[str, float] | None = None
     progress = _progress(config.progress and dist.is_main)
     run_start = time.perf_counter()
@@ -408,56 +393,12 @@ def _train(
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(epoch)
             model.train()
-            sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss, correct, n, at
             progress.reset(task, total=steps_per_epoch, description=f"epoch {epoch + 1}/{config.epochs}", ips=0.0)
-            t0, seen = time.perf_counter(), 0
-            for x, y in loader:
-                if config.compile:  # CUDA graphs (reduce-overhead) may reuse the last step's outputs from here on
-                    torch.compiler.cudagraph_mark_step_begin()
-                with autocast():
-                    logits, feats = fwd(x)
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-                    at = None
-                    if t_fwd is not None:
-                        with torch.no_grad():
-                            t_logits, t_feats = t_fwd(x)
-                        if not checked:
-                            _check_compatible(feats, t_feats)
-                            checked = True
-                        at = attention_transfer(feats, t_feats, config.at_mode)
-                        if config.kd_alpha > 0:
-                            kd = kd_loss(logits, t_logits, config.kd_temperature)
-                            loss = (1 - config.kd_alpha) * loss + config.kd_alpha * kd
-                        loss = loss + config.beta * at
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                with torch.no_grad():
-                    d = loss.detach().double()
-                    sums[0] += d * len(y)
-                    sums[1] += (logits.detach().argmax(1) == y).sum()
-                    sums[2] += len(y)
-                    if at is not None:
-                        sums[3] += at.detach().double() * len(y)
-                seen += len(y) * dist.world_size
-                progress.update(task, advance=1, ips=seen / max(time.perf_counter() - t0, 1e-9))
-                if step >= total_steps:
-                    break
-            loss_sum, correct, n, at_sum = D.all_reduce_sum(sums).tolist()  # the epoch's one host sync
-            epoch_time = time.perf_counter() - t0
-            record: dict[str, Any] = {
-                "epoch": epoch + 1,
-                "step": step,
-                "lr": optimizer.param_groups[0]["lr"],
-                "train_loss": loss_sum / n,
-                "train_top1": 100.0 * correct / n,
-                "images_per_s": n / epoch_time,
-                "epoch_time_s": epoch_time,
-            }
-            if distill:
-                record["at_loss"] = at_sum / n
+            t0 = time.perf_counter()
+            sums, step = stepper.run_epoch(
+                loader, step, total_steps, _progress_counter(progress, task, dist.world_size)
+            )
+            record = _epoch_record(epoch, step, optimizer, sums, time.perf_counter() - t0, teacher is not None)
             last_epoch = epoch + 1 == config.epochs or step >= total_steps
             if last_epoch or (config.eval_every and (epoch + 1) % config.eval_every == 0):
                 last_eval = run_eval(model, info, dev, **eval_kwargs)
@@ -488,6 +429,131 @@ def _train(
             highlight=False,
         )
     return TrainResult(out, final, history, model)
+
+
+def _place_models(
+    config: TrainConfig,
+    info: DatasetInfo,
+    dev: torch.device,
+    model: nn.Module | None,
+    teacher: nn.Module | None,
+    channels_last: bool,
+) -> tuple[nn.Module, nn.Module | None]:
+    """The student (built from ``config.arch`` unless given) and the frozen teacher (loaded from
+    ``config.teacher`` unless given), both checked against the dataset and moved to the device."""
+    if model is None:
+        model = build_student(config, info)
+    check_model_fits(model, info)
+    if teacher is None and config.teacher:
+        teacher = load_teacher(config.teacher, dev)
+    if teacher is not None:
+        check_model_fits(teacher, info, f"the teacher {config.teacher or ''}".rstrip(), classes=config.kd_alpha > 0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(dev, memory_format=fmt)
+    if teacher is not None:
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        teacher = teacher.eval().to(dev, memory_format=fmt)
+    return model, teacher
+
+
+def _optimizer(
+    config: TrainConfig, model: nn.Module, steps_per_epoch: int, total_steps: int
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
+    """SGD at the (linearly scaled, if asked) learning rate, and its per-step schedule."""
+    lr = config.lr * (config.batch_size / config.base_batch_size if config.lr_scaling == "linear" else 1.0)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay
+    )
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, steps_per_epoch, total_steps))
+
+
+class _Stepper:
+    """The optimiser steps of an epoch: the student's loss (with the teacher's attention-transfer and KD
+    terms when there is a teacher), backward, step; running sums stay on the device until the epoch ends."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        dist: D.DistInfo,
+        model: nn.Module,
+        teacher: nn.Module | None,
+        amp: bool,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LambdaLR,
+    ) -> None:
+        dev = dist.device
+        fwd: nn.Module = _Forward(model, with_features=teacher is not None)
+        if dist.enabled:
+            fwd = nn.parallel.DistributedDataParallel(fwd, device_ids=[dev.index] if dev.type == "cuda" else None)
+        t_fwd = _Forward(teacher, with_features=True) if teacher is not None else None  # (logits, stages), no grad
+        if config.compile:  # the teacher too: with reduce-overhead both replay CUDA graphs
+            fwd = torch.compile(fwd, mode=config.compile_mode)  # type: ignore[assignment]
+            t_fwd = torch.compile(t_fwd, mode=config.compile_mode) if t_fwd is not None else None  # type: ignore[assignment]
+        self.config, self.device, self.fwd, self.t_fwd = config, dev, fwd, t_fwd
+        self.autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.checked = False  # student and teacher stages compared once, on the first batch
+
+    def run_epoch(
+        self, loader: Iterable, step: int, total_steps: int, advance: Callable[[int], None]
+    ) -> tuple[list[float], int]:
+        """Train until the loader ends or ``total_steps``; -> (summed loss, correct, images, AT loss; step)."""
+        config = self.config
+        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, correct, n, at
+        for x, y in loader:
+            if config.compile:  # CUDA graphs (reduce-overhead) may reuse the last step's outputs from here on
+                torch.compiler.cudagraph_mark_step_begin()
+            with self.autocast():
+                logits, feats = self.fwd(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+                at = None
+                if self.t_fwd is not None:
+                    with torch.no_grad():
+                        t_logits, t_feats = self.t_fwd(x)
+                    if not self.checked:
+                        _check_compatible(feats, t_feats)
+                        self.checked = True
+                    at = attention_transfer(feats, t_feats, config.at_mode)
+                    if config.kd_alpha > 0:
+                        kd = kd_loss(logits, t_logits, config.kd_temperature)
+                        loss = (1 - config.kd_alpha) * loss + config.kd_alpha * kd
+                    loss = loss + config.beta * at
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.scheduler.step()
+            step += 1
+            with torch.no_grad():
+                d = loss.detach().double()
+                sums[0] += d * len(y)
+                sums[1] += (logits.detach().argmax(1) == y).sum()
+                sums[2] += len(y)
+                if at is not None:
+                    sums[3] += at.detach().double() * len(y)
+            advance(len(y))
+            if step >= total_steps:
+                break
+        return D.all_reduce_sum(sums).tolist(), step  # the epoch's one host sync
+
+
+def _epoch_record(
+    epoch: int, step: int, optimizer: torch.optim.Optimizer, sums: list[float], epoch_time: float, distill: bool
+) -> dict[str, Any]:
+    """One line of metrics.jsonl from the epoch's summed loss, correct, images and AT loss."""
+    loss_sum, correct, n, at_sum = sums
+    record: dict[str, Any] = {
+        "epoch": epoch + 1,
+        "step": step,
+        "lr": optimizer.param_groups[0]["lr"],
+        "train_loss": loss_sum / n,
+        "train_top1": 100.0 * correct / n,
+        "images_per_s": n / epoch_time,
+        "epoch_time_s": epoch_time,
+    }
+    if distill:
+        record["at_loss"] = at_sum / n
+    return record
 
 
 def _resume(
