@@ -84,8 +84,8 @@ class Backbone:
         ):
             for i in range(depth):
                 s = stride if i == 0 else 1
-                out.append(Slot(len(out), stage, in_chs, width, s, hw))  # type: ignore[arg-type]
-                hw = Conv(in_chs, width, 3, s).out_size(hw)  # type: ignore[arg-type]
+                out.append(Slot(len(out), stage, in_chs, width, s, hw))
+                hw = Conv(in_chs, width, 3, s).out_size(hw)
                 in_chs = width
         return out
 

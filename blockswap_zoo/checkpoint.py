@@ -156,7 +156,7 @@ def load_checkpoint_dir(
     classes = cfg["num_classes"] if num_classes is None else num_classes  # 0: features only, as timm
     model = build_model(genotype, num_classes=classes, in_chans=cfg["in_chans"], **kwargs)
     load_model_weights(model, state, str(directory / WEIGHTS_NAME))
-    model.pretrained_cfg = cfg  # type: ignore[attr-defined]
+    model.pretrained_cfg = cfg  # type: ignore[assignment]  # a plain attribute (timm's), not a Tensor or Module
     return model
 
 

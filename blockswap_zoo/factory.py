@@ -100,7 +100,7 @@ def _create_pretrained(name: str, num_classes: int | None, in_chans: int | None,
     model = build_model(genotype, num_classes=classes, in_chans=w.in_chans, **kwargs)
     path = resolve_weights_file(w)
     load_model_weights(model, load_verified_state_dict(path, w.sha256, w.size), w.name)
-    model.pretrained_cfg = dataclasses.asdict(w)  # type: ignore[attr-defined]  # a dict, as timm's and checkpoint.py's
+    model.pretrained_cfg = dataclasses.asdict(w)  # type: ignore[assignment]  # a dict, as timm's and checkpoint.py's
     return model
 
 
@@ -118,7 +118,7 @@ def load_trained(source: ModelSource, num_classes: int | None = None) -> nn.Modu
             f"local-dir:PATH, hf-hub:ORG/NAME or a published arch.tag{hint}"
         )
     if source.kind == "training_checkpoint":
-        model = _loadread_training_checkpoint(source)
+        model = _load_training_checkpoint(source)
     elif source.kind == "arch":
         return create_model(source.text, pretrained=True, num_classes=num_classes)
     else:
@@ -130,7 +130,7 @@ def load_trained(source: ModelSource, num_classes: int | None = None) -> nn.Modu
     return model
 
 
-def _loadread_training_checkpoint(source: ModelSource) -> nn.Module:
+def _load_training_checkpoint(source: ModelSource) -> SwapNet:
     from .models import build_model
 
     state = read_training_checkpoint(source)

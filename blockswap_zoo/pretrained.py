@@ -105,7 +105,8 @@ class Weights:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Weights:
         """A record from its ``pretrained.json`` object (``to_dict``'s inverse)."""
-        return cls(**{k: tuple(raw[k]) if k in _TUPLE_FIELDS else v for k, v in raw.items()})
+        kwargs: dict[str, Any] = {k: tuple(raw[k]) if k in _TUPLE_FIELDS else v for k, v in raw.items()}
+        return cls(**kwargs)
 
     @classmethod
     def from_checkpoint_config(cls, name: str, cfg: dict[str, Any]) -> Weights:

@@ -16,7 +16,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal, Union, cast, get_args, get_origin
 
 import yaml
 
@@ -165,7 +165,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             raise RecipeError(f"{where}: expected {_type_name(tp)}, got {value!r}")
         return value
     if dataclasses.is_dataclass(tp):
-        return _build(tp, value, where)
+        return _build(cast(type, tp), value, where)  # a dataclass type (an annotation), not an instance
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
     if tp is str and isinstance(value, int | float) and not isinstance(value, bool) and where.endswith("budget"):
@@ -225,7 +225,7 @@ def _validate(r: Recipe) -> None:
         if (r.teacher.pretrained is None) == (r.teacher.train is None):
             raise RecipeError("teacher: give exactly one of 'pretrained' (a zoo checkpoint) or 'train'")
         zoo_weights = r.teacher.pretrained is not None and ":" not in r.teacher.pretrained  # arch.tag, not torchvision:
-        if zoo_weights and r.teacher.pretrained.partition(".")[0] != r.teacher.arch:
+        if zoo_weights and cast(str, r.teacher.pretrained).partition(".")[0] != r.teacher.arch:
             raise RecipeError(
                 f"teacher.pretrained: {r.teacher.pretrained!r} is not a checkpoint of teacher.arch {r.teacher.arch!r}; "
                 "make them agree"

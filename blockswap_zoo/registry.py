@@ -9,6 +9,7 @@ import difflib
 import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import cast
 
 from .genotype import Genotype
 
@@ -153,7 +154,8 @@ def _register_published() -> None:
         if w.arch not in _ARCHS:
             description = str(w.extra.get("description") or f"BlockSwap student published as {w.name}")
             genotype = Genotype.from_string(w.genotype)
-            register_arch(Arch(w.arch, genotype, description, w.num_classes, w.in_chans, tuple(w.input_size)))
+            input_size = cast(tuple[int, int, int], tuple(w.input_size))
+            register_arch(Arch(w.arch, genotype, description, w.num_classes, w.in_chans, input_size))
 
 
 _register_defaults()

@@ -11,7 +11,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from .genotype import Genotype
 from .io import atomic_write_text
 from .recipe import OptimSpec, Recipe, RecipeError, recipe_reference
 from .sources import resolve_genotype
+
+if TYPE_CHECKING:
+    from .models import SwapNet
 
 __all__ = [
     "ReproduceResult",
@@ -116,7 +119,7 @@ def _check_data(recipe: Recipe) -> int:
         load_arrays(info.name, "test", data_dir)
         return len(load_arrays(info.name, "train", data_dir))
     image_folder(info.name, "val", data_dir, None)
-    return len(image_folder(info.name, "train", data_dir, None))  # type: ignore[arg-type]
+    return len(image_folder(info.name, "train", data_dir, None))
 
 
 def _check_teacher_source(recipe: Recipe) -> None:
@@ -159,7 +162,7 @@ def plan(recipe: Recipe) -> dict[str, Any]:
 
     info = get_dataset_info(recipe.dataset.name)
     n_train = {"fashion_mnist": 60_000, "cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167}[info.name]
-    hw = tuple(info.input_size[1:])
+    hw = cast(tuple[int, int], tuple(info.input_size[1:]))
     out: dict[str, Any] = {
         "recipe": recipe.name,
         "source": recipe.source,
@@ -354,7 +357,7 @@ def _write_checkpoint(
         label_names = (
             json.loads((stage_dir / "config.json").read_text(encoding="utf-8")).get("label_names") or label_names
         )
-    config = {
+    config: dict[str, Any] = {
         "name": name, "arch": name.partition(".")[0], "role": role, "description": description,
         "dataset": info.name, "label_names": label_names, "input_size": list(info.input_size),
         "mean": list(info.mean), "std": list(info.std), "metrics": {k: float(v) for k, v in metrics.items()},
@@ -366,7 +369,7 @@ def _write_checkpoint(
     }  # fmt: skip
     if wall is not None:
         config["wall_seconds"] = round(wall, 1)
-    full = save_checkpoint_dir(model, ckpt_dir, config, overwrite=True)
+    full = save_checkpoint_dir(cast("SwapNet", model), ckpt_dir, config, overwrite=True)
     atomic_write_text(ckpt_dir / "recipe.yaml", Path(recipe.source).read_text())
     if (stage_dir / "metrics.jsonl").is_file():
         shutil.copyfile(stage_dir / "metrics.jsonl", ckpt_dir / "metrics.jsonl")
@@ -444,7 +447,7 @@ def reproduce(
     if (student_dir / "model.safetensors").is_file():
         from .train import load_run
 
-        student = load_run(student_dir)
+        student: nn.Module | None = load_run(student_dir)
     else:
         result = train(cfg, teacher=teacher if recipe.distill else None, out_dir=student_dir,
                        resume=resume and student_dir.exists())  # fmt: skip

@@ -173,6 +173,7 @@ def model_shape(source: ModelSource) -> ModelShape:
         report = source.path.parent
     summary = _search_summary(report)
     if summary is not None:  # a search's winner: the shape it was searched at
+        assert source.path is not None  # a summary is only read from a path's report
         label = str(source.path / "winner.json" if source.kind == "search_report" else source.text)
         return ModelShape(label, g, summary["num_classes"], summary["in_chans"], tuple(summary["input_size"]))
     return ModelShape(f"{g.backbone} (custom genotype)", g, spec.default_num_classes, 3, spec.default_input_size)
@@ -181,7 +182,7 @@ def model_shape(source: ModelSource) -> ModelShape:
 def _shape_from_config(label: str, cfg: dict[str, Any]) -> ModelShape:
     g = Genotype.from_dict(cfg["genotype"])
     size = cfg.get("input_size") or [cfg["in_chans"], *g.backbone_spec.default_input_size[1:]]
-    return ModelShape(label, g, int(cfg["num_classes"]), int(cfg["in_chans"]), tuple(size))  # type: ignore[arg-type]
+    return ModelShape(label, g, int(cfg["num_classes"]), int(cfg["in_chans"]), tuple(size))
 
 
 def _search_summary(report: Path | None) -> dict[str, Any] | None:

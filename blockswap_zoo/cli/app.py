@@ -7,6 +7,7 @@ import hashlib
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -34,7 +35,7 @@ def list_cmd(
     names = list_models(pattern)
     if not names:
         fail(f"no model matches {pattern!r}; try `blockswap-zoo list` for all names")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for n in names:
         a = get_arch(n)
         rows.append({"name": n, "role": a.role, "params": a.params, "macs": a.macs, "description": a.description})
@@ -53,7 +54,7 @@ def _list_pretrained(pattern: str, as_json: bool) -> None:
     names = list_pretrained(pattern)
     if not names:
         fail(f"no published weights match {pattern!r}; published: {', '.join(load_records()) or 'none yet'}")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for n in names:
         w = load_records()[n]
         rows.append({"name": n, "dataset": w.dataset, **w.metrics, "params": w.params, "macs": w.macs,
@@ -98,7 +99,7 @@ def info(
     t_params, t_macs = teacher.num_params(nc, ch), teacher.macs(nc, ch, hw)
     slots = g.backbone_spec.slots(hw)
     costs = g.block_costs(hw)
-    blocks = [
+    blocks: list[dict[str, Any]] = [
         {
             "index": s.index,
             "stage": s.stage,

@@ -10,7 +10,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from .output import console, err_console, fail
@@ -146,7 +154,7 @@ def _progress_bar() -> tuple[Progress, Callable[[int, int], None]]:
             state["t0"], state["d0"] = time.perf_counter(), done
         dt = time.perf_counter() - state["t0"]
         rate = (done - state["d0"]) / dt if dt > 0 and done > state["d0"] else 0.0
-        progress.update(int(state["task"]), completed=done, rate=f"{rate:.2f} cand/s" if rate else "")
+        progress.update(TaskID(int(state["task"])), completed=done, rate=f"{rate:.2f} cand/s" if rate else "")
 
     return progress, on_progress
 

@@ -9,6 +9,7 @@ The contract the search uses::
 from __future__ import annotations
 
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -79,8 +80,9 @@ def load_minibatch(
 
     ds = image_folder(info.name, "train", data_dir, train_transform(info) if augment else eval_transform(info))
     _check_batch_fits(batch_size, len(ds), info.name)
-    idx = torch.randperm(len(ds), generator=g)[:batch_size].tolist()
+    picks = torch.randperm(len(ds), generator=g)[:batch_size].tolist()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        items = [ds[i] for i in idx]
-    return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items], dtype=torch.int64)
+        items = [ds[i] for i in picks]
+    xs = [cast(torch.Tensor, x) for x, _ in items]  # the transforms end in a tensor
+    return torch.stack(xs), torch.tensor([y for _, y in items], dtype=torch.int64)

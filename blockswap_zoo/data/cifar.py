@@ -56,7 +56,7 @@ def _reconstruct() -> Callable[..., Any]:
 
 def _frombuffer() -> Callable[..., Any]:
     try:
-        from numpy._core.numeric import _frombuffer as fb  # numpy >= 2
+        from numpy._core.numeric import _frombuffer as fb  # type: ignore[attr-defined]  # numpy >= 2 (private)
     except ImportError:  # pragma: no cover - numpy 1.x
         from numpy.core.numeric import _frombuffer as fb  # type: ignore[no-redef]
     return fb

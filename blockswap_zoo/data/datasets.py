@@ -7,6 +7,7 @@ import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,6 +16,9 @@ from ..io import missing_dirs, remove_failed_download
 from .cifar import CIFAR_LAYOUTS, CifarFormatError, UnsafePickleError, download_cifar, read_cifar
 from .errors import DatasetError, DatasetNotFoundError
 from .idx import IdxFormatError, read_idx
+
+if TYPE_CHECKING:
+    from .image_folders import CheckedImageFolder
 
 __all__ = [
     "DATA_ENV",
@@ -290,7 +294,7 @@ def load_arrays(
     )
 
 
-def image_folder(name: str, split: str, data_dir: str | Path | None, transform: object) -> object:
+def image_folder(name: str, split: str, data_dir: str | Path | None, transform: object) -> CheckedImageFolder:
     """An ImageNet-style split as a torchvision ImageFolder (``split``: train, or val/test).
 
     An evaluation split takes its class indices from the train folder beside it (when there is one),

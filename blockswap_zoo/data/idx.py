@@ -3,17 +3,24 @@
 from __future__ import annotations
 
 import gzip
+import io
 import math
 import struct
 import zlib
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any
 
 import numpy as np
 
 __all__ = ["IdxFormatError", "read_idx"]
 
-_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4")}
+_DTYPES: dict[int, np.dtype[Any]] = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+}
 
 
 MAX_IDX_BYTES = 1 << 32  # 4 GiB: MNIST-style files are tens of MB (Fashion-MNIST's train images: 47 MB)
@@ -37,7 +44,7 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise IdxFormatError(f"{path}: cannot read ({e})") from None
 
 
-def _read_idx_stream(f: BinaryIO, path: Path) -> np.ndarray:
+def _read_idx_stream(f: io.BufferedIOBase, path: Path) -> np.ndarray:
     magic = f.read(4)
     if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in _DTYPES:
         raise IdxFormatError(f"{path}: not an IDX file (bad magic number)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -35,7 +36,7 @@ class SearchBatch:
 def _embedded_raw() -> tuple[torch.Tensor, torch.Tensor]:
     from safetensors.torch import load
 
-    data = resources.files("blockswap_zoo").joinpath("assets", _ASSET).read_bytes()
+    data = resources.files("blockswap_zoo").joinpath("assets").joinpath(_ASSET).read_bytes()
     t = load(data)
     return t["images"], t["labels"]
 
@@ -51,7 +52,8 @@ def load_embedded_batch(seed: int = 0, augment: bool = True) -> SearchBatch:
         images = apply_augment(x, sample_augment(len(x), info, g, x.device), info)
     else:
         images = normalize(x, info)
-    return SearchBatch(images.float(), y.long(), EMBEDDED, info.num_classes, info.in_chans, tuple(info.input_size))
+    input_size = cast(tuple[int, int, int], tuple(info.input_size))
+    return SearchBatch(images.float(), y.long(), EMBEDDED, info.num_classes, info.in_chans, input_size)
 
 
 def load_search_batch(
@@ -81,4 +83,5 @@ def load_search_batch(
             f"{', '.join(list_datasets())}"
         ) from None
     images, labels = load_minibatch(info.name, batch_size=batch_size, seed=seed, data_dir=data_dir, augment=True)
-    return SearchBatch(images, labels, info.name, info.num_classes, info.in_chans, tuple(info.input_size))
+    input_size = cast(tuple[int, int, int], tuple(info.input_size))
+    return SearchBatch(images, labels, info.name, info.num_classes, info.in_chans, input_size)

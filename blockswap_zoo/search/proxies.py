@@ -55,7 +55,7 @@ def _frozen(model: nn.Module, train: bool) -> Iterator[None]:
 
 
 def _probes(model: nn.Module) -> list[nn.Module]:
-    blocks = model.swap_blocks() if hasattr(model, "swap_blocks") else []
+    blocks = model.swap_blocks() if hasattr(model, "swap_blocks") else []  # type: ignore[operator]  # duck-typed
     if not blocks:
         raise TypeError("Fisher potential needs a blockswap-zoo model: its swappable blocks carry a `probe` module")
     return [b.probe for b in blocks]

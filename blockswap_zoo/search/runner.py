@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -324,7 +325,7 @@ def run_search(
         torch.device(device).type,
         batch.num_classes,
         batch.in_chans,
-        tuple(batch.input_size),
+        cast(tuple[int, int, int], tuple(batch.input_size)),
         None if block_types is None else tuple(block_types),
         _minibatch_sha256(batch.images, batch.labels),
         cfg.autocast_precision,

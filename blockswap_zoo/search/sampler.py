@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import reduce
+from typing import cast
 
 import numpy as np
 
@@ -234,7 +235,7 @@ class _Counter:
         # tables[i][:, k + 1] = number of ways blocks i.. sum to at most k (mod each prime); tables[n] is blocks "none".
         dist = np.zeros((len(primes), self.length), dtype=np.int64)
         dist[:, 0] = 1
-        tables = [None] * (n + 1)
+        tables = cast(list[np.ndarray], [None] * (n + 1))  # every entry is filled below
         tables[n] = self._cumulative(dist, p)
         for i in range(n - 1, -1, -1):
             new = np.zeros_like(dist)
@@ -244,7 +245,7 @@ class _Counter:
                     new[:, c:] += dist[:, : self.length - c]
             dist = new % p
             tables[i] = self._cumulative(dist, p)
-        self.tables = tables  # type: ignore[assignment]
+        self.tables = tables
 
     @staticmethod
     def _cumulative(dist: np.ndarray, p: np.ndarray) -> np.ndarray:

@@ -189,10 +189,10 @@ def _to_device(model: nn.Module, device: str, fmt: torch.memory_format) -> nn.Mo
     layouts at once (a 1-channel stem's weight), and the layout a convolution picks follows those strides.
     """
     if torch.device(device).type != "cpu":
-        return model.to(device, memory_format=fmt)
+        return model.to(device, memory_format=fmt)  # type: ignore[call-overload]  # stubs lack memory_format
     for t in itertools.chain(model.parameters(), model.buffers()):
         if t.device.type != "cpu":
-            return model.to(device, memory_format=fmt)
+            return model.to(device, memory_format=fmt)  # type: ignore[call-overload]  # as above
         if t.dim() == 4:
             t.data = t.data.to(memory_format=fmt)
     return model
@@ -222,7 +222,7 @@ def score_genotype(
         # Initialised on the CPU, whatever the device: CPU and CUDA generators draw different numbers
         # from one seed, and a search must pick the same winner on every device.
         if pool is None:
-            model = build_model(genotype, num_classes=num_classes, in_chans=in_chans)
+            model: nn.Module = build_model(genotype, num_classes=num_classes, in_chans=in_chans)
         else:
             model = pool.build(genotype, num_classes=num_classes, in_chans=in_chans)
         model.requires_grad_(False)

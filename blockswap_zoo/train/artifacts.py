@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -14,6 +14,9 @@ from torch import nn
 from ..genotype import Genotype
 from ..io import atomic_write_bytes, atomic_write_text
 from ..sources import TRAINING_CHECKPOINT
+
+if TYPE_CHECKING:
+    from ..models import SwapNet
 
 __all__ = ["CHECKPOINT", "load_model", "load_run", "read_run_config", "write_curves", "write_final", "write_metrics"]
 
@@ -23,13 +26,14 @@ RUN_FORMAT = "blockswap-zoo-run/1"
 
 def model_config(model: nn.Module, info: Any, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``config.json`` content: genotype, classes, channels, dataset, input size, mean/std."""
-    g: Genotype = model.genotype
+    net = cast("SwapNet", model)  # a builder's model: genotype, num_classes, in_chans
+    g: Genotype = net.genotype
     return {
         "format": RUN_FORMAT,
         "genotype": g.to_dict(),
         "compact": g.to_string(),
-        "num_classes": int(model.num_classes),
-        "in_chans": int(model.in_chans),
+        "num_classes": int(net.num_classes),
+        "in_chans": int(net.in_chans),
         "dataset": info.name,
         "input_size": list(info.input_size),
         "mean": list(info.mean),
@@ -44,7 +48,7 @@ def write_final(out_dir: str | Path, model: nn.Module, config: dict[str, Any]) -
     """Write ``model.safetensors`` and ``config.json`` atomically, with the weights' sha256 (a checkpoint dir)."""
     from ..checkpoint import save_checkpoint_dir
 
-    save_checkpoint_dir(model, out_dir, config, overwrite=True)
+    save_checkpoint_dir(cast("SwapNet", model), out_dir, config, overwrite=True)
 
 
 def read_run_config(run_dir: str | Path) -> dict[str, Any]:

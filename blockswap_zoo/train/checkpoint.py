@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -39,7 +39,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def get_rng_state() -> dict[str, Any]:
     """torch (CPU and every CUDA device), numpy and Python RNG states as tensors / plain types."""
-    np_state = np.random.get_state()
+    # the legacy tuple (MT19937); numpy's stubs type the no-argument call as the dict form
+    np_state = cast(tuple[str, np.ndarray, int, int, float], np.random.get_state())
     py_version, py_state, py_gauss = random.getstate()
     return {
         "torch": torch.get_rng_state(),

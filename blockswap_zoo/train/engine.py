@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from .checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng
 from .config import TrainConfig
 from .evaluate import check_model_fits, run_eval
 from .losses import attention_transfer, kd_loss
+
+if TYPE_CHECKING:
+    from ..models import SwapNet
 
 __all__ = ["RunDirError", "TrainResult", "build_student", "load_teacher", "lr_lambda", "train"]
 
@@ -119,8 +122,11 @@ class _Forward(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         if not self.with_features:
             return self.model(x), []
-        final, feats = self.model.forward_intermediates(x)
-        return self.model.forward_head(final), feats
+        model = cast("SwapNet", self.model)  # the contract every model here has
+        out = model.forward_intermediates(x)
+        assert isinstance(out, tuple)  # (final features, stage outputs) unless intermediates_only
+        final, feats = out
+        return model.forward_head(final), feats
 
 
 def _seed_everything(seed: int) -> None:
@@ -169,7 +175,7 @@ def _check_dir_path(out: Path) -> None:
 
 def _train_loader(
     config: TrainConfig, info: DatasetInfo, dist: D.DistInfo, channels_last: bool
-) -> tuple[Iterable, Any, int, DatasetInfo]:
+) -> tuple[DeviceLoader | _HostLoader, DeviceLoader | None, int, DatasetInfo]:
     """-> (loader, object with state_dict for checkpointing or None, number of training images, dataset info).
 
     The info returned names an image-folder dataset's classes after its class folders.
@@ -195,10 +201,11 @@ def _train_loader(
             channels_last=channels_last,
         )
         return loader, loader, n, info
-    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Subset
+    from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, Subset
 
     from ..data.transforms import PerSampleDataset, train_transform
 
+    ds: Dataset
     if info.in_memory:
         data = load_arrays(info.name, "train", config.data_dir, download=config.download)
         ds = PerSampleDataset(data.images, data.labels, train_transform(info))
@@ -206,14 +213,15 @@ def _train_loader(
         ds = image_folder(info.name, "train", config.data_dir, train_transform(info))
         info = _with_folder_labels(info, ds.classes)
     if config.subset is not None:
-        ds = Subset(ds, range(min(config.subset, len(ds))))
+        ds = Subset(ds, range(min(config.subset, len(ds))))  # type: ignore[arg-type]  # both datasets are sized
     if config.batch_size % dist.world_size:
         raise ValueError(f"batch_size {config.batch_size} is not divisible by the {dist.world_size} processes")
+    sampler: Sampler[int]
     if dist.enabled:
         sampler = DistributedSampler(ds, dist.world_size, dist.rank, shuffle=True, seed=config.seed, drop_last=True)
     else:
         sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(config.seed))
-    loader = DataLoader(
+    host_loader = DataLoader(
         ds,
         batch_size=config.batch_size // dist.world_size,
         sampler=sampler,
@@ -223,7 +231,7 @@ def _train_loader(
         generator=torch.Generator(),  # seeds the workers; re-seeded per epoch by _HostLoader.set_epoch
         persistent_workers=False,  # fresh workers each epoch, seeded from (seed, epoch): resume is exact
     )
-    return _HostLoader(loader, sampler, dist.device, channels_last, config.seed, dist.rank), None, len(ds), info
+    return _HostLoader(host_loader, sampler, dist.device, channels_last, config.seed, dist.rank), None, len(ds), info
 
 
 def _check_test_split(config: TrainConfig, info: DatasetInfo) -> None:
@@ -361,7 +369,8 @@ def _train(
     optimizer, scheduler = _optimizer(config, model, steps_per_epoch, total_steps)
 
     run_cfg = model_config(model, info, {"teacher": config.teacher, "train_config": config.to_dict()})
-    start_epoch, step, history = 0, 0, []
+    start_epoch, step = 0, 0
+    history: list[dict[str, Any]] = []
     if resuming:
         assert out is not None
         start_epoch, step, history = _resume(out, config, model, optimizer, scheduler, loader_state)
@@ -449,11 +458,11 @@ def _place_models(
     if teacher is not None:
         check_model_fits(teacher, info, f"the teacher {config.teacher or ''}".rstrip(), classes=config.kd_alpha > 0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(dev, memory_format=fmt)
+    model = model.to(dev, memory_format=fmt)  # type: ignore[call-overload]  # torch's stubs lack this overload
     if teacher is not None:
         for p in teacher.parameters():
             p.requires_grad_(False)
-        teacher = teacher.eval().to(dev, memory_format=fmt)
+        teacher = teacher.eval().to(dev, memory_format=fmt)  # type: ignore[call-overload]
     return model, teacher
 
 

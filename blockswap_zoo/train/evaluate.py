@@ -62,9 +62,9 @@ def test_batches(
 
     from ..data.transforms import eval_transform
 
-    ds = image_folder(info.name, "test", data_dir, eval_transform(info))
-    n = len(ds) if subset is None else min(subset, len(ds))
-    ds = Subset(ds, list(range(rank, n, world_size)))
+    folder = image_folder(info.name, "test", data_dir, eval_transform(info))
+    n = len(folder) if subset is None else min(subset, len(folder))
+    ds: Subset[tuple[object, int]] = Subset(folder, list(range(rank, n, world_size)))
     loader = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda")
     for x, y in loader:
         yield x.to(device, non_blocking=True).contiguous(memory_format=fmt), y.to(device, non_blocking=True)

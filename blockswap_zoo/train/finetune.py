@@ -8,12 +8,16 @@ with its weights and a fresh classifier sized for a new dataset, trained with th
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from torch import nn
 
 from ..data import get_dataset_info
 from .config import TrainConfig
 from .engine import TrainResult, train
+
+if TYPE_CHECKING:
+    from ..models import SwapNet
 
 __all__ = ["finetune", "load_for_finetuning"]
 
@@ -42,7 +46,7 @@ def load_for_finetuning(source: str, dataset: str) -> nn.Module:
 
 def finetune(source: str, config: TrainConfig, out_dir: str | Path | None = None, **kwargs) -> TrainResult:  # noqa: ANN003
     """Train :func:`load_for_finetuning` (``source``, ``config.dataset``) with ``config``; kwargs go to train."""
-    model = load_for_finetuning(source, config.dataset)
+    model = cast("SwapNet", load_for_finetuning(source, config.dataset))  # load_trained builds a SwapNet
     model.drop_rate = model.head_drop.p = config.drop_rate  # as train() builds a new network with it
     config.arch = model.genotype.to_string()  # the run directory records the exact network
     config.extra = {**config.extra, "finetuned_from": source}  # ... and the weights it started from

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import ctypes
 from collections import Counter
+from typing import TypeGuard
 
 import torch
 from torch import nn
@@ -87,6 +88,9 @@ class ExactStatsBatchNorm2d(nn.BatchNorm2d):
     def _update_running_stats(self, mean: torch.Tensor, var: torch.Tensor, n: int) -> None:
         """As nn.BatchNorm2d does in training mode, from the batch's mean and biased variance over n values."""
         if self.training and self.track_running_stats:
+            # all three buffers exist when track_running_stats is set
+            assert self.num_batches_tracked is not None and self.running_mean is not None
+            assert self.running_var is not None
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
@@ -115,14 +119,14 @@ def _bn_relu_backward(
     ctx: torch.autograd.function.FunctionCtx, grad_y: torch.Tensor, grad_x: torch.Tensor | None, need_x: bool
 ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
     """The C kernel's backward: (dL/dx, dL/dweight, dL/dbias), dL/dx including ``grad_x`` (x's other uses)."""
-    x, bias, mean, invstd, scale = ctx.saved_tensors
+    x, bias, mean, invstd, scale = ctx.saved_tensors  # type: ignore[attr-defined]  # the backward ctx has it
     n, c, h, w = x.shape
     grad_y = grad_y.contiguous(memory_format=torch.channels_last)
     if grad_x is not None:
         grad_x = grad_x.contiguous(memory_format=torch.channels_last)
     grad_in = torch.empty_like(x, memory_format=torch.channels_last) if need_x else None
     grad_weight, grad_bias = x.new_empty(c), x.new_empty(c)
-    if ctx.lib.bn_relu_backward(
+    if ctx.lib.bn_relu_backward(  # type: ignore[attr-defined]  # set in forward
         grad_y.data_ptr(), None if grad_x is None else grad_x.data_ptr(), x.data_ptr(), n * h * w, c,
         bias.data_ptr(), mean.data_ptr(), invstd.data_ptr(), scale.data_ptr(),
         None if grad_in is None else grad_in.data_ptr(), grad_weight.data_ptr(), grad_bias.data_ptr(),
@@ -381,7 +385,7 @@ class MergedFourChannelGroupConv2d(MergedGroupConv2d):
         return _GroupedConv4.apply(x, self.merged_weight(False), self.stride[0], lib)
 
 
-def _mergeable(conv: nn.Module) -> bool:
+def _mergeable(conv: nn.Module) -> TypeGuard[nn.Conv2d]:
     return (
         type(conv) is nn.Conv2d
         and conv.padding_mode == "zeros"

@@ -73,7 +73,7 @@ def build_library(name: str, sources: tuple[str, ...], cache: Path | None = None
     """The shared library ``lib<name>`` of ``sources`` (in kernels/): from the cache, or compiled into
     it (atomically). Raises KernelBuildError (with the compiler's last message) when no flag set compiles.
     """
-    texts = [resources.files(__package__).joinpath("kernels", src).read_bytes() for src in sources]
+    texts = [resources.files(__package__).joinpath("kernels").joinpath(src).read_bytes() for src in sources]
     source = b"\0".join(s.encode() + b"\0" + t for s, t in zip(sources, texts))
     cc = _compiler()
     if cc is None:

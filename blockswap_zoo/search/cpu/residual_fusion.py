@@ -11,6 +11,9 @@ each block's activation (``benchmarks/search_speed.py --ablation``).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any, cast
+
 import torch
 from torch import nn
 from torch.nn.modules import module as _module
@@ -31,6 +34,11 @@ def _hooked(m: nn.Module) -> bool:
     )
 
 
+def _blocks(stage: nn.Module) -> Iterable[Any]:
+    """A stage (an nn.Sequential) as the blocks it iterates, typed loosely: their norms may be fused ones."""
+    return cast(Iterable[Any], stage)
+
+
 def _global_hooks() -> bool:
     """Hooks registered for every module (torch.nn.modules.module.register_module_forward_hook and kin)."""
     names = ("_global_forward_hooks", "_global_forward_pre_hooks", "_global_backward_hooks")
@@ -48,7 +56,9 @@ class ResidualFusedWideResNet(WideResNet):
     def _fused_path_hookless(self) -> bool:
         if _global_hooks() or _hooked(self.norm):
             return False
-        return not any(_hooked(stage) or any(_hooked(b) or _hooked(b.bn1) for b in stage) for stage in self.stages)
+        return not any(
+            _hooked(stage) or any(_hooked(b) or _hooked(b.bn1) for b in _blocks(stage)) for stage in self.stages
+        )
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if not self._fused_path_hookless():
@@ -56,7 +66,7 @@ class ResidualFusedWideResNet(WideResNet):
         x = self.stem(x)
         skip = branch = None  # the addends of the pending residual add: x = skip + branch
         for stage in self.stages:
-            for block in stage:
+            for block in _blocks(stage):
                 if branch is None:
                     pre = block.act1(block.bn1(x))
                 else:
@@ -67,7 +77,7 @@ class ResidualFusedWideResNet(WideResNet):
                 skip = block.shortcut(pre) if block.conv_shortcut else x
         if branch is None:  # no blocks at all
             return self.act(self.norm(x))
-        _, y = self.norm.forward_sum(skip, branch)
+        _, y = cast(Any, self.norm).forward_sum(skip, branch)  # a FusedBatchNormReLU2d (_takes_sums)
         return self.act(y)
 
 
@@ -76,7 +86,7 @@ def fuse_residual_adds(model: nn.Module) -> bool:
     ResidualFusedWideResNet, in place (by class). Returns whether it did."""
     if type(model) is not WideResNet or not _takes_sums(model.norm):
         return False
-    blocks = [b for stage in model.stages for b in stage]
+    blocks = [b for stage in model.stages for b in _blocks(stage)]
     if not all(type(b) is PreActBlock and _takes_sums(b.bn1) for b in blocks):
         return False
     model.__class__ = ResidualFusedWideResNet
