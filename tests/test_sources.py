@@ -119,3 +119,12 @@ def test_info_and_export_take_every_kind_of_name(tmp_path: Path, folders: dict[s
     target = tmp_path / "out.pt2"
     res = runner.invoke(app, ["export", str(folders["checkpoint"]), "--format", "export", "--out", str(target)])
     assert res.exit_code == 0 and target.is_file(), res.output
+
+
+def test_download_takes_only_names_with_something_to_fetch(tmp_path: Path) -> None:
+    res = runner.invoke(app, ["download", f"local-dir:{tmp_path}"])
+    assert res.exit_code == 2 and "is a checkpoint dir" in " ".join(res.stderr.split())
+    res = runner.invoke(app, ["download", "wrn_10_1:v1:S;S;S"])
+    assert res.exit_code == 2 and "download fetches published weights" in " ".join(res.stderr.split())
+    res = runner.invoke(app, ["download", "wrn_40_2_bs400k.fmnist_at"])  # in this checkout: verified in place
+    assert res.exit_code == 0 and "sha256 verified" in res.stdout
