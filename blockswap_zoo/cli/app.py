@@ -213,7 +213,9 @@ def download(
             path = checkpoint_directory(source)  # pulled, or found in the cache
             load_checkpoint_dir(path)  # builds the model and checks the weights' sha256
         elif source.kind != "arch":
-            fail(f"download fetches published weights (arch.tag) or hf-hub:ORG/NAME; {name!r} is a {source.kind.replace('_', ' ')}")
+            fail(
+                f"download fetches published weights (arch.tag) or hf-hub:ORG/NAME; {name!r} is a {source.kind.replace('_', ' ')}"
+            )
         else:
             w = get_weights(name)
             path = resolve_weights_file(w)
