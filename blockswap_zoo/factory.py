@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from torch import nn
-
 from .genotype import Genotype
 from .models import SwapNet, build_model
 from .registry import UnknownModelError, get_arch
@@ -104,7 +102,7 @@ def _create_pretrained(name: str, num_classes: int | None, in_chans: int | None,
     return model
 
 
-def load_trained(source: ModelSource, num_classes: int | None = None) -> nn.Module:
+def load_trained(source: ModelSource, num_classes: int | None = None) -> SwapNet:
     """The source's trained model, weights verified; ``num_classes`` other than its own gives a fresh
     classifier (fine-tuning). A name without weights (an arch, a genotype) is refused with the published
     tags it could mean."""
@@ -131,8 +129,7 @@ def load_trained(source: ModelSource, num_classes: int | None = None) -> nn.Modu
 
 
 def _load_training_checkpoint(source: ModelSource) -> SwapNet:
-    from .models import build_model
-
+    """A training run's ``checkpoint.pt`` (weights_only) as the model its model_config describes."""
     state = read_training_checkpoint(source)
     cfg = state["model_config"]
     model = build_model(Genotype.from_dict(cfg["genotype"]), num_classes=cfg["num_classes"], in_chans=cfg["in_chans"])
