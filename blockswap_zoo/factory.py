@@ -37,26 +37,19 @@ def create_model(
     """
     from .checkpoint import load_checkpoint_dir
 
-    if isinstance(name_or_genotype, Genotype):
-        if pretrained:
-            raise UnknownModelError("pretrained=True needs a registered model name, not a bare genotype")
-        return build_model(
-            name_or_genotype, num_classes=num_classes, in_chans=3 if in_chans is None else in_chans, **kwargs
-        )
-    source = parse_source(name_or_genotype, files=False)
-    if source.kind in ("checkpoint_dir", "hf_hub"):  # a checkpoint: always its own weights
+    source = None if isinstance(name_or_genotype, Genotype) else parse_source(name_or_genotype, files=False)
+    if source is not None and source.kind in ("checkpoint_dir", "hf_hub"):  # a checkpoint: always its own weights
         try:
             directory = checkpoint_directory(source)
         except (ValueError, TypeError) as e:  # huggingface_hub's repo-id validation
             raise UnknownModelError(str(e)) from None
         return load_checkpoint_dir(directory, num_classes=num_classes, in_chans=in_chans, **kwargs)
-    assert source.genotype is not None
-    if source.kind != "arch":  # genotype text or a plain backbone
+    if source is None or source.kind != "arch":  # a Genotype, genotype text or a plain backbone
         if pretrained:
             raise UnknownModelError("pretrained=True needs a registered model name, not a bare genotype")
-        return build_model(
-            source.genotype, num_classes=num_classes, in_chans=3 if in_chans is None else in_chans, **kwargs
-        )
+        genotype = name_or_genotype if source is None else source.genotype
+        assert isinstance(genotype, Genotype)
+        return build_model(genotype, num_classes=num_classes, in_chans=3 if in_chans is None else in_chans, **kwargs)
     arch = get_arch(source.text)
     if pretrained:
         name = source.text

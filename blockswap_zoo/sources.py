@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,6 +53,15 @@ class ModelSource:
     repo_id: str | None = None
     revision: str | None = None
     genotype: Genotype | None = None  # known from the name alone (not for checkpoints)
+
+    @cached_property
+    def hub_snapshot(self) -> Path:
+        """The local folder of an ``hf_hub`` source's repo, pulled (or found in the cache) once per source."""
+        from .hf import pull_hf_hub
+
+        if self.kind != "hf_hub" or self.repo_id is None:
+            raise UnknownModelError(f"{self.text!r} is not an hf-hub:ORG/NAME name")
+        return pull_hf_hub(self.repo_id, self.revision)
 
     @property
     def names_weights(self) -> bool:
@@ -137,10 +147,7 @@ def resolve_genotype(text: str) -> Genotype:
 def checkpoint_directory(source: ModelSource) -> Path:
     """The folder a checkpoint source lives in; a Hub repo is pulled, or found in the cache offline."""
     if source.kind == "hf_hub":
-        from .hf import pull_hf_hub
-
-        assert source.repo_id is not None
-        return pull_hf_hub(source.repo_id, source.revision)
+        return source.hub_snapshot
     if source.kind != "checkpoint_dir" or source.path is None:
         raise UnknownModelError(f"{source.text!r} is not a local-dir:PATH, hf-hub:ORG/NAME or checkpoint directory")
     return source.path

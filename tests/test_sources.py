@@ -128,3 +128,15 @@ def test_download_takes_only_names_with_something_to_fetch(tmp_path: Path) -> No
     assert res.exit_code == 2 and "download fetches published weights" in " ".join(res.stderr.split())
     res = runner.invoke(app, ["download", "wrn_40_2_bs400k.fmnist_at"])  # in this checkout: verified in place
     assert res.exit_code == 0 and "sha256 verified" in " ".join(res.stdout.split())  # rich wraps long paths
+
+
+def test_a_hub_source_is_pulled_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Commands ask a source for its shape and then its weights: one pull (one Hub round trip) serves both."""
+    import blockswap_zoo.hf as hf
+    from blockswap_zoo.sources import checkpoint_directory
+
+    pulls: list[tuple[str, str | None]] = []
+    monkeypatch.setattr(hf, "pull_hf_hub", lambda repo, rev=None: pulls.append((repo, rev)) or tmp_path)
+    source = parse_source("hf-hub:org/name@v1")
+    assert checkpoint_directory(source) == checkpoint_directory(source) == tmp_path
+    assert pulls == [("org/name", "v1")]

@@ -123,9 +123,8 @@ class _Forward(nn.Module):
         if not self.with_features:
             return self.model(x), []
         model = cast("SwapNet", self.model)  # the contract every model here has
-        out = model.forward_intermediates(x)
-        assert isinstance(out, tuple)  # (final features, stage outputs) unless intermediates_only
-        final, feats = out
+        # (final features, stage outputs): the contract's answer unless intermediates_only
+        final, feats = cast(tuple[torch.Tensor, list[torch.Tensor]], model.forward_intermediates(x))
         return model.forward_head(final), feats
 
 
