@@ -295,14 +295,9 @@ def recipe_reference(path: str | Path) -> str:
     """How records and cards name a recipe: ``recipes/<file>`` for a shipped one (``reproduce`` takes that
     anywhere, checkout or wheel), else its absolute path."""
     resolved = Path(path).resolve()
-    try:
-        return (
-            resolved.relative_to(RECIPES_DIR.parent).as_posix()
-            if resolved.is_relative_to(RECIPES_DIR)
-            else str(resolved)
-        )
-    except ValueError:
-        return str(resolved)
+    if resolved.is_relative_to(RECIPES_DIR):
+        return resolved.relative_to(RECIPES_DIR.parent).as_posix()
+    return str(resolved)
 
 
 def shipped_recipe(reference: str) -> Path | None:
