@@ -131,18 +131,51 @@ def readme_table(records: dict[str, Weights] | None = None) -> str:
     """The README's table of published checkpoints."""
     records = load_records() if records is None else records
     lines = [
-        "| model | dataset | top-1 | top-5 | params | MACs | teacher | recipe |",
-        "|---|---|---:|---:|---:|---:|---|---|",
+        "| model | dataset | top-1 | top-5 | params | MACs | CPU ms, batch 1 / 128 | teacher | recipe |",
+        "|---|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for w in records.values():
         lines.append(
             f"| `{w.name}` | {DATASET_TITLES.get(w.dataset, w.dataset)} | {w.metrics.get('top1', float('nan')):.2f} | "
             f"{w.metrics.get('top5', float('nan')):.2f} | {w.params / 1e3:.1f}K | {w.macs / 1e6:.2f}M | "
-            f"{w.teacher or '-'} | `{w.recipe}` |"
+            f"{_cpu_latency_cell(w)} | {w.teacher or '-'} | `{w.recipe}` |"
         )
     if not records:
-        lines.append("| (none published yet) | | | | | | | |")
+        lines.append("| (none published yet) | | | | | | | | |")
+    devices = sorted({_device_words(m) for w in records.values() for m in w.latency if _on_cpu(m)})
+    if devices:
+        lines += ["", f"CPU latency: median of timed fp32 forwards, {LATENCY_HOW}, on {'; '.join(devices)}."]
     return "\n".join(lines)
+
+
+LATENCY_HOW = "measured by `blockswap-zoo latency NAME --batch 1 --batch 128 --record`"
+
+
+def _on_cpu(m: dict[str, Any]) -> bool:
+    s = m.get("setting", {})
+    return s.get("device_type") == "cpu" and s.get("dtype") == "float32"
+
+
+def _device_words(m: dict[str, Any]) -> str:
+    s = m["setting"]
+    if s["device_type"] == "cpu":
+        return f"{s['device_name']}, {s['isa']}, {s['threads']} threads, torch {s['torch']}"
+    return f"{s['device_name']} ({s['isa']}), torch {s['torch']}"
+
+
+def _cpu_latency_cell(w: Weights) -> str:
+    """``4.21 / 310`` from the record's CPU fp32 measurements at batch 1 and 128 (``-`` where one is missing)."""
+    by_batch = {m["setting"]["batch"]: m["median_ms"] for m in w.latency if _on_cpu(m)}
+    return " / ".join(f"{by_batch[b]:.3g}" if b in by_batch else "-" for b in (1, 128))
+
+
+def _latency_lines(w: Weights) -> list[str]:
+    """One line per recorded latency measurement, with its device, for the model card."""
+    return [
+        f"- latency: {m['median_ms']:.3g} ms per forward at batch {m['setting']['batch']}, "
+        f"{m['setting']['dtype']} {m['setting']['backend']}, on {_device_words(m)} ({m.get('measured', '')})"
+        for m in w.latency
+    ]
 
 
 def zoo_model_card(records: dict[str, Weights] | None = None) -> str:
@@ -165,6 +198,8 @@ def zoo_model_card(records: dict[str, Weights] | None = None) -> str:
             f"- training: {w.training}",
             f"- accuracy measured by: `{w.eval_command}` in fp32 {evaluated_on(_checkpoint_config(w))}; "
             f"eval transform: {w.eval_transform}",
+            *_latency_lines(w),
+            *([f"- latency {LATENCY_HOW}"] if w.latency else []),
             f"- weights: `{w.file}`, {w.size:,} bytes, sha256 `{w.sha256}`; Hub repo `{w.hf_repo}`",
             f"- license: {w.license}",
             "",

@@ -74,6 +74,7 @@ class Weights:
     training: str  # hardware, schedule and wall time, in words
     eval_command: str
     extra: dict[str, Any] = field(default_factory=dict)
+    latency: list[dict[str, Any]] = field(default_factory=list)  # `blockswap-zoo latency NAME --record`, per setting
 
     @property
     def arch(self) -> str:

@@ -77,14 +77,22 @@ class TeacherSpec:
 
 @dataclass(frozen=True)
 class SearchSpec:
+    """A search: under a budget of parameters or MACs, or of latency on a named setting (then ``budget`` is
+    left out; ``max_params`` may cap parameters as well)."""
+
     backbone: str
-    budget: str
+    budget: str | None = None
     metric: Literal["params", "macs"] = "params"
     tolerance: float = 0.025
     samples: int = 1000
     proxy: Literal["fisher", "grad_norm", "snip", "synflow", "naswot"] = "fisher"
     mode: Literal["exact", "fast"] = "fast"
     seed: int = 0
+    latency: str | None = None  # e.g. 2.5ms: predicted by the latency table of the setting below
+    latency_device: str = "cpu"
+    latency_batch: int = 1
+    latency_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    max_params: str | None = None
 
 
 @dataclass(frozen=True)
@@ -168,7 +176,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         return _build(cast(type, tp), value, where)  # a dataclass type (an annotation), not an instance
     if tp is float and isinstance(value, int | float) and not isinstance(value, bool):
         return float(value)
-    if tp is str and isinstance(value, int | float) and not isinstance(value, bool) and where.endswith("budget"):
+    numeric_text = where.endswith(("budget", "max_params", "latency"))  # 400000 or 2.5 reads as 400k or 2.5 (ms)
+    if tp is str and isinstance(value, int | float) and not isinstance(value, bool) and numeric_text:
         return str(value)
     if tp in (int, str, bool) and type(value) is tp:
         return value
@@ -257,10 +266,24 @@ def _validate_search(s: SearchSpec) -> None:
         _backbone(s.backbone)
     except ValueError as e:
         raise RecipeError(f"student.search.backbone: {e}") from None
-    try:
-        parse_budget(s.budget)
-    except ValueError as e:
-        raise RecipeError(f"student.search.budget: {e}") from None
+    if (s.budget is None) == (s.latency is None):
+        raise RecipeError(
+            "student.search: give exactly one of budget (parameters or MACs) and latency (e.g. 2.5ms); "
+            "cap parameters under a latency budget with max_params"
+        )
+    for name in ("budget", "max_params"):
+        if getattr(s, name) is not None:
+            _field(f"student.search.{name}", parse_budget, getattr(s, name))
+    if s.latency is None and s.max_params is not None:
+        raise RecipeError("student.search.max_params: only with a latency budget (budget already caps parameters)")
+    if s.latency is not None:
+        from .latency import parse_latency
+
+        _field("student.search.latency", parse_latency, s.latency)
+        if s.latency_batch < 1:
+            raise RecipeError(f"student.search.latency_batch: must be >= 1, got {s.latency_batch}")
+        if s.latency_device.split(":")[0] not in ("cpu", "cuda"):
+            raise RecipeError(f"student.search.latency_device: cpu, cuda or cuda:N, got {s.latency_device!r}")
     if not 1 <= s.samples <= MAX_SAMPLES:
         raise RecipeError(f"student.search.samples: must be in 1..{MAX_SAMPLES:,}, got {s.samples}")
     _field("student.search.seed", check_seed, s.seed)

@@ -3,9 +3,11 @@ its record to ``pretrained.json``, both derived from the checkpoint's own config
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .checkpoint import CONFIG_NAME, load_checkpoint_dir
@@ -13,7 +15,7 @@ from .genotype import Genotype
 from .io import atomic_write_text
 from .pretrained import RECORDS_FILE, REPO_ROOT, Weights, is_checkout, load_records
 
-__all__ = ["release_checkpoint"]
+__all__ = ["record_latency", "release_checkpoint"]
 
 _NAME = re.compile(r"^[a-z0-9_]+\.[a-z0-9_]+$")
 
@@ -98,3 +100,25 @@ def release_checkpoint(checkpoint: str | Path, force: bool = False) -> Weights:
     atomic_write_text(RECORDS_FILE, text)
     load_records.cache_clear()
     return w
+
+
+def record_latency(name: str, measurement: dict) -> Weights:
+    """Put a latency measurement (batch, median_ms, spread_ms, setting) into ``name``'s record, replacing the one
+    of the same setting; in a checkout only, as release."""
+    if not is_checkout():
+        raise ValueError(f"--record writes pretrained.json of a repository checkout, and {REPO_ROOT} is not one")
+    records = dict(load_records())
+    if name not in records:
+        raise ValueError(f"{name!r} has no published record to add latency to; published: {', '.join(records)}")
+    w = records[name]
+    kept = [m for m in w.latency if m.get("setting") != measurement["setting"]]
+    entry = {**measurement, "measured": datetime.now(timezone.utc).date().isoformat()}
+    records[name] = dataclasses.replace(w, latency=sorted([*kept, entry], key=_latency_order))
+    atomic_write_text(RECORDS_FILE, json.dumps([r.to_dict() for r in records.values()], indent=2) + "\n")
+    load_records.cache_clear()
+    return records[name]
+
+
+def _latency_order(m: dict) -> tuple[str, int, str]:
+    s = m.get("setting", {})
+    return (str(s.get("device_type")), int(s.get("batch", 0)), str(s.get("device_name")))

@@ -83,7 +83,9 @@ def preflight(recipe: Recipe, max_steps: int | None = None) -> None:
         _check_teacher_source(recipe)
     s = recipe.student.search
     student = student_genotype_of(recipe)
-    if s is not None:
+    if s is not None and s.budget is None:  # a latency budget: its table is measured when the search runs
+        student = Genotype.uniform(s.backbone)  # the largest student the search can pick: a bound for the checks
+    elif s is not None and s.budget is not None:
         try:
             student = sample_genotypes(s.backbone, s.budget, 1, s.seed, s.tolerance, s.metric, info.num_classes,
                                        info.in_chans, tuple(info.input_size[1:]))[0]  # fmt: skip
@@ -196,6 +198,10 @@ def plan(recipe: Recipe) -> dict[str, Any]:
         assert s is not None
         out["search"] = {"backbone": s.backbone, "budget": s.budget, "metric": s.metric, "samples": s.samples,
                          "proxy": s.proxy, "mode": s.mode, "seed": s.seed}  # fmt: skip
+        if s.latency is not None:
+            out["search"] |= {"latency": s.latency, "latency_device": s.latency_device,
+                              "latency_batch": s.latency_batch, "latency_dtype": s.latency_dtype,
+                              "max_params": s.max_params}  # fmt: skip
         fixed = Genotype.uniform(s.backbone)  # cost bound: the search's student is at most this big
         out["student_cost_note"] = "student cost shown for the all-S backbone (an upper bound before the search)"
     teacher_fwd = teacher_g.macs(info.num_classes, info.in_chans, hw) if (teacher_g and recipe.distill) else 0
@@ -310,7 +316,7 @@ def _load_teacher(recipe: Recipe, run_dir: Path, device: str, max_steps: int | N
 
 
 def _search(recipe: Recipe, run_dir: Path, device: str, max_steps: int | None, resume: bool) -> Genotype:
-    from .search import run_search
+    from .search import parse_budget, run_search
 
     s = recipe.student.search
     assert s is not None
@@ -320,11 +326,19 @@ def _search(recipe: Recipe, run_dir: Path, device: str, max_steps: int | None, r
         return Genotype.load(winner)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    latency = None
+    if s.latency is not None:
+        from .latency import parse_latency
+        from .latency.budget import LatencyBudget
+
+        cap = None if s.max_params is None else parse_budget(s.max_params)
+        latency = LatencyBudget(parse_latency(s.latency), s.latency_device, s.latency_batch, s.latency_dtype,
+                                max_params=cap)  # fmt: skip
     result = run_search(
         s.backbone, s.budget, min(s.samples, 8) if max_steps else s.samples, metric=s.metric,
         tolerance=s.tolerance, proxy=s.proxy, mode=s.mode, seed=s.seed, dataset=recipe.dataset.name,
         data_dir=recipe.dataset.data_dir, device=device, workers="auto", report_dir=out,
-        resume=resume and out.exists(),
+        resume=resume and out.exists(), latency=latency,
     )  # fmt: skip
     return result.winner
 

@@ -15,6 +15,7 @@ from rich.table import Table
 from ..genotype import Genotype
 from ..registry import get_arch, list_models
 from ..sources import ModelSource, model_shape, parse_source
+from .latency import latency_cmd, latency_table_cmd
 from .output import console, err_console, fail
 from .search import search as search_cmd
 from .train import distill_cmd, evaluate_cmd, finetune_cmd, train_teacher_cmd
@@ -280,6 +281,8 @@ app.command("distill")(distill_cmd)
 app.command("evaluate")(evaluate_cmd)
 app.command("finetune")(finetune_cmd)
 app.command("search")(search_cmd)  # cli/search.py: it calls run_search
+app.command("latency-table")(latency_table_cmd)  # cli/latency.py
+app.command("latency")(latency_cmd)
 
 
 @app.command()

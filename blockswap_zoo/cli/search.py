@@ -24,6 +24,7 @@ from rich.table import Table
 from .output import console, err_console, fail
 
 if TYPE_CHECKING:
+    from ..latency.budget import LatencyBudget
     from ..search import SearchResult
 
 __all__ = ["search"]
@@ -45,10 +46,21 @@ def _split_block_types(text: str) -> list[str]:
 
 def search(
     backbone: str = typer.Argument(..., help="Backbone or teacher arch: wrn_40_2, wrn_16_2, resnet34, ..."),
-    budget: str = typer.Argument(..., help="Parameter budget, e.g. 200k, 811k, 1.5m (MACs with --macs)."),
+    budget: str | None = typer.Argument(
+        None, help="Parameter budget, e.g. 200k, 811k, 1.5m (MACs with --macs); or leave out and give --latency."
+    ),
     samples: int = typer.Option(1000, "--samples", "-n", help="Number of candidates to score."),
     macs: bool = typer.Option(False, "--macs", help="The budget counts multiply-accumulates, not parameters."),
     tolerance: float = typer.Option(0.025, help="Accepted relative distance from the budget (0.025: +-2.5%)."),
+    latency: str | None = typer.Option(
+        None,
+        help="Latency budget instead of BUDGET, e.g. 2.5ms or 800us: predicted by this machine's latency table "
+        "for --device and --batch (measured first if missing), and the winner measured at the end.",
+    ),
+    latency_batch: int = typer.Option(1, "--batch", help="Batch size the --latency budget is for."),
+    latency_dtype: str = typer.Option("float32", help="dtype the --latency budget is for: float32, bfloat16, float16."),
+    latency_table: Path | None = typer.Option(None, help="Latency table file (default: the cache's, per device)."),
+    max_params: str | None = typer.Option(None, help="With --latency: a parameter cap as well, e.g. 400k."),
     proxy: str = typer.Option("fisher", help="Score: fisher, grad_norm, snip, synflow, naswot."),
     mode: str = typer.Option(
         "auto",
@@ -84,17 +96,21 @@ def search(
 ) -> None:
     """Search random students within a budget for the highest Fisher potential; write a report directory."""
     from ..data import DatasetError, DatasetNotFoundError
-    from ..search import BudgetError, ReportError, parse_budget, run_search
+    from ..latency import LatencyError
+    from ..search import BudgetError, ReportError, run_search
 
     if resume and force:
         _fail("--resume and --force contradict each other; pass one")
     types = None if block_types is None else _split_block_types(block_types)
     try:
-        n_budget = parse_budget(budget)
-    except BudgetError as e:
+        n_budget, target = _budgets(
+            budget, latency, macs, max_params, device, latency_batch, latency_dtype, latency_table
+        )
+    except (BudgetError, LatencyError) as e:
         _fail(str(e))
     if out is None:
-        out = Path(f"search-{backbone}-{budget.strip().lower()}{'-macs' if macs else ''}-s{seed}")
+        what = f"{budget.strip().lower()}{'-macs' if macs else ''}" if budget else latency.strip().lower()  # type: ignore[union-attr]
+        out = Path(f"search-{backbone}-{what}-s{seed}")
     progress, on_progress = _progress_bar()
     try:
         with progress:
@@ -111,6 +127,7 @@ def search(
                 metric="macs" if macs else "params",
                 tolerance=tolerance,
                 block_types=types,
+                latency=target,
                 device=device,
                 workers=workers,
                 threads=threads,
@@ -120,7 +137,7 @@ def search(
                 progress=on_progress,
                 log=lambda line: progress.console.print(f"scoring: {line}", highlight=False, soft_wrap=True),
             )
-    except (BudgetError, ReportError, DatasetError, DatasetNotFoundError, ValueError) as e:
+    except (BudgetError, ReportError, DatasetError, DatasetNotFoundError, LatencyError, ValueError) as e:
         _fail(str(e))
     except OSError as e:  # e.g. --out under a file, or somewhere not writable
         _fail(f"cannot write the report to {out}: {e.strerror or e} ({e.filename or out}); choose another --out")
@@ -131,6 +148,45 @@ def search(
         raise typer.Exit(130) from None
     if _rank() == 0:  # under torchrun, rank 0 shows the winner
         _print_winner(result, out)
+
+
+def _budgets(
+    budget: str | None,
+    latency: str | None,
+    macs: bool,
+    max_params: str | None,
+    device: str,
+    batch: int,
+    dtype: str,
+    table: Path | None,
+) -> tuple[int | None, LatencyBudget | None]:
+    """The parameter (or MAC) budget, or the latency budget: exactly one, checked before any work starts."""
+    from ..latency import LatencyError, parse_latency
+    from ..latency.budget import LatencyBudget
+    from ..latency.device import MeasureSetting
+    from ..search import parse_budget
+
+    if latency is None:
+        if budget is None:
+            raise LatencyError("give a BUDGET (e.g. 400k parameters) or a latency budget (--latency 2.5ms)")
+        if max_params is not None:
+            raise LatencyError("--max-params caps parameters under a --latency budget; with BUDGET it is not needed")
+        return parse_budget(budget), None
+    if budget is not None or macs:
+        raise LatencyError(
+            f"give either BUDGET ({budget or '--macs'}) or --latency {latency}, not both; cap parameters under a "
+            "latency budget with --max-params"
+        )
+    where = "cuda" if device == "auto" and _cuda() else "cpu" if device == "auto" else device
+    MeasureSetting.here(where, batch, dtype)  # names a bad device, batch or dtype now
+    cap = None if max_params is None else parse_budget(max_params)
+    return None, LatencyBudget(parse_latency(latency), where, batch, dtype, None if table is None else str(table), cap)
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _progress_bar() -> tuple[Progress, Callable[[int, int], None]]:
@@ -173,6 +229,15 @@ def _print_winner(result: SearchResult, out: Path) -> None:
         f"{s.num_classes} classes)  {s.proxy} ({s.mode} mode) {result.score:.6g}"
     )
     console.print(f"compact: {g.to_string()}", highlight=False, soft_wrap=True)
+    lat = result.extra.get("latency")
+    if lat:
+        console.print(
+            f"latency: budget {lat['budget_ms']:.3f} ms, predicted {lat['predicted_ms']:.3f} ms, measured "
+            f"{lat['measured_ms']:.3f} ms ({lat['measured_vs_budget_pct']:+.1f}% from the budget) on "
+            f"{lat['measured_on']}",
+            highlight=False,
+            soft_wrap=True,
+        )
     rate = result.rescored / result.seconds if result.seconds > 0 else 0.0
     console.print(
         f"{len(result.candidates)} candidates ({result.rescored} scored now, {rate:.2f}/s); report: {out}",

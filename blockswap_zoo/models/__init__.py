@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from ..backbones import ResNetBackbone
+from torch import nn
+
+from ..backbones import Backbone, ResNetBackbone, Slot
+from ..blocks import BlockType
 from ..genotype import Genotype
 from .base import BlockFactory, SwapNet, fresh_block
-from .resnet import ResNet
-from .wrn import WideResNet
+from .resnet import ResNet, resnet_block_class
+from .wrn import PreActBlock, WideResNet
 
-__all__ = ["ResNet", "SwapNet", "WideResNet", "build_model"]
+__all__ = ["ResNet", "SwapNet", "WideResNet", "block_class", "build_block", "build_model"]
 
 
 def build_model(
@@ -29,3 +32,13 @@ def build_model(
     if isinstance(genotype.backbone_spec, ResNetBackbone):
         return ResNet(genotype, classes, in_chans, drop_rate, make_block)
     return WideResNet(genotype, classes, in_chans, drop_rate, make_block)
+
+
+def block_class(backbone: Backbone, block_type: BlockType) -> type[nn.Module]:
+    """The module class ``backbone``'s builder uses for a block of ``block_type``."""
+    return resnet_block_class(block_type) if isinstance(backbone, ResNetBackbone) else PreActBlock
+
+
+def build_block(backbone: Backbone, block_type: BlockType, slot: Slot) -> nn.Module:
+    """One swappable block of ``block_type`` at ``slot``, built as the network builds it (latency tables time it)."""
+    return block_class(backbone, block_type)(backbone.block_parts(block_type, slot))

@@ -80,6 +80,14 @@ class SwapNet(nn.Module):
         x = self.head_drop(self.global_pool(x).flatten(1))
         return x if pre_logits else self.fc(x)
 
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """The input to the first swappable block."""
+        raise NotImplementedError
+
+    def forward_final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """What follows the last block before pooling (pre-activation nets normalise there; others pass)."""
+        return x
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 

@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from ..backbones import Part, ResNetBackbone
-from ..blocks import build_plan
+from ..blocks import BlockType, build_plan
 from ..genotype import Genotype
 from .base import BlockFactory, SwapNet, fresh_block, init_weights, select
 
-__all__ = ["ResNet", "SwapBasicBlock", "SwapBottleneckBlock"]
+__all__ = ["ResNet", "SwapBasicBlock", "SwapBottleneckBlock", "resnet_block_class"]
 
 
 def _downsample(parts: dict[str, Part]) -> tuple[bool, nn.Module]:
@@ -65,6 +65,11 @@ class SwapBottleneckBlock(nn.Module):
         return self.relu(out + identity)
 
 
+def resnet_block_class(block_type: BlockType) -> type[nn.Module]:
+    """The block module a ResNet builds for ``block_type``: basic-shaped units replace two 3x3 convs, others one."""
+    return SwapBasicBlock if block_type.shape == "basic" else SwapBottleneckBlock
+
+
 class ResNet(SwapNet):
     """ResNet-18/34 in torchvision's layout (ImageNet stem), blocks chosen by a Genotype."""
 
@@ -86,20 +91,22 @@ class ResNet(SwapNet):
         stages: list[list[nn.Module]] = [[] for _ in spec.stage_depths]
         for block_type, slot in zip(genotype.block_types, spec.slots(), strict=True):
             parts = spec.block_parts(block_type, slot)
-            block_class = SwapBasicBlock if block_type.shape == "basic" else SwapBottleneckBlock
-            stages[slot.stage].append(make_block(block_class, parts))
+            stages[slot.stage].append(make_block(resnet_block_class(block_type), parts))
         self.layer1, self.layer2, self.layer3, self.layer4 = (nn.Sequential(*b) for b in stages)
         init_weights(self)
 
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.forward_stem(x)
         return self.layer4(self.layer3(self.layer2(self.layer1(x))))
 
     def forward_intermediates(
         self, x: torch.Tensor, indices: int | list[int] | None = None, intermediates_only: bool = False
     ) -> tuple[torch.Tensor, list[torch.Tensor]] | list[torch.Tensor]:
         """Outputs of layer1..layer4 (the 4 attention points of the paper's ImageNet runs)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.forward_stem(x)
         feats: list[torch.Tensor] = []
         for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = layer(x)

@@ -77,11 +77,17 @@ class WideResNet(SwapNet):
         self.act = nn.ReLU(inplace=True)
         init_weights(self)
 
+    def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(x)
+
+    def forward_final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(x))
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for stage in self.stages:
             x = stage(x)
-        return self.act(self.norm(x))
+        return self.forward_final_norm(x)
 
     def forward_intermediates(
         self, x: torch.Tensor, indices: int | list[int] | None = None, intermediates_only: bool = False
@@ -95,4 +101,4 @@ class WideResNet(SwapNet):
         feats = select(feats, indices)
         if intermediates_only:
             return feats
-        return self.act(self.norm(x)), feats
+        return self.forward_final_norm(x), feats

@@ -21,10 +21,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import torch
 
+from ..backbones import Backbone
 from ..cpu_info import cpu_info
 from ..genotype import Genotype
 from ..io import atomic_write_text
@@ -34,6 +35,10 @@ from .proxies import get_proxy_name
 from .sampler import _backbone, parse_budget, sample_genotypes
 from .scoring import Candidate, Job, ScoreConfig, candidate_seed, describe_config, mode_config, resolve_mode
 from .workers import resolve_workers, score_candidates
+
+if TYPE_CHECKING:
+    from ..latency.budget import LatencyBudget, LatencyDraw
+    from ..latency.table import NetworkShape
 
 __all__ = ["ReportError", "SearchResult", "SearchSettings", "load_report", "run_search"]
 
@@ -70,6 +75,7 @@ class SearchSettings:
     block_types: tuple[str, ...] | None = None
     minibatch_sha256: str | None = None  # the scored images and labels: a resume must see the same ones
     precision: str | None = None  # "fp32" or the autocast dtype: fast mode's depends on the CPU (scoring)
+    latency: dict | None = None  # a latency budget's setting and table (budget then counts microseconds)
     format: str = "blockswap-search-settings/1"
 
     def to_dict(self) -> dict[str, object]:
@@ -93,7 +99,7 @@ class SearchSettings:
         ]
 
 
-_LATER_SETTINGS = ("minibatch_sha256", "precision")  # keys older reports lack
+_LATER_SETTINGS = ("minibatch_sha256", "precision", "latency")  # keys older reports lack
 
 
 @dataclass
@@ -264,7 +270,7 @@ def _prepare_report(report: Path, settings: SearchSettings, resume: bool, force:
 
 def run_search(
     backbone: str,
-    budget: int | str,
+    budget: int | str | None,
     samples: int = 1000,
     *,
     proxy: str = "fisher",
@@ -276,6 +282,7 @@ def run_search(
     metric: str = "params",
     tolerance: float = 0.025,
     block_types: Sequence[str] | None = None,
+    latency: LatencyBudget | None = None,
     device: str = "cpu",
     workers: int | str = 1,
     threads: int | None = None,
@@ -292,6 +299,8 @@ def run_search(
     ``workers``: scoring processes, or ``"auto"`` (``workers.resolve_workers``). Exact mode's scores do not depend
     on it; fast mode's bf16 ones move (within its error) with the torch threads each process gets.
     ``log`` receives one line saying how candidates are scored and why (on rank 0), before scoring starts.
+    With ``latency`` the candidates are drawn under a latency budget instead (``budget``, if given, is ignored
+    in favour of its ``max_params``), and the winner's latency is measured at the end.
     """
     t_start = time.perf_counter()
     _check_arguments(samples, seed, threads)
@@ -305,12 +314,19 @@ def run_search(
     cfg = mode_config(mode, proxy, device, threads)  # before anything is written: an unknown mode is an error
     scoring = f"{describe_config(mode, cfg)}; {workers} scoring process{'es' if workers > 1 else ''}"
     bb = _backbone(backbone)
-    budget_n = parse_budget(budget)
     batch = load_search_batch(dataset, batch_size, seed, data_dir)
     hw = batch.input_size[1:]
-    genotypes = sample_genotypes(
-        bb, budget_n, samples, seed, tolerance, metric, batch.num_classes, batch.in_chans, hw, block_types
-    )
+    draw = None
+    if latency is not None:
+        draw = _draw_under_latency(latency, bb, batch, samples, seed, tolerance, block_types, rank, world, log)
+        genotypes, metric, budget_n = draw.genotypes, "latency", round(latency.ms * 1000)
+    else:
+        if budget is None:
+            raise ValueError("give a budget (parameters or MACs) or a latency budget")
+        budget_n = parse_budget(budget)
+        genotypes = sample_genotypes(
+            bb, budget_n, samples, seed, tolerance, metric, batch.num_classes, batch.in_chans, hw, block_types
+        )
     settings = SearchSettings(
         bb.name,
         budget_n,
@@ -329,6 +345,7 @@ def run_search(
         None if block_types is None else tuple(block_types),
         _minibatch_sha256(batch.images, batch.labels),
         cfg.autocast_precision,
+        None if draw is None else draw.record,
     )
     report = Path(report_dir) if report_dir is not None else None
     if report is not None:
@@ -361,9 +378,48 @@ def run_search(
         rescored=len(records) - len(done),
         extra={"device": device, "world_size": world, "score_config": cfg.to_dict()},
     )
+    if draw is not None and latency is not None and rank == 0:
+        from ..latency.budget import measure_against_budget
+
+        result.extra["latency"] = measure_against_budget(draw.table, _shape(bb, batch), result.winner, latency.ms)
     if report is not None and rank == 0:
         write_report(result)
     return result
+
+
+def _shape(bb: Backbone, batch: SearchBatch) -> NetworkShape:
+    from ..latency.table import NetworkShape
+
+    return NetworkShape(bb, batch.in_chans, tuple(batch.input_size[1:]), batch.num_classes)  # type: ignore[arg-type]
+
+
+def _draw_under_latency(
+    latency: LatencyBudget,
+    bb: Backbone,
+    batch: SearchBatch,
+    samples: int,
+    seed: int,
+    tolerance: float,
+    block_types: Sequence[str] | None,
+    rank: int,
+    world: int,
+    log: Callable[[str], None] | None,
+) -> LatencyDraw:
+    """The latency-budgeted candidates; under torchrun rank 0 measures the missing table entries first, alone."""
+    from ..latency.budget import draw_under_latency
+
+    def draw() -> LatencyDraw:
+        return draw_under_latency(
+            latency, _shape(bb, batch), samples, seed, tolerance, block_types, log if rank == 0 else None
+        )
+
+    if world == 1:
+        return draw()
+    import torch.distributed as dist
+
+    first = draw() if rank == 0 else None
+    dist.barrier()
+    return first if first is not None else draw()
 
 
 def _check_arguments(samples: int, seed: int, threads: int | None) -> None:
@@ -531,7 +587,8 @@ def plot_scores(result: SearchResult, path: Path) -> None:
         ax.set_yscale("log")
     ax.set_xlabel("MACs (M)" if macs else "parameters (K)")
     ax.set_ylabel(s.proxy.replace("_", " ") + (" potential" if s.proxy == "fisher" else ""))
-    ax.set_title(f"{s.backbone} @ {s.budget:,} {s.metric}, {len(result.candidates)} candidates, seed {s.seed}")
+    at = f"{s.budget / 1000:g} ms" if s.metric == "latency" else f"{s.budget:,} {s.metric}"
+    ax.set_title(f"{s.backbone} @ {at}, {len(result.candidates)} candidates, seed {s.seed}")
     ax.legend(loc="best")
     fig.tight_layout()
     buf = io.BytesIO()

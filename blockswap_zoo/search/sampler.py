@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import reduce
@@ -34,9 +34,10 @@ __all__ = [
     "parse_budget",
     "reachable_range",
     "sample_genotypes",
+    "sample_space",
 ]
 
-METRICS = ("params", "macs")
+METRICS = ("params", "macs")  # what BudgetSpace.build counts; "latency" spaces come from blockswap_zoo.latency
 # Primes just below 2^31: a sum of up to 2^32 residues, or a cumulative sum over 2^32 of them, fits in int64.
 _MAX_BUCKETS = 50_000_000
 _MAX_TABLE_BYTES = 4 << 30  # the counting tables of one search (blocks x primes x buckets int64)
@@ -126,6 +127,7 @@ class BudgetSpace:
     types: tuple[tuple[str, ...], ...]  # per slot: the block types buildable there
     costs: tuple[tuple[int, ...], ...]  # per slot: cost of each of those types
     fixed: int  # stem + head cost, the same for every genotype
+    unit: float = 1.0  # what one cost unit is worth: 1 parameter or MAC; for latency, milliseconds
 
     @classmethod
     def build(
@@ -171,6 +173,15 @@ class BudgetSpace:
     def reachable(self) -> tuple[int, int]:
         """The smallest and the largest total cost any genotype of this space has."""
         return self.fixed + sum(min(c) for c in self.costs), self.fixed + sum(max(c) for c in self.costs)
+
+    @property
+    def quantity(self) -> str:
+        """What the cost counts, in words: ``parameters``, ``MACs`` or ``predicted latency``."""
+        return {"params": "parameters", "macs": "MACs"}.get(self.metric, "predicted latency")
+
+    def number(self, cost: int) -> str:
+        """A cost as the user writes it: ``811,370`` (parameters, MACs) or ``2.500 ms`` (latency)."""
+        return f"{cost * self.unit:.3f} ms" if self.metric == "latency" else f"{cost:,}"
 
     def window(self, budget: int, tolerance: float) -> tuple[int, int]:
         """The inclusive integer cost interval [budget (1 - tol), budget (1 + tol)]."""
@@ -315,25 +326,63 @@ def sample_genotypes(
 
     Seeded and reproducible; raises BudgetError naming the reachable range when none qualifies.
     """
-    if n < 0:
-        raise BudgetError(f"number of samples must be >= 0, got {n}")
     budget = parse_budget(budget)
     space = BudgetSpace.build(backbone, metric, num_classes, in_chans, input_size, block_types)
+    return sample_space(space, budget, n, seed, tolerance)
+
+
+def sample_space(
+    space: BudgetSpace,
+    budget: int,
+    n: int,
+    seed: int = 0,
+    tolerance: float = 0.025,
+    accept: Callable[[Genotype], bool] | None = None,
+    accept_rule: str = "",
+    max_draws: int = 1_000_000,
+) -> list[Genotype]:
+    """``n`` genotypes drawn exactly uniformly from those of ``space`` whose cost (in the space's integer units)
+    lies within ``tolerance`` of ``budget``; with ``accept``, uniformly from those it also accepts.
+
+    ``accept`` works by rejection, which keeps the draw uniform over the intersection; ``accept_rule`` names
+    it in the error raised when fewer than ``n`` of ``max_draws`` draws pass.
+    """
+    if n < 0:
+        raise BudgetError(f"number of samples must be >= 0, got {n}")
     lo, hi = space.window(budget, tolerance)
     counter = _Counter(space, lo, hi)
     total = counter.total()
     if total == 0:
         rmin, rmax = space.reachable
-        unit = "parameters" if metric == "params" else "MACs"
         where = (
             "below" if hi < rmin else "above" if lo > rmax else "inside, but no genotype's cost falls in this window"
         )
+        num = space.number
         raise BudgetError(
-            f"no genotype of {space.backbone.name} has {unit} within {tolerance:.1%} of {budget:,} "
-            f"([{lo:,}, {hi:,}]): the reachable range is [{rmin:,}, {rmax:,}] ({where}); "
+            f"no genotype of {space.backbone.name} has {space.quantity} within {tolerance:.1%} of {num(budget)} "
+            f"([{num(lo)}, {num(hi)}]): the reachable range is [{num(rmin)}, {num(rmax)}] ({where}); "
             "choose a budget inside it or widen the tolerance"
         )
     rng = random.Random(f"blockswap-sampler:{seed}")
+    if accept is None:
+        return _draw(space, counter, total, n, rng)
+    kept: list[Genotype] = []
+    drawn = 0
+    while len(kept) < n:
+        if drawn >= max_draws:
+            raise BudgetError(
+                f"only {len(kept)} of {drawn:,} genotypes within {tolerance:.1%} of {space.number(budget)} "
+                f"meet {accept_rule or 'the extra constraint'}, fewer than the {n} asked for; relax one of the two"
+            )
+        size = min(max(4 * (n - len(kept)), 256, drawn), max_draws - drawn)  # doubling: rare passes cost few rounds
+        batch = _draw(space, counter, total, size, rng)
+        drawn += len(batch)
+        kept += [g for g in batch if accept(g)][: n - len(kept)]
+    return kept
+
+
+def _draw(space: BudgetSpace, counter: _Counter, total: int, n: int, rng: random.Random) -> list[Genotype]:
+    """``n`` independent uniform ranks in [0, total), unranked block by block into genotypes."""
     ranks = np.array([rng.randrange(total) for _ in range(n)], dtype=object)
     prefix = np.zeros(n, dtype=np.int64)
     choice = np.zeros((len(space.costs), n), dtype=np.int64)
