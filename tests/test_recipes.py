@@ -44,6 +44,12 @@ def _official() -> dict:
         (lambda d: d["student"]["search"].update(samples=10**30), "student.search.samples"),
         (lambda d: d.update(name="../Escaped.x"), "lowercase letters, digits and underscores"),
         (lambda d: d.update(teacher={"arch": "wrn_16_1", "pretrained": "wrn_40_2.fmnist"}), "make them agree"),
+        (lambda d: d["student"]["search"].update(latency="2ms"), "give exactly one of budget"),
+        (lambda d: d["student"]["search"].update(max_params="300k"), "max_params: only with a latency budget"),
+        (lambda d: d["student"]["search"].update(budget=None, latency="soon"), "student.search.latency"),
+        (lambda d: d["student"]["search"].update(budget=None, latency=2, latency_batch=0), "latency_batch"),
+        (lambda d: d["student"]["search"].update(budget=None, latency=2, latency_device="tpu"), "latency_device"),
+        (lambda d: d["student"]["search"].update(budget=None, latency=2, max_params="x"), "search.max_params"),
     ],
 )
 def test_bad_recipes_name_field_and_file(edit, fragment: str) -> None:
@@ -102,6 +108,29 @@ def test_reproduce_smoke_end_to_end_on_fashion_mnist(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError, match=r"smoke run \(--max-steps 2\)"):
         reproduce(r, tmp_path / "run", resume=True, device="cpu")
     assert json.loads((ckpt / "config.json").read_text())["smoke"] is True
+
+
+def test_a_latency_budget_reaches_the_search(tmp_path: Path, monkeypatch) -> None:
+    """A recipe's latency budget becomes run_search's LatencyBudget (device, batch, dtype, parameter cap)."""
+    from blockswap_zoo import reproduce as reproduce_module
+    from blockswap_zoo.genotype import Genotype
+
+    d = _official()
+    d["student"]["search"].update(budget=None, latency="2.5ms", latency_batch=8, max_params=300000)
+    src = tmp_path / "lat.yaml"
+    src.write_text(yaml.safe_dump(d))
+    r = load_recipe(src)
+    seen = {}
+
+    def fake_search(backbone, budget, samples, **kw):  # type: ignore[no-untyped-def]
+        seen.update(kw, budget=budget)
+        return type("R", (), {"winner": Genotype.uniform("wrn_40_2", "G(N)")})()
+
+    monkeypatch.setattr("blockswap_zoo.search.run_search", fake_search)
+    assert reproduce_module._search(r, tmp_path / "run", "cpu", None, False) == Genotype.uniform("wrn_40_2", "G(N)")
+    lat = seen["latency"]
+    assert seen["budget"] is None and (lat.ms, lat.device, lat.batch, lat.max_params) == (2.5, "cpu", 8, 300_000)
+    assert plan(r)["search"]["latency"] == "2.5ms"
 
 
 def test_teacher_may_be_a_plain_backbone() -> None:
