@@ -65,13 +65,17 @@ class CocoDetectionData(torch.utils.data.Dataset):
                 "(e.g. annotations/instances_val2017.json), or make a set with `blockswap-zoo make-detection-set`"
             )
         if not self.images.is_dir():
-            raise DetectionDataError(f"image folder {self.images} does not exist; pass the folder the JSON's file_names are in")
+            raise DetectionDataError(
+                f"image folder {self.images} does not exist; pass the folder the JSON's file_names are in"
+            )
         coco = require_pycocotools()
         try:
             with _quiet():
                 self.coco = coco.COCO(str(self.annotations))
         except (ValueError, KeyError, TypeError, AssertionError) as e:
-            raise DetectionDataError(f"{self.annotations} is not a COCO instances file ({type(e).__name__}: {e})") from None
+            raise DetectionDataError(
+                f"{self.annotations} is not a COCO instances file ({type(e).__name__}: {e})"
+            ) from None
         self.ids = sorted(self.coco.imgs)
         self.cat_ids = sorted(self.coco.cats)
         if not self.cat_ids:

@@ -36,6 +36,7 @@ __all__ = [
     "backbone_params",
     "build_detector",
     "create_detector",
+    "describe_detector",
     "list_detectors",
     "parse_detector_name",
 ]

@@ -45,7 +45,9 @@ class SyntheticSpec:
         if not 1 <= self.max_items <= 16:
             raise ValueError(f"max_items must be in 1..16, got {self.max_items}")
         if not 0.5 <= self.min_scale <= self.max_scale:
-            raise ValueError(f"scales must satisfy 0.5 <= min_scale <= max_scale, got {self.min_scale}, {self.max_scale}")
+            raise ValueError(
+                f"scales must satisfy 0.5 <= min_scale <= max_scale, got {self.min_scale}, {self.max_scale}"
+            )
         if self.canvas < round(28 * self.max_scale) + 2:
             raise ValueError(f"canvas {self.canvas} is too small for items up to {round(28 * self.max_scale)} px")
 
@@ -125,7 +127,8 @@ def make_detection_set(
         items, labels = data.images[:, 0].numpy(), data.labels.numpy()
         rng = np.random.default_rng([spec.seed, 0 if split == "train" else 1])
         count = spec.train_images if split == "train" else spec.val_images
-        images, annotations = [], []
+        images: list[dict[str, Any]] = []
+        annotations: list[dict[str, Any]] = []
         for i in range(count):
             canvas, objects = make_canvas(items, labels, rng, spec)
             file_name = f"{i:06d}.png"
@@ -145,8 +148,10 @@ def make_detection_set(
                     }
                 )
         doc = {
-            "info": {"description": f"Fashion-MNIST items on {spec.canvas}px canvases (synthetic layout)",
-                     "spec": spec.__dict__},  # fmt: skip
+            "info": {
+                "description": f"Fashion-MNIST items on {spec.canvas}px canvases (synthetic layout)",
+                "spec": spec.__dict__,
+            },  # fmt: skip
             "images": images,
             "annotations": annotations,
             "categories": categories,
