@@ -195,7 +195,8 @@ def coco_evaluate(
     was_training = model.training
     model.eval()
     with_masks = getattr(model, "roi_heads", None) is not None and model.roi_heads.has_mask()  # type: ignore[union-attr, operator]
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=0)
+    # its own generator: evaluating draws nothing from the global RNG, so a run evaluated mid-way resumes exactly
+    loader = DataLoader(data, batch_size, shuffle=False, collate_fn=collate, num_workers=0, generator=torch.Generator())
     boxes: list[dict[str, Any]] = []
     segms: list[dict[str, Any]] = []
     try:

@@ -242,7 +242,10 @@ def _resolve(name_or_genotype: str | Genotype, kind: str | None) -> tuple[Genoty
     try:
         genotype = resolve_genotype(name_or_genotype)
     except (ValueError, FileNotFoundError) as e:
-        raise DetectorError(f"{name_or_genotype!r} is neither a detector name nor a genotype: {e}") from None
+        raise DetectorError(
+            f"{name_or_genotype!r} is neither a detector name (<kind>_<backbone>, kind one of "
+            f"{', '.join(DETECTOR_KINDS)}; `blockswap-zoo list-detectors`) nor a ResNet genotype: {e}"
+        ) from None
     return _check_resnet(genotype, name_or_genotype), kind or "maskrcnn"
 
 
