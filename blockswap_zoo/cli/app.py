@@ -15,6 +15,13 @@ from rich.table import Table
 from ..genotype import Genotype
 from ..registry import get_arch, list_models
 from ..sources import ModelSource, model_shape, parse_source
+from .detection import (
+    evaluate_detector_cmd,
+    list_detectors_cmd,
+    make_detection_set_cmd,
+    search_detector_cmd,
+    train_detector_cmd,
+)
 from .latency import latency_cmd, latency_table_cmd
 from .output import console, err_console, fail
 from .search import search as search_cmd
@@ -283,6 +290,11 @@ app.command("finetune")(finetune_cmd)
 app.command("search")(search_cmd)  # cli/search.py: it calls run_search
 app.command("latency-table")(latency_table_cmd)  # cli/latency.py
 app.command("latency")(latency_cmd)
+app.command("list-detectors")(list_detectors_cmd)  # cli/detection.py: torchvision's detection code inside
+app.command("make-detection-set")(make_detection_set_cmd)
+app.command("search-detector")(search_detector_cmd)
+app.command("train-detector")(train_detector_cmd)
+app.command("evaluate-detector")(evaluate_detector_cmd)
 
 
 @app.command()

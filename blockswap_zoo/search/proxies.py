@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +22,7 @@ from torch.profiler import record_function
 
 __all__ = [
     "PROXIES",
+    "fisher_blocks_of_loss",
     "fisher_per_block",
     "fisher_potential",
     "fisher_term",
@@ -102,8 +104,33 @@ def _fisher_blocks(
     autocast_dtype: torch.dtype | None,
     term: FisherTerm,
 ) -> list[torch.Tensor]:
+    def loss_of(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        logits = net(x)
+        with torch.autocast(x.device.type, enabled=False):  # the loss in fp32, outside any autocast
+            return F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels)
+
+    return fisher_blocks_of_loss(model, images, loss_of, _probes(model), autocast_dtype, term)
+
+
+FisherLoss = Callable[[nn.Module, Any], torch.Tensor]  # (model, input that carries the graph) -> scalar loss
+
+
+def fisher_blocks_of_loss(
+    model: nn.Module,
+    inputs: torch.Tensor | list[torch.Tensor],
+    loss_of: FisherLoss,
+    probes: list[nn.Module],
+    autocast_dtype: torch.dtype | None = None,
+    term: FisherTerm = fisher_term,
+) -> list[torch.Tensor]:
+    """Fisher potential of each probed block under any loss: BlockSwap's definition with L = ``loss_of(model,
+    inputs)`` (cross-entropy for classifiers; a detector's summed losses for the detection search).
+
+    ``model`` is put in train mode with no parameter needing a gradient; ``inputs`` (a tensor or a list of
+    image tensors) carry the graph, so only the backward steps between the loss and the probes run.
+    """
     acts: list[torch.Tensor] = []
-    hooks = [p.register_forward_hook(lambda _m, _i, out: acts.append(out)) for p in _probes(model)]
+    hooks = [p.register_forward_hook(lambda _m, _i, out: acts.append(out)) for p in probes]
     terms: dict[int, torch.Tensor] = {}
 
     def reduce_at(k: int) -> Callable[[torch.Tensor], None]:
@@ -119,16 +146,23 @@ def _fisher_blocks(
         with _frozen(model, train=True):
             # The input carries the graph (no parameter does); autograd.grad then runs only the
             # backward steps between the loss and the probes: no weight gradients at all.
-            x = images.detach().requires_grad_(True)
+            if isinstance(inputs, torch.Tensor):
+                x: Any = inputs.detach().requires_grad_(True)
+                device_type = inputs.device.type
+            else:
+                x = [t.detach().requires_grad_(True) for t in inputs]
+                device_type = inputs[0].device.type
             ctx = (
-                torch.autocast(images.device.type, dtype=autocast_dtype)
+                torch.autocast(device_type, dtype=autocast_dtype)
                 if autocast_dtype is not None
                 else contextlib.nullcontext()
             )
             with record_function("fisher/forward"):
                 with ctx:
-                    logits = model(x)
-                loss = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), labels)
+                    loss = loss_of(model, x)
+                loss = loss.float()
+            if len(acts) != len(probes):
+                raise RuntimeError(f"{len(probes)} probes but {len(acts)} activations: a probe ran more than once")
             for k, a in enumerate(acts):
                 a.register_hook(reduce_at(k))
             with record_function("fisher/backward"):
