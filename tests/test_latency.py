@@ -202,7 +202,8 @@ def test_latency_budgeted_search_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "report"
     types = ",".join(TYPES)
     args = ["search", "wrn_10_1", "--latency", f"{mid}ms", "--latency-table", str(tmp_path / "t.json"), "-n", "4",
-            "--tolerance", "0.1", "--block-types", types, "--device", "cpu", "--workers", "1"]  # fmt: skip
+            "--tolerance", "0.1", "--block-types", types, "--device", "cpu", "--workers", "1",
+            "--latency-settle", "0"]  # fmt: skip
     r = _cli(*args, "-o", str(out), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     summary = json.loads((out / "summary.json").read_text())

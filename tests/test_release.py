@@ -151,3 +151,24 @@ def test_release_is_refused_outside_a_checkout(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(ValueError, match="is not one; run it from a checkout"):
         release.release_checkpoint(tmp_path / "ckpt")
     assert not (tmp_path / "site-packages").exists()
+
+
+def test_latency_is_recorded_per_setting_and_shown_in_the_docs(repo: Path, tmp_path: Path) -> None:
+    from blockswap_zoo.cards import readme_table, zoo_model_card
+
+    release.release_checkpoint(_checkpoint(tmp_path))
+    setting = {"device_type": "cpu", "device_name": "CPU X (family/model/stepping 1/2/3)", "isa": "AVX2, no native bf16",
+               "threads": 2, "torch": "2.14.1", "backend": "eager", "dtype": "float32", "batch": 1}  # fmt: skip
+    release.record_latency(NAME, {"batch": 1, "median_ms": 4.2, "spread_ms": 0.1, "setting": setting})
+    release.record_latency(NAME, {"batch": 1, "median_ms": 4.0, "spread_ms": 0.1, "setting": setting})  # replaces
+    w = release.record_latency(
+        NAME, {"batch": 128, "median_ms": 250.0, "spread_ms": 3.0, "setting": {**setting, "batch": 128}}
+    )
+    assert [(m["batch"], m["median_ms"]) for m in w.latency] == [(1, 4.0), (128, 250.0)]
+    records = {NAME: w}
+    assert "| 4 / 250 |" in readme_table(records) and "CPU X (family/model/stepping 1/2/3), AVX2" in readme_table(
+        records
+    )
+    assert "- latency: 4 ms per forward at batch 1, float32 eager, on CPU X" in zoo_model_card(records)
+    with pytest.raises(ValueError, match="no published record"):
+        release.record_latency("wrn_40_2_bs1k.none", {"setting": setting})

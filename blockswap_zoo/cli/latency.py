@@ -131,6 +131,8 @@ def latency_cmd(
     from ..models import build_model
     from ..sources import model_shape, parse_source
 
+    if table is not None and len(batch) > 1:
+        fail("--table names one setting's table: give one --batch with it")
     rows = []
     try:
         ms = model_shape(parse_source(name))
@@ -138,7 +140,7 @@ def latency_cmd(
         shape = NetworkShape(g.backbone_spec, ms.in_chans, tuple(ms.input_size[1:]), ms.num_classes)  # type: ignore[arg-type]
         for b in batch:
             setting = _setting(device, b, dtype, threads)
-            tab = LatencyTable.open(setting, table if table is not None and len(batch) == 1 else None)
+            tab = LatencyTable.open(setting, table)
             (timing,) = tab.time_networks([build_model(g, ms.num_classes, ms.in_chans)], shape)
             try:
                 predicted: float | None = predict_ms(tab, shape, g)

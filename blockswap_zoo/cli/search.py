@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -61,6 +62,9 @@ def search(
     latency_dtype: str = typer.Option("float32", help="dtype the --latency budget is for: float32, bfloat16, float16."),
     latency_table: Path | None = typer.Option(None, help="Latency table file (default: the cache's, per device)."),
     max_params: str | None = typer.Option(None, help="With --latency: a parameter cap as well, e.g. 400k."),
+    latency_settle: float = typer.Option(
+        30.0, help="Seconds of rest before the winner's latency is measured (a CPU just busy scoring runs slower)."
+    ),
     proxy: str = typer.Option("fisher", help="Score: fisher, grad_norm, snip, synflow, naswot."),
     mode: str = typer.Option(
         "auto",
@@ -106,6 +110,10 @@ def search(
         n_budget, target = _budgets(
             budget, latency, macs, max_params, device, latency_batch, latency_dtype, latency_table
         )
+        if target is not None:
+            if latency_settle < 0:
+                raise LatencyError(f"--latency-settle must be >= 0 seconds, got {latency_settle}")
+            target = dataclasses.replace(target, settle_seconds=latency_settle)
     except (BudgetError, LatencyError) as e:
         _fail(str(e))
     if out is None:

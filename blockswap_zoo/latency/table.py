@@ -256,8 +256,3 @@ def _block_builder(backbone: Backbone, block_type: BlockType, slot: Slot) -> Cal
         return block
 
     return build
-
-
-def needed_block_types(genotypes: Sequence[Genotype]) -> list[str]:
-    """The distinct block types of ``genotypes`` (what a table needs to predict them)."""
-    return list(dict.fromkeys(b for g in genotypes for b in g.blocks))

@@ -381,7 +381,9 @@ def run_search(
     if draw is not None and latency is not None and rank == 0:
         from ..latency.budget import measure_against_budget
 
-        result.extra["latency"] = measure_against_budget(draw.table, _shape(bb, batch), result.winner, latency.ms)
+        result.extra["latency"] = measure_against_budget(
+            draw.table, _shape(bb, batch), result.winner, latency.ms, settle_seconds=latency.settle_seconds
+        )
     if report is not None and rank == 0:
         write_report(result)
     return result

@@ -30,12 +30,12 @@ class DistInfo:
 
 
 def device_name(device: torch.device) -> str:
-    """The hardware behind ``device`` in words: the GPU's name, or the CPU's."""
+    """The hardware behind ``device`` in words: the GPU's name, or the CPU's model, ISA and bf16 support."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import platform
+    from ..cpu_info import cpu_info
 
-    return f"CPU ({platform.processor() or platform.machine()})"
+    return cpu_info().describe()
 
 
 def parse_device(device: str) -> torch.device:
