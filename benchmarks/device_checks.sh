@@ -4,7 +4,7 @@
 # so one slow step cannot eat the others; every step's output lands in $OUT (default ./device-checks).
 #
 #   bash benchmarks/device_checks.sh            # all steps
-#   bash benchmarks/device_checks.sh search     # only the search steps (or: mps, train)
+#   bash benchmarks/device_checks.sh search     # only the search steps (or: mps, train, latency)
 #
 # search: where a candidate's time goes (build, transfer, forward, backward, reduction, kernel
 #         time, launches); the scoring speed table's row; 1000 candidates end to end in exact mode in
@@ -12,6 +12,8 @@
 # mps:    1000 candidates in 8 and 16 worker processes (1 torch thread each) sharing the GPU through
 #         MPS; 1 process with torch's threads and with 1 thread.
 # train:  the teacher and distillation steps, eager and compiled with CUDA graphs.
+# latency: the GPU's latency tables (batch 1 and 128) and the predictor's validation on 30 networks
+#          (about 4 minutes on a 2-core CPU at batch 1; far less per network on a GPU).
 set -u
 out="${OUT:-device-checks}"
 mkdir -p "$out"
@@ -67,5 +69,9 @@ if [[ $which == all || $which == train ]]; then
         --compile-mode reduce-overhead
     step distill_graphs 150 python benchmarks/train_speed.py --device "$dev" --only distill --compile \
         --compile-mode reduce-overhead
+fi
+if [[ $which == all || $which == latency ]]; then
+    step latency_predictor 300 env BLOCKSWAP_ZOO_LATENCY_DIR="$out/latency-tables" python \
+        benchmarks/latency_predictor.py --device "$dev" --networks 30 --out "$out/latency_predictor.json"
 fi
 echo "outputs in $out"

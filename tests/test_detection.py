@@ -387,3 +387,29 @@ def test_cli_make_set_train_evaluate_and_bad_input(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "not a detector training run" in _flat(res.output)
     res = runner.invoke(app, ["list-detectors", "maskrcnn_resnet34_gn*", "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)[0]["backbone_params"] == 2_619_520
+
+
+def test_train_detector_under_torchrun_with_two_cpu_processes(detset: Path, tmp_path: Path) -> None:
+    """DDP over gloo: both ranks train, rank 0 alone writes the run and prints its metrics."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys, torch\ntorch.set_num_threads(1)\nfrom blockswap_zoo.cli import main\n"
+        "sys.argv = ['blockswap-zoo'] + sys.argv[1:]\nmain()\n"
+    )
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29547",
+           str(script), "train-detector", "--detector", f"fasterrcnn_{SMALL_R18}", "--data-root", str(detset),
+           "--train-images", "train", "--train-annotations", "annotations/instances_train.json",
+           "--val-images", "val", "--val-annotations", "annotations/instances_val.json", "--fpn-channels", "16",
+           "--head-channels", "32", "--min-size", "64", "--max-size", "64", "--anchor-sizes", "8,16,32,64,128",
+           "--num-workers", "0", "--device", "cpu", "--epochs", "1", "--batch-size", "2",
+           "--out", str(tmp_path / "ddp")]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert p.stdout.count('"world_size": 2') == 1  # rank 0 alone prints
+    metrics = json.loads(p.stdout[p.stdout.index("{") :])
+    assert metrics["steps"] == 6 and "bbox" in metrics  # 12 canvases, global batch 2: one per rank per step
+    assert (tmp_path / "ddp" / "detector.safetensors").is_file()

@@ -21,7 +21,7 @@ from ..io import atomic_write_bytes, atomic_write_text
 from ..train import distributed as D
 from ..train.artifacts import CHECKPOINT, write_metrics
 from ..train.checkpoint import get_rng_state, load_checkpoint, save_checkpoint, set_rng_state
-from ..train.engine import RunDirError, _prepare_out_dir, _seed_everything, _worker_seed
+from ..train.engine import RunDirError, prepare_out_dir, seed_everything, worker_seed
 from .coco import CocoDetectionData, DetectionDataError, coco_evaluate, collate
 from .config import DetectionTrainConfig
 from .models import DetectorConfig, build_detector, create_detector
@@ -102,12 +102,12 @@ def train_detector(
     dist = D.setup(config.device)
     dev = dist.device
     out = Path(out_dir) if out_dir is not None else None
-    resuming = _prepare_out_dir(out, resume, force, dist.is_main) if out is not None else False
+    resuming = prepare_out_dir(out, resume, force, dist.is_main) if out is not None else False
     if out is not None and force and dist.is_main:
         for name in (WEIGHTS, CONFIG):
             (out / name).unlink(missing_ok=True)
     D.barrier()
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
     kind = config.detector.partition("_")[0]
     train_set, val_set = _datasets(config, masks=kind != "fasterrcnn")
     det_cfg, model = _detector_config(config, train_set.num_classes)
@@ -189,18 +189,12 @@ def train_detector(
 
 
 def _loader(config: DetectionTrainConfig, data: CocoDetectionData, dist: D.DistInfo) -> tuple[Any, Any]:
-    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, Sampler
+    from torch.utils.data import DataLoader
 
-    if config.batch_size % dist.world_size:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {dist.world_size} processes")
-    sampler: Sampler[int]
-    if dist.enabled:
-        sampler = DistributedSampler(data, dist.world_size, dist.rank, shuffle=True, seed=config.seed, drop_last=True)
-    else:
-        sampler = RandomSampler(data, generator=torch.Generator().manual_seed(config.seed))
+    sampler = D.shuffled_sampler(data, dist, config.seed)
     loader = DataLoader(
         data,
-        batch_size=config.batch_size // dist.world_size,
+        batch_size=D.rank_batch_size(config.batch_size, dist),
         sampler=sampler,
         num_workers=config.num_workers,
         collate_fn=collate,
@@ -217,7 +211,7 @@ def _set_epoch(loader: Any, sampler: Any, seed: int, epoch: int, rank: int) -> N
         sampler.set_epoch(epoch)
     else:
         sampler.generator.manual_seed(seed * 100_003 + epoch)
-    loader.generator.manual_seed(_worker_seed(seed, epoch, rank))
+    loader.generator.manual_seed(worker_seed(seed, epoch, rank))
 
 
 def _resume(

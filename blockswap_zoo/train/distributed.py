@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "all_reduce_sum", "barrier", "cleanup", "device_name", "resolve_device", "setup"]
+__all__ = [
+    "DistInfo",
+    "all_reduce_sum",
+    "barrier",
+    "cleanup",
+    "device_name",
+    "rank_batch_size",
+    "resolve_device",
+    "setup",
+    "shuffled_sampler",
+]
 
 
 @dataclass(frozen=True)
@@ -90,3 +101,19 @@ def cleanup() -> None:
     """Leave the process group (call once at the end of a torchrun job)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def rank_batch_size(batch_size: int, info: DistInfo) -> int:
+    """Each process's share of a global batch (ValueError where it does not divide evenly)."""
+    if batch_size % info.world_size:
+        raise ValueError(f"batch_size {batch_size} is not divisible by the {info.world_size} processes")
+    return batch_size // info.world_size
+
+
+def shuffled_sampler(data: Any, info: DistInfo, seed: int) -> torch.utils.data.Sampler[int]:  # noqa: ANN401
+    """A seeded shuffle of ``data``: split across the torchrun processes (dropping the uneven tail), or whole."""
+    from torch.utils.data import DistributedSampler, RandomSampler
+
+    if info.enabled:
+        return DistributedSampler(data, info.world_size, info.rank, shuffle=True, seed=seed, drop_last=True)
+    return RandomSampler(data, generator=torch.Generator().manual_seed(seed))

@@ -35,7 +35,17 @@ from .losses import attention_transfer, kd_loss
 if TYPE_CHECKING:
     from ..models import SwapNet
 
-__all__ = ["RunDirError", "TrainResult", "build_student", "load_teacher", "lr_lambda", "train"]
+__all__ = [
+    "RunDirError",
+    "TrainResult",
+    "build_student",
+    "load_teacher",
+    "lr_lambda",
+    "prepare_out_dir",
+    "seed_everything",
+    "train",
+    "worker_seed",
+]
 
 RUN_FILES = (CHECKPOINT, "metrics.jsonl", "curves.png", "model.safetensors", "config.json", "config.yaml")
 # Settings a resumed run may change: where the data is, how the run executes, is evaluated or shown, and its
@@ -128,13 +138,14 @@ class _Forward(nn.Module):
         return model.forward_head(final), feats
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators (a run's start; resume restores their states)."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def _prepare_out_dir(out: Path, resume: bool, force: bool, main: bool) -> bool:
+def prepare_out_dir(out: Path, resume: bool, force: bool, main: bool) -> bool:
     """Check (and with ``force``, clear) the run dir; returns whether a checkpoint is to be resumed.
 
     A directory holding only the ``config.yaml`` of a run stopped before its first epoch ended
@@ -200,7 +211,7 @@ def _train_loader(
             channels_last=channels_last,
         )
         return loader, loader, n, info
-    from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler, Subset
+    from torch.utils.data import DataLoader, Dataset, Subset
 
     from ..data.transforms import PerSampleDataset, train_transform
 
@@ -213,16 +224,10 @@ def _train_loader(
         info = _with_folder_labels(info, ds.classes)
     if config.subset is not None:
         ds = Subset(ds, range(min(config.subset, len(ds))))  # type: ignore[arg-type]  # both datasets are sized
-    if config.batch_size % dist.world_size:
-        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {dist.world_size} processes")
-    sampler: Sampler[int]
-    if dist.enabled:
-        sampler = DistributedSampler(ds, dist.world_size, dist.rank, shuffle=True, seed=config.seed, drop_last=True)
-    else:
-        sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(config.seed))
+    sampler = D.shuffled_sampler(ds, dist, config.seed)
     host_loader = DataLoader(
         ds,
-        batch_size=config.batch_size // dist.world_size,
+        batch_size=D.rank_batch_size(config.batch_size, dist),
         sampler=sampler,
         num_workers=config.num_workers,
         pin_memory=dist.device.type == "cuda",
@@ -276,7 +281,7 @@ class _HostLoader:
         elif getattr(self.sampler, "generator", None) is not None:
             self.sampler.generator.manual_seed(self.seed * 100_003 + epoch)
         if self.loader.generator is not None:
-            self.loader.generator.manual_seed(_worker_seed(self.seed, epoch, self.rank))
+            self.loader.generator.manual_seed(worker_seed(self.seed, epoch, self.rank))
 
     def __iter__(self):
         for x, y in self.loader:
@@ -286,7 +291,7 @@ class _HostLoader:
             )
 
 
-def _worker_seed(seed: int, epoch: int, rank: int) -> int:
+def worker_seed(seed: int, epoch: int, rank: int) -> int:
     """The DataLoader's base seed for an epoch: distinct per epoch and rank, independent of the global RNG."""
     return int(np.random.SeedSequence([seed, epoch, rank, 0x5EED]).generate_state(1, np.uint64)[0] >> 1)
 
@@ -350,9 +355,9 @@ def _train(
     dev = dist.device
     info = get_dataset_info(config.dataset)
     out = Path(out_dir) if out_dir is not None else None
-    resuming = _prepare_out_dir(out, resume, force, dist.is_main) if out is not None else False
+    resuming = prepare_out_dir(out, resume, force, dist.is_main) if out is not None else False
     D.barrier()
-    _seed_everything(config.seed)
+    seed_everything(config.seed)
 
     amp = _use_bf16(config.amp, dev)
     channels_last = config.channels_last if config.channels_last is not None else dev.type == "cuda"
