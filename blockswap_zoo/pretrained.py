@@ -122,7 +122,8 @@ class Weights:
             macs=cfg["macs"], genotype=Genotype.from_dict(cfg["genotype"]).to_string(), teacher=cfg.get("teacher"),
             recipe=cfg["recipe"], license=cfg.get("license", "mit"), hf_repo=f"blockswap-zoo/{name.replace('.', '-')}",
             eval_transform=cfg["eval_transform"], training=cfg["training"], eval_command=cfg["eval_command"],
-            extra={"description": cfg.get("description", ""), "recipe_sha256": cfg.get("recipe_sha256", "")},
+            extra={"description": cfg.get("description", ""), "recipe_sha256": cfg.get("recipe_sha256", ""),
+                   "role": cfg.get("role", "student")} | ({"budget": cfg["budget"]} if "budget" in cfg else {}),
         )  # fmt: skip
 
 

@@ -132,6 +132,8 @@ class Recipe:
     distill: DistillSpec | None = None
     expected: ExpectedSpec | None = None
     seed: int = 0
+    role: Literal["student", "baseline", "teacher"] = "student"  # what the checkpoint is in the zoo's tables
+    budget: str | None = None  # the parameter budget it is compared at (a searched student's: its search budget)
     license: str = "mit"
     notes: str = ""
     source: str = field(default="", compare=False)  # the file it was read from
@@ -255,6 +257,24 @@ def _validate(r: Recipe) -> None:
             raise RecipeError(f"{where}: epochs and batch_size must be >= 1 and lr > 0")
     if r.student.search is not None:
         _validate_search(r.student.search)
+    _validate_budget(r)
+
+
+def _validate_budget(r: Recipe) -> None:
+    """``budget`` parses, and a student searched under a parameter budget is compared at that budget."""
+    from .search.sampler import parse_budget
+
+    if r.budget is None:
+        return
+    _field("budget", parse_budget, r.budget)
+    s = r.student.search
+    if s is None or s.budget is None or s.metric != "params":
+        return
+    if parse_budget(s.budget) != parse_budget(r.budget):
+        raise RecipeError(
+            f"budget: {r.budget!r} differs from student.search.budget {s.budget!r}; a searched student is compared "
+            "at its search budget (leave budget out, or make them agree)"
+        )
 
 
 def _validate_search(s: SearchSpec) -> None:

@@ -268,6 +268,8 @@ def training_summary(
     if stages == ("teacher",):
         assert t is not None and t.train is not None
         what = f"the teacher stage of recipe {Path(recipe.source).name}: {t.arch}, {_schedule(t.train)}"
+    elif recipe.role == "teacher" and t is None:
+        what = f"recipe {Path(recipe.source).name}: {recipe.arch}, {_schedule(recipe.train)}"
     else:
         teacher = "none" if t is None else t.arch + (f" ({t.train.epochs} epochs)" if t.train else f" ({t.pretrained})")
         what = f"recipe {Path(recipe.source).name}: teacher {teacher}, student {_schedule(recipe.train)}"
@@ -381,6 +383,10 @@ def _write_checkpoint(
         "eval_transform": "normalise with the dataset mean/std, no augmentation", "environment": _environment(),
         "smoke": smoke,
     }  # fmt: skip
+    if recipe.budget is not None and role != "teacher":  # the budget a zoo table compares the model at
+        from .search import parse_budget
+
+        config["budget"] = parse_budget(recipe.budget)
     if wall is not None:
         config["wall_seconds"] = round(wall, 1)
     full = save_checkpoint_dir(cast("SwapNet", model), ckpt_dir, config, overwrite=True)
@@ -433,14 +439,19 @@ def reproduce(
     force: bool = False,
     max_steps: int | None = None,
     device: str = "auto",
+    search_only: bool = False,
 ) -> ReproduceResult:
     """Run the whole recipe into ``run_dir``; the checkpoint lands in ``run_dir/checkpoint`` (and a
-    teacher the recipe names and trains in ``run_dir/teacher_checkpoint``)."""
+    teacher the recipe names and trains in ``run_dir/teacher_checkpoint``). ``search_only`` runs the
+    student search alone (into ``run_dir/search``; a later run resumes after it), e.g. on a CPU before
+    the training goes to a GPU."""
     from .train import TrainConfig, train
 
     run_dir = Path(run_dir)
     marker = run_dir / "recipe.yaml"
     preflight(recipe, max_steps)  # nothing is written for a recipe that cannot run
+    if search_only and recipe.student.search is None:
+        raise RecipeError(f"{recipe.source}: --search-only: the recipe's student is fixed, it has no search")
     check_run_dir(recipe, run_dir, resume, force, max_steps)
     the_plan = plan(recipe)
     if force and run_dir.exists() and any(run_dir.iterdir()):
@@ -450,6 +461,9 @@ def reproduce(
     atomic_write_text(marker, Path(recipe.source).read_text())
     atomic_write_text(run_dir / "plan.json", json.dumps(the_plan, indent=2) + "\n")
     started = time.perf_counter()
+    if search_only:
+        winner = _search(recipe, run_dir, device, max_steps, resume)
+        return ReproduceResult(run_dir, run_dir / "search", {}, None, f"{recipe.name}: searched, winner {winner}")
 
     teacher = _load_teacher(recipe, run_dir, device, max_steps, resume) if recipe.teacher else None
     genotype = student_genotype_of(recipe) or _search(recipe, run_dir, device, max_steps, resume)
@@ -481,7 +495,7 @@ def reproduce(
                 stage_dir=run_dir / "teacher", smoke=smoke,
             )  # fmt: skip
     full = _write_checkpoint(
-        student, ckpt_dir, recipe, name=recipe.name, role="student", description=recipe.description,
+        student, ckpt_dir, recipe, name=recipe.name, role=recipe.role, description=recipe.description,
         teacher=(t.pretrained or t.name or t.arch) if t is not None else None,
         training=training_summary(recipe, run_dir, here, max_steps),
         stage_dir=run_dir / "student", smoke=smoke, wall=time.perf_counter() - started,
