@@ -24,6 +24,7 @@ from .detection import (
 )
 from .latency import latency_cmd, latency_table_cmd
 from .output import console, err_console, fail
+from .reproduce import reproduce_cmd
 from .search import search as search_cmd
 from .train import distill_cmd, evaluate_cmd, finetune_cmd, train_teacher_cmd
 
@@ -290,43 +291,12 @@ app.command("finetune")(finetune_cmd)
 app.command("search")(search_cmd)  # cli/search.py: it calls run_search
 app.command("latency-table")(latency_table_cmd)  # cli/latency.py
 app.command("latency")(latency_cmd)
+app.command("reproduce")(reproduce_cmd)  # cli/reproduce.py: one recipe, or several at once
 app.command("list-detectors")(list_detectors_cmd)  # cli/detection.py: torchvision's detection code inside
 app.command("make-detection-set")(make_detection_set_cmd)
 app.command("search-detector")(search_detector_cmd)
 app.command("train-detector")(train_detector_cmd)
 app.command("evaluate-detector")(evaluate_detector_cmd)
-
-
-@app.command()
-def reproduce(
-    recipe: str = typer.Argument(..., help="A recipe file, or the name of a shipped recipe (see recipes/)."),
-    out: Path | None = typer.Option(None, "--out", help="Run directory (default: runs/<recipe name>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
-    force: bool = typer.Option(False, "--force", help="Delete --out and start over."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved plan and its cost, run nothing."),
-    max_steps: int | None = typer.Option(None, "--max-steps", help="Smoke run: at most N optimiser steps per stage."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N."),
-) -> None:
-    """Rebuild a checkpoint from its recipe; exit 1 if the measured metric misses the recipe's expectation."""
-    from ..recipe import load_recipe
-    from ..reproduce import check_run_dir, plan, preflight
-    from ..reproduce import reproduce as run
-
-    try:
-        r = load_recipe(recipe)
-        run_dir = out or Path("runs") / r.name
-        if dry_run:
-            preflight(r, max_steps)  # what the run would refuse, refused by the dry run too
-            check_run_dir(r, run_dir, resume, force, max_steps)
-            print(json.dumps(plan(r), indent=2))
-            return
-        result = run(r, run_dir, resume=resume, force=force, max_steps=max_steps, device=device)
-    except (ValueError, FileExistsError, FileNotFoundError) as e:
-        fail(str(e))
-    console.print(result.message, highlight=False)
-    console.print(f"checkpoint: {result.checkpoint_dir}")
-    if result.passed is False:
-        raise typer.Exit(1)
 
 
 @app.command()

@@ -1,0 +1,203 @@
+"""Several ``reproduce`` runs at once on one device: each recipe in its own process and run directory,
+resumable on its own, a teacher that several recipes train alike trained once and shared.
+
+A GPU runs small trainings far below its capacity; several processes fill it, but only under NVIDIA MPS
+(without it the GPU time-slices between processes). Each run is ``python -m blockswap_zoo reproduce
+RECIPE --out OUT/NAME --resume``, logging to ``OUT/NAME/reproduce.log``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .recipe import Recipe, RecipeError
+from .sources import resolve_genotype
+
+__all__ = ["RunState", "link_shared_teachers", "plan_runs", "run_many", "seed_searches", "shared_teacher_of"]
+
+LOG_NAME = "reproduce.log"
+SEARCH_KEYS = ("backbone", "metric", "tolerance", "samples", "proxy", "mode", "seed", "dataset")
+
+
+def _teacher_key(r: Recipe) -> tuple | None:
+    """What a recipe's trained teacher depends on; None when it trains none."""
+    t = r.teacher
+    if t is None or t.train is None:
+        return None
+    return (r.dataset, r.seed, resolve_genotype(t.arch).to_string(), t.train)
+
+
+def _provides_key(r: Recipe) -> tuple | None:
+    """The teacher key a recipe's own product equals: a recipe with no teacher, trained from labels alone."""
+    if r.teacher is not None or r.student.genotype is None:
+        return None
+    return (r.dataset, r.seed, resolve_genotype(r.student.genotype).to_string(), r.train)
+
+
+def shared_teacher_of(recipe: Recipe, recipes: list[Recipe]) -> Recipe | None:
+    """The recipe among ``recipes`` whose product is exactly ``recipe``'s teacher stage (same network, data,
+    seed and schedule), so the teacher is trained once; None when there is none."""
+    key = _teacher_key(recipe)
+    return None if key is None else next((r for r in recipes if r is not recipe and _provides_key(r) == key), None)
+
+
+def plan_runs(recipes: list[Recipe]) -> list[list[Recipe]]:
+    """Phases to run in order: the recipes others take their teacher from, then the rest."""
+    names = [r.name for r in recipes]
+    if len(set(names)) != len(names):
+        raise RecipeError(f"a recipe is given twice ({', '.join(sorted({n for n in names if names.count(n) > 1}))})")
+    providers = {id(p): p for r in recipes if (p := shared_teacher_of(r, recipes)) is not None}
+    first = [r for r in recipes if id(r) in providers]
+    rest = [r for r in recipes if id(r) not in providers]
+    return [phase for phase in (first, rest) if phase]
+
+
+def link_shared_teachers(recipes: list[Recipe], out: Path) -> dict[str, str]:
+    """Point each run's ``teacher`` stage at the run that trains that teacher (``OUT/PROVIDER/student``);
+    returns run name -> provider name. A run that already holds a teacher stage of its own keeps it."""
+    linked = {}
+    for r in recipes:
+        provider = shared_teacher_of(r, recipes)
+        if provider is None:
+            continue
+        stage = out / r.name / "teacher"
+        if stage.is_symlink() or not stage.exists():
+            stage.parent.mkdir(parents=True, exist_ok=True)
+            if stage.is_symlink():
+                stage.unlink()
+            stage.symlink_to(Path("..") / provider.name / "student", target_is_directory=True)
+            linked[r.name] = provider.name
+    return linked
+
+
+def seed_searches(recipes: list[Recipe], searches: Path, out: Path) -> list[str]:
+    """Copy a finished search report ``SEARCHES/NAME`` into each run whose own search has not run, after
+    checking it was made with the recipe's settings; returns the names seeded."""
+    from .search import parse_budget
+
+    seeded = []
+    for r in recipes:
+        s = r.student.search
+        report = searches / r.name
+        target = out / r.name / "search"
+        if s is None or not (report / "winner.json").is_file() or target.exists():
+            continue
+        saved = json.loads((report / "settings.json").read_text(encoding="utf-8"))
+        wanted = {k: getattr(s, k, None) for k in SEARCH_KEYS} | {"dataset": r.dataset.name}
+        if s.budget is not None:
+            wanted["budget"] = parse_budget(s.budget)
+        differs = [f"{k}: report {saved.get(k)!r}, recipe {v!r}" for k, v in wanted.items() if saved.get(k) != v]
+        if differs:
+            raise RecipeError(f"{report} was not searched with {r.source}'s settings ({'; '.join(differs)})")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(report, target)
+        seeded.append(r.name)
+    return seeded
+
+
+@dataclass
+class RunState:
+    """One run's progress, read from its run directory."""
+
+    recipe: Recipe
+    run_dir: Path
+    state: str = "waiting"  # waiting, running, done, failed, missed, skipped
+    returncode: int | None = None
+    process: subprocess.Popen | None = field(default=None, repr=False)
+    started: float = 0.0
+    message: str = ""
+
+    def stage(self) -> str:
+        """The stage the run is in and its epoch, from the files its stages write."""
+        if (self.run_dir / "checkpoint" / "model.safetensors").is_file():
+            return "checkpoint written"
+        for name, spec in (
+            ("student", self.recipe.train),
+            ("teacher", self.recipe.teacher and self.recipe.teacher.train),
+        ):
+            metrics = self.run_dir / name / "metrics.jsonl"
+            if metrics.is_file() and not (self.run_dir / name / "model.safetensors").is_file():
+                epochs = sum(1 for line in metrics.read_text().splitlines() if line.strip())
+                return f"{name} epoch {epochs}/{spec.epochs if spec else '?'}"
+        candidates = self.run_dir / "search" / "candidates.jsonl"
+        if candidates.is_file() and not (self.run_dir / "search" / "winner.json").is_file():
+            return f"search {sum(1 for _ in candidates.open())} candidates"
+        return "starting" if self.state == "running" else ""
+
+
+def _command(r: Recipe, run_dir: Path, device: str, max_steps: int | None) -> list[str]:
+    cmd = [sys.executable, "-m", "blockswap_zoo", "reproduce", r.source, "--out", str(run_dir), "--resume"]
+    cmd += ["--device", device] + ([] if max_steps is None else ["--max-steps", str(max_steps)])
+    return cmd
+
+
+def _finish(run: RunState, rc: int) -> None:
+    run.returncode = rc
+    run.state = "done" if rc == 0 else "missed" if rc == 1 and _checkpoint(run) else "failed"
+    log = (run.run_dir / LOG_NAME).read_text(errors="replace").strip().splitlines()
+    run.message = next(
+        (line for line in reversed(log) if line.startswith(run.recipe.name + ":")), log[-1] if log else ""
+    )
+
+
+def _checkpoint(run: RunState) -> bool:
+    return (run.run_dir / "checkpoint" / "model.safetensors").is_file()
+
+
+def run_many(
+    recipes: list[Recipe],
+    out: Path,
+    jobs: int,
+    device: str = "auto",
+    max_steps: int | None = None,
+    on_tick: Callable[[list[RunState]], None] | None = None,
+    poll_s: float = 2.0,
+) -> list[RunState]:
+    """Run every recipe, ``jobs`` processes at a time, phase by phase (``plan_runs``); a run whose shared
+    teacher failed is skipped. ``on_tick`` sees every run's state every ``poll_s`` seconds."""
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    runs = {r.name: RunState(r, out / r.name) for r in recipes}
+    ordered = list(runs.values())
+    try:
+        for phase in plan_runs(recipes):
+            pending = [runs[r.name] for r in phase]
+            active: list[RunState] = []
+            while pending or active:
+                while pending and len(active) < jobs:
+                    run = pending.pop(0)
+                    provider = shared_teacher_of(run.recipe, recipes)
+                    if provider is not None and runs[provider.name].state not in ("done", "missed"):
+                        run.state, run.message = "skipped", f"its teacher's run {provider.name} did not finish"
+                        continue
+                    run.run_dir.mkdir(parents=True, exist_ok=True)
+                    log = (run.run_dir / LOG_NAME).open("a")
+                    run.process = subprocess.Popen(_command(run.recipe, run.run_dir, device, max_steps),
+                                                   stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+                    log.close()
+                    run.state, run.started = "running", time.monotonic()
+                    active.append(run)
+                for run in list(active):
+                    assert run.process is not None
+                    rc = run.process.poll()
+                    if rc is not None:
+                        _finish(run, rc)
+                        active.remove(run)
+                if on_tick is not None:
+                    on_tick(ordered)
+                if active:
+                    time.sleep(poll_s)
+    finally:
+        for run in ordered:  # interrupted: stop the children, whose runs resume later
+            if run.process is not None and run.process.poll() is None:
+                run.process.terminate()
+                run.process.wait()
+                run.state = "stopped"
+    return ordered

@@ -1,0 +1,136 @@
+"""Several recipes at once: the shared teacher, the phases, seeded searches, and a real two-run smoke."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from blockswap_zoo.recipe import RecipeError, list_recipes, load_recipe
+from blockswap_zoo.reproduce_many import link_shared_teachers, plan_runs, seed_searches, shared_teacher_of
+
+TRAIN = {"epochs": 1, "batch_size": 32, "lr": 0.05, "subset": 256}
+
+
+def _teacher_recipe(tmp_path: Path) -> Path:
+    d = {
+        "name": "wrn_10_1.tiny", "kind": "official", "role": "teacher", "description": "a tiny teacher",
+        "dataset": {"name": "fashion_mnist"}, "seed": 0, "teacher": None, "student": {"genotype": "wrn_10_1"},
+        "train": TRAIN,
+    }  # fmt: skip
+    path = tmp_path / "teacher.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def _student_recipe(tmp_path: Path, name: str, genotype: str | None = None, **teacher_train: object) -> Path:
+    student = {"genotype": genotype} if genotype else {
+        "search": {"backbone": "wrn_10_1", "budget": "40k", "samples": 3, "mode": "exact"}
+    }  # fmt: skip
+    d = {
+        "name": name, "kind": "official", "role": "student" if genotype is None else "baseline", "budget": "40k",
+        "description": "a tiny student", "dataset": {"name": "fashion_mnist"}, "seed": 0,
+        "teacher": {"arch": "wrn_10_1", "train": TRAIN | teacher_train}, "student": student,
+        "distill": {"beta": 1000}, "train": TRAIN,
+    }  # fmt: skip
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def test_a_teacher_recipe_is_shared_only_when_it_trains_exactly_the_teacher_stage(tmp_path: Path) -> None:
+    teacher = load_recipe(_teacher_recipe(tmp_path))
+    same = load_recipe(_student_recipe(tmp_path, "wrn_10_1_a.tiny"))
+    other_lr = load_recipe(_student_recipe(tmp_path, "wrn_10_1_b.tiny", lr=0.01))
+    recipes = [same, other_lr, teacher]
+    assert shared_teacher_of(same, recipes) is teacher
+    assert shared_teacher_of(other_lr, recipes) is None  # another schedule: another teacher
+    assert shared_teacher_of(teacher, recipes) is None
+    assert [[r.name for r in phase] for phase in plan_runs(recipes)] == [
+        ["wrn_10_1.tiny"],
+        ["wrn_10_1_a.tiny", "wrn_10_1_b.tiny"],
+    ]
+    assert link_shared_teachers(recipes, tmp_path / "runs") == {"wrn_10_1_a.tiny": "wrn_10_1.tiny"}
+    link = tmp_path / "runs" / "wrn_10_1_a.tiny" / "teacher"
+    assert link.is_symlink() and link.resolve() == (tmp_path / "runs" / "wrn_10_1.tiny" / "student").resolve()
+    with pytest.raises(RecipeError, match="given twice"):
+        plan_runs([same, same])
+
+
+def test_a_seeded_search_must_have_the_recipes_settings(tmp_path: Path) -> None:
+    r = load_recipe(_student_recipe(tmp_path, "wrn_10_1_a.tiny"))
+    report = tmp_path / "searches" / r.name
+    report.mkdir(parents=True)
+    (report / "winner.json").write_text("{}")
+    settings = {"backbone": "wrn_10_1", "budget": 40000, "metric": "params", "tolerance": 0.025, "samples": 3,
+                "proxy": "fisher", "mode": "exact", "seed": 0, "dataset": "fashion_mnist"}  # fmt: skip
+    (report / "settings.json").write_text(json.dumps(settings | {"samples": 1000}))
+    with pytest.raises(RecipeError, match="samples: report 1000, recipe 3"):
+        seed_searches([r], tmp_path / "searches", tmp_path / "runs")
+    (report / "settings.json").write_text(json.dumps(settings | {"device_type": "cpu"}))
+    assert seed_searches([r], tmp_path / "searches", tmp_path / "runs") == [r.name]
+    assert (tmp_path / "runs" / r.name / "search" / "winner.json").is_file()
+    assert seed_searches([r], tmp_path / "searches", tmp_path / "runs") == []  # a run's own search is kept
+
+
+def test_two_runs_share_one_trained_teacher_end_to_end(tmp_path: Path) -> None:
+    """The CLI: the teacher recipe runs first, the student takes its trained teacher, both checkpoints land."""
+    paths = [_teacher_recipe(tmp_path), _student_recipe(tmp_path, "wrn_10_1_a.tiny", genotype="wrn_10_1:v1:G(2);S;S")]
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "blockswap_zoo", "reproduce", *map(str, paths), "--out", str(out), "--jobs", "2",
+           "--max-steps", "2", "--device", "cpu"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "phase 1: wrn_10_1.tiny" in done.stdout and "teacher from wrn_10_1.tiny" in done.stdout
+    student_run = out / "wrn_10_1_a.tiny"
+    assert (student_run / "teacher").resolve() == (out / "wrn_10_1.tiny" / "student").resolve()
+    teacher_cfg = json.loads((out / "wrn_10_1.tiny" / "checkpoint" / "config.json").read_text())
+    student_cfg = json.loads((student_run / "checkpoint" / "config.json").read_text())
+    assert teacher_cfg["role"] == "teacher" and "teacher none" not in teacher_cfg["training"]
+    assert student_cfg["role"] == "baseline" and student_cfg["budget"] == 40_000
+    assert (student_run / "reproduce.log").read_text().count("wrn_10_1_a.tiny: top-1") == 1
+
+
+def test_several_recipes_refuse_force_and_a_bad_search_folder(tmp_path: Path) -> None:
+    paths = [str(_teacher_recipe(tmp_path)), str(_student_recipe(tmp_path, "wrn_10_1_a.tiny"))]
+    base = [sys.executable, "-m", "blockswap_zoo", "reproduce", *paths, "--out", str(tmp_path / "runs")]
+    for extra, message in ((["--force"], "take one recipe"), (["--searches", str(tmp_path / "none")], "not a folder")):
+        done = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2 and message in " ".join(done.stderr.split()), done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_fashion_mnist_zoo_recipes_are_current_and_share_one_teacher() -> None:
+    """tools/make_fmnist_zoo_recipes.py wrote the shipped files, and every zoo student trains the zoo teacher."""
+    tool = Path(__file__).resolve().parents[1] / "tools" / "make_fmnist_zoo_recipes.py"
+    assert subprocess.run([sys.executable, str(tool), "--check"], capture_output=True).returncode == 0
+    zoo = [load_recipe(p) for p in list_recipes("official") if p.parent.name == "fmnist_zoo"]
+    teacher = next(r for r in zoo if r.role == "teacher")
+    others = [r for r in zoo if r is not teacher]
+    assert len(others) == 16 and all(shared_teacher_of(r, zoo) is teacher for r in others)
+    assert {r.budget for r in others if r.role == "student"} == {"150k", "200k", "250k", "400k", "500k", "800k", "1.6m"}
+
+
+def test_budget_must_agree_with_the_search_and_search_only_stops_after_the_search(tmp_path: Path) -> None:
+    path = _student_recipe(tmp_path, "wrn_10_1_a.tiny")
+    d = yaml.safe_load(path.read_text())
+    path.write_text(yaml.safe_dump(d | {"budget": "50k"}))
+    with pytest.raises(RecipeError, match="differs from student.search.budget"):
+        load_recipe(path)
+    path.write_text(yaml.safe_dump(d))
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "blockswap_zoo", "reproduce", str(path), "--out", str(run), "--search-only",
+           "--device", "cpu"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert (run / "search" / "winner.json").is_file() and not (run / "teacher").exists()
+    assert not (run / "checkpoint").exists()
+    fixed = _student_recipe(tmp_path, "wrn_10_1_b.tiny", genotype="wrn_10_1:v1:G(2);S;S")
+    done = subprocess.run(cmd[:4] + [str(fixed), "--out", str(tmp_path / "run_b"), "--search-only"],
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2 and "it has no search" in " ".join(done.stderr.split()), done.stderr
+    assert not (tmp_path / "run_b").exists()
