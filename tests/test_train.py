@@ -223,6 +223,22 @@ def test_compiled_distillation_matches_eager(tmp_path: Path) -> None:
         TrainConfig(compile_mode="fastest")
 
 
+def test_training_compiles_by_default_on_one_gpu_only() -> None:
+    """No flag: CUDA graphs (reduce-overhead) on one GPU, eager on a CPU and under DDP; flags win."""
+    from blockswap_zoo.train.engine import compile_mode_for
+
+    gpu, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert TrainConfig().compile is None and TrainConfig().compile_mode == "auto"
+    assert compile_mode_for(None, "auto", gpu) == "reduce-overhead"
+    assert compile_mode_for(None, "auto", gpu, distributed=True) is None
+    assert compile_mode_for(None, "auto", cpu) is None
+    assert compile_mode_for(False, "auto", gpu) is None  # --no-compile
+    assert compile_mode_for(True, "auto", cpu) == "default"
+    assert compile_mode_for(None, "max-autotune", gpu) == "max-autotune"
+    with pytest.raises(ConfigError, match="compile must be true, false or null"):
+        TrainConfig(compile="yes")  # type: ignore[arg-type]
+
+
 @needs_fmnist
 def test_real_fashion_mnist_run_reaches_well_above_chance(tmp_path: Path) -> None:
     cfg = TrainConfig(

@@ -48,10 +48,19 @@ _OPTIONS: dict[str, tuple[type, Any]] = {
             None, "--channels-last/--no-channels-last", help="channels_last memory format (default: on GPU only)."
         ),
     ),
-    "compile": (bool, typer.Option(None, "--compile/--no-compile", help="torch.compile the model.")),
+    "compile": (
+        bool,
+        typer.Option(
+            None,
+            "--compile/--no-compile",
+            help="torch.compile student and teacher (default: on one GPU, with CUDA graphs; eager on CPUs).",
+        ),
+    ),
     "compile_mode": (
         str,
-        typer.Option(None, help="torch.compile mode: default, reduce-overhead (CUDA graphs), max-autotune, ..."),
+        typer.Option(
+            None, help="torch.compile mode: auto (reduce-overhead, CUDA graphs, on GPUs), default, max-autotune, ..."
+        ),
     ),
     "loader": (str, typer.Option(None, help="auto, device (on-device batch augmentation) or dataloader.")),
     "num_workers": (int, typer.Option(None, help="DataLoader workers (dataloader path).")),

@@ -57,8 +57,8 @@ class TrainConfig:
     device: str = "auto"
     amp: str = "auto"
     channels_last: bool | None = None
-    compile: bool = False
-    compile_mode: str = "default"  # torch.compile mode; reduce-overhead replays CUDA graphs
+    compile: bool | None = None  # None: compiled (CUDA graphs) on one GPU, eager on CPUs and under DDP
+    compile_mode: str = "auto"  # torch.compile mode; auto: reduce-overhead (CUDA graphs) on GPUs
     deterministic: bool = False
     max_steps: int | None = None
     subset: int | None = None
@@ -81,7 +81,7 @@ class TrainConfig:
             "at_mode": ("code", "paper"),
             "amp": ("auto", "bf16", "none"),
             "loader": ("auto", "device", "dataloader"),
-            "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
+            "compile_mode": ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
@@ -122,11 +122,12 @@ class TrainConfig:
             raise ConfigError(f"kd_temperature must be a finite number > 0; got {self.kd_temperature!r}")
         if self.nesterov and self.momentum == 0:
             raise ConfigError("nesterov needs momentum > 0; set --momentum (0.9) or drop --nesterov")
-        for key in ("download", "nesterov", "compile", "deterministic", "progress"):
+        for key in ("download", "nesterov", "deterministic", "progress"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{key} must be true or false; got {getattr(self, key)!r}")
-        if self.channels_last is not None and not isinstance(self.channels_last, bool):
-            raise ConfigError(f"channels_last must be true, false or null; got {self.channels_last!r}")
+        for key in ("channels_last", "compile"):
+            if getattr(self, key) is not None and not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{key} must be true, false or null (auto); got {getattr(self, key)!r}")
         for key in ("arch", "dataset", "device"):
             if not isinstance(getattr(self, key), str) or not getattr(self, key).strip():
                 raise ConfigError(f"{key} must be a non-empty string; got {getattr(self, key)!r}")

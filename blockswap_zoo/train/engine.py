@@ -69,6 +69,15 @@ def _use_bf16(amp: str, dev: torch.device) -> bool:
     return use
 
 
+def compile_mode_for(compile: bool | None, mode: str, dev: torch.device, distributed: bool = False) -> str | None:
+    """The torch.compile mode to train with, None for eager: as asked, else (``compile`` None) CUDA graphs
+    on one GPU, where they pay, and eager on CPUs and under DDP; mode ``auto`` is reduce-overhead on GPUs."""
+    use = compile if compile is not None else dev.type == "cuda" and not distributed
+    if not use:
+        return None
+    return mode if mode != "auto" else "reduce-overhead" if dev.type == "cuda" else "default"
+
+
 def _same_setting(key: str, saved: Any, now: Any) -> bool:  # noqa: ANN401
     """Whether a resumed run's setting is unchanged; a teacher given as a path matches the same file spelt otherwise."""
     if saved == now:
@@ -500,9 +509,10 @@ class _Stepper:
         if dist.enabled:
             fwd = nn.parallel.DistributedDataParallel(fwd, device_ids=[dev.index] if dev.type == "cuda" else None)
         t_fwd = _Forward(teacher, with_features=True) if teacher is not None else None  # (logits, stages), no grad
-        if config.compile:  # the teacher too: with reduce-overhead both replay CUDA graphs
-            fwd = torch.compile(fwd, mode=config.compile_mode)  # type: ignore[assignment]
-            t_fwd = torch.compile(t_fwd, mode=config.compile_mode) if t_fwd is not None else None  # type: ignore[assignment]
+        self.compiled = compile_mode_for(config.compile, config.compile_mode, dev, dist.enabled)
+        if self.compiled:  # the teacher too: with reduce-overhead both replay CUDA graphs
+            fwd = torch.compile(fwd, mode=self.compiled)  # type: ignore[assignment]
+            t_fwd = torch.compile(t_fwd, mode=self.compiled) if t_fwd is not None else None  # type: ignore[assignment]
         self.config, self.device, self.fwd, self.t_fwd = config, dev, fwd, t_fwd
         self.autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
         self.optimizer, self.scheduler = optimizer, scheduler
@@ -515,7 +525,7 @@ class _Stepper:
         config = self.config
         sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, correct, n, at
         for x, y in loader:
-            if config.compile:  # CUDA graphs (reduce-overhead) may reuse the last step's outputs from here on
+            if self.compiled:  # CUDA graphs (reduce-overhead) may reuse the last step's outputs from here on
                 torch.compiler.cudagraph_mark_step_begin()
             with self.autocast():
                 logits, feats = self.fwd(x)
