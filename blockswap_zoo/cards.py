@@ -7,6 +7,16 @@ import re
 from pathlib import Path
 from typing import Any
 
+from .evidence import (
+    EVIDENCE_MARKERS,
+    PARETO_DATA,
+    PARETO_PLOT,
+    budget_table,
+    evidence_section,
+    pareto_json,
+    pareto_points,
+    render_pareto,
+)
 from .genotype import Genotype
 from .pretrained import REPO_ROOT, Weights, load_records
 
@@ -189,6 +199,10 @@ def zoo_model_card(records: dict[str, Weights] | None = None) -> str:
         "",
         readme_table(records),
         "",
+        "## Same budget, other choices",
+        "",
+        budget_table(records),
+        "",
     ]
     for w in records.values():
         parts += [
@@ -213,20 +227,27 @@ def _checkpoint_config(w: Weights) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def update_readme(readme: str) -> str:
-    """The README text with its generated table replaced by the current one."""
-    start, end = README_MARKERS
+def _replace_between(text: str, markers: tuple[str, str], body: str) -> str:
+    start, end = markers
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
-    if not pattern.search(readme):
-        raise ValueError(f"README has no generated-table markers {start!r} ... {end!r}")
-    return pattern.sub(lambda _: f"{start}\n{readme_table()}\n{end}", readme)
+    if not pattern.search(text):
+        raise ValueError(f"README has no generated-section markers {start!r} ... {end!r}")
+    return pattern.sub(lambda _: f"{start}\n{body}\n{end}", text)
+
+
+def update_readme(readme: str) -> str:
+    """The README text with its generated sections (the pretrained table, the zoo's evidence) replaced by
+    the current ones."""
+    readme = _replace_between(readme, README_MARKERS, readme_table())
+    return _replace_between(readme, EVIDENCE_MARKERS, evidence_section())
 
 
 def generated_docs(repo_root: Path) -> dict[Path, str]:
-    """Every generated file and the text it should hold: README.md (its table), MODEL_CARD.md, and each
-    released checkpoint's README.md (from its config.json)."""
+    """Every generated text file and the text it should hold: README.md (its sections), MODEL_CARD.md, the
+    Pareto plot's data, and each released checkpoint's README.md (from its config.json)."""
     readme = repo_root / "README.md"
     docs = {readme: update_readme(readme.read_text()), repo_root / "MODEL_CARD.md": zoo_model_card() + "\n"}
+    docs[repo_root / PARETO_DATA] = pareto_json(pareto_points())
     for w in load_records().values():
         folder = repo_root / Path(w.file).parent
         if (folder / "config.json").is_file():
@@ -237,15 +258,21 @@ def generated_docs(repo_root: Path) -> dict[Path, str]:
 def stale_docs(repo_root: Path, docs: dict[Path, str] | None = None) -> list[Path]:
     """The generated files whose text differs from ``docs`` (default: what ``blockswap-zoo docs`` would write)."""
     docs = generated_docs(repo_root) if docs is None else docs
-    return [p for p, text in docs.items() if not p.is_file() or p.read_text() != text]
+    stale = [p for p, text in docs.items() if not p.is_file() or p.read_text() != text]
+    plot = repo_root / PARETO_PLOT
+    return stale + ([plot] if not plot.is_file() or repo_root / PARETO_DATA in stale else [])
 
 
 def write_docs(repo_root: Path) -> list[Path]:
     """Regenerate README's table, MODEL_CARD.md and the checkpoints' cards; returns the files changed."""
-    from .io import atomic_write_text
+    from .io import atomic_write_bytes, atomic_write_text
 
     docs = generated_docs(repo_root)  # rendered once, compared and written
     changed = stale_docs(repo_root, docs)
     for path in changed:
-        atomic_write_text(path, docs[path])
+        if path == repo_root / PARETO_PLOT:  # drawn from the data written beside it
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(path, render_pareto(json.loads(docs[repo_root / PARETO_DATA])))
+        else:
+            atomic_write_text(path, docs[path])
     return changed

@@ -1,4 +1,5 @@
-"""Generated docs stay in sync with the pretrained records; hubconf exposes one entrypoint per record."""
+"""Generated docs (README sections, MODEL_CARD.md, cards, the Pareto plot's data) stay in sync with the
+pretrained records; hubconf exposes one entrypoint per record."""
 
 import importlib.util
 import json
@@ -50,6 +51,7 @@ def test_docs_check_sees_a_hand_edited_checkpoint_card(tmp_path: Path) -> None:
     for name in ("README.md", "MODEL_CARD.md"):
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "weights", tmp_path / "weights")
+    shutil.copytree(ROOT / "docs", tmp_path / "docs")
     assert stale_docs(tmp_path) == []
     card = tmp_path / "weights" / "wrn_40_2.fmnist" / "README.md"
     card.write_text(card.read_text().replace("top-1", "top-1 (99.99!)", 1))
@@ -72,11 +74,13 @@ def test_the_docs_command_reads_and_writes_the_checkout_it_is_given(tmp_path: Pa
         shutil.copy(ROOT / name, tmp_path / name)
     shutil.copytree(ROOT / "weights", tmp_path / "weights")
     card = tmp_path / "weights" / "wrn_40_2.fmnist" / "README.md"
-    card.write_text("stale")
+    card.write_text("stale")  # and no docs/ folder: the plot and its data are written too
     res = runner.invoke(app, ["docs", "--check", "--repo", str(tmp_path)])
     assert res.exit_code == 1 and "out of date" in res.output
     res = runner.invoke(app, ["docs", "--repo", str(tmp_path)])
     assert res.exit_code == 0 and card.read_text() != "stale"
+    assert (tmp_path / "docs" / "zoo_pareto.png").read_bytes().startswith(b"\x89PNG")
+    assert (tmp_path / "docs" / "zoo_pareto.json").read_text() == (ROOT / "docs" / "zoo_pareto.json").read_text()
     assert (ROOT / "weights" / "wrn_40_2.fmnist" / "README.md").read_text() == card.read_text()
     res = runner.invoke(app, ["docs", "--repo", str(tmp_path / "empty")])
     assert res.exit_code == 2 and "not a blockswap-zoo checkout" in " ".join(res.output.split())
