@@ -60,20 +60,26 @@ def plan_runs(recipes: list[Recipe]) -> list[list[Recipe]]:
 
 
 def link_shared_teachers(recipes: list[Recipe], out: Path) -> dict[str, str]:
-    """Point each run's ``teacher`` stage at the run that trains that teacher (``OUT/PROVIDER/student``);
-    returns run name -> provider name. A run that already holds a teacher stage of its own keeps it."""
+    """Point each run's ``teacher`` stage at the run that trains that teacher (``OUT/PROVIDER/student``),
+    and its ``teacher_checkpoint`` at that run's checkpoint, so the teacher is neither trained nor
+    evaluated again; returns run name -> provider name. A run that already holds a teacher stage of its
+    own keeps it."""
     linked = {}
     for r in recipes:
         provider = shared_teacher_of(r, recipes)
         if provider is None:
             continue
-        stage = out / r.name / "teacher"
-        if stage.is_symlink() or not stage.exists():
-            stage.parent.mkdir(parents=True, exist_ok=True)
-            if stage.is_symlink():
-                stage.unlink()
-            stage.symlink_to(Path("..") / provider.name / "student", target_is_directory=True)
-            linked[r.name] = provider.name
+        run = out / r.name
+        if (run / "teacher").exists() and not (run / "teacher").is_symlink():
+            continue
+        run.mkdir(parents=True, exist_ok=True)
+        for name, target in (("teacher", "student"), ("teacher_checkpoint", "checkpoint")):
+            link = run / name
+            if link.is_symlink():
+                link.unlink()
+            if not link.exists():
+                link.symlink_to(Path("..") / provider.name / target, target_is_directory=True)
+        linked[r.name] = provider.name
     return linked
 
 
@@ -118,6 +124,8 @@ class RunState:
         """The stage the run is in and its epoch, from the files its stages write."""
         if (self.run_dir / "checkpoint" / "model.safetensors").is_file():
             return "checkpoint written"
+        if (self.run_dir / "student" / "model.safetensors").is_file():
+            return "evaluating"
         for name, spec in (
             ("student", self.recipe.train),
             ("teacher", self.recipe.teacher and self.recipe.teacher.train),
@@ -145,6 +153,11 @@ def _finish(run: RunState, rc: int) -> None:
     run.message = next(
         (line for line in reversed(log) if line.startswith(run.recipe.name + ":")), log[-1] if log else ""
     )
+
+
+def _finished_message(run: RunState) -> str:
+    metrics = json.loads((run.run_dir / "checkpoint" / "config.json").read_text(encoding="utf-8"))["metrics"]
+    return f"{run.recipe.name}: top-1 {metrics['top1']:.2f}% (finished earlier)"
 
 
 def _checkpoint(run: RunState) -> bool:
@@ -176,6 +189,9 @@ def run_many(
                     provider = shared_teacher_of(run.recipe, recipes)
                     if provider is not None and runs[provider.name].state not in ("done", "missed"):
                         run.state, run.message = "skipped", f"its teacher's run {provider.name} did not finish"
+                        continue
+                    if _checkpoint(run):  # finished in an earlier call: not evaluated again
+                        run.state, run.message = "done", _finished_message(run)
                         continue
                     run.run_dir.mkdir(parents=True, exist_ok=True)
                     log = (run.run_dir / LOG_NAME).open("a")

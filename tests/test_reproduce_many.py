@@ -88,10 +88,15 @@ def test_two_runs_share_one_trained_teacher_end_to_end(tmp_path: Path) -> None:
     assert "phase 1: wrn_10_1.tiny" in done.stdout and "teacher from wrn_10_1.tiny" in done.stdout
     student_run = out / "wrn_10_1_a.tiny"
     assert (student_run / "teacher").resolve() == (out / "wrn_10_1.tiny" / "student").resolve()
+    assert (student_run / "teacher_checkpoint").resolve() == (out / "wrn_10_1.tiny" / "checkpoint").resolve()
     teacher_cfg = json.loads((out / "wrn_10_1.tiny" / "checkpoint" / "config.json").read_text())
     student_cfg = json.loads((student_run / "checkpoint" / "config.json").read_text())
     assert teacher_cfg["role"] == "teacher" and "teacher none" not in teacher_cfg["training"]
     assert student_cfg["role"] == "baseline" and student_cfg["budget"] == 40_000
+    assert (student_run / "reproduce.log").read_text().count("wrn_10_1_a.tiny: top-1") == 1
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # a later call: nothing left to do
+    assert again.returncode == 0 and "wrn_10_1_a.tiny: done checkpoint written wrn_10_1_a.tiny: top-1" in again.stdout
+    assert again.stdout.count("(finished earlier)") == 4, again.stdout + again.stderr  # 2 lines, 2 table rows
     assert (student_run / "reproduce.log").read_text().count("wrn_10_1_a.tiny: top-1") == 1
 
 
