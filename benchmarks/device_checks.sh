@@ -11,7 +11,7 @@
 #         1, 4 and 8 processes; the CLI's search of the embedded batch with 8 workers.
 # mps:    1000 candidates in 8 and 16 worker processes (1 torch thread each) sharing the GPU through
 #         MPS; 1 process with torch's threads and with 1 thread.
-# train:  the teacher and distillation steps, eager and compiled with CUDA graphs.
+# train:  the engine's teacher and 800K distillation, eager and default (CUDA graphs), 1, 4 and 8 at once.
 # latency: the GPU's latency tables (batch 1 and 128) and the predictor's validation on 30 networks
 #          (about 4 minutes on a 2-core CPU at batch 1; far less per network on a GPU).
 set -u
@@ -64,11 +64,12 @@ if [[ $which == all || $which == mps ]]; then
         --search-candidates 200 --search-runs exact,exact:1:1,exact
 fi
 if [[ $which == all || $which == train ]]; then
-    step train_eager 120 python benchmarks/train_speed.py --device "$dev" --only teacher
-    step train_graphs 150 python benchmarks/train_speed.py --device "$dev" --only teacher --compile \
-        --compile-mode reduce-overhead
-    step distill_graphs 150 python benchmarks/train_speed.py --device "$dev" --only distill --compile \
-        --compile-mode reduce-overhead
+    # the real engine on Fashion-MNIST: eager against the default (CUDA graphs) alone, then the default
+    # 4 and 8 runs at once under MPS (issue 17's targets)
+    step engine_alone 240 python benchmarks/engine_speed.py --device "$dev" --concurrent 1
+    nvidia-cuda-mps-control -d 2>/dev/null
+    step engine_concurrent 300 python benchmarks/engine_speed.py --device "$dev" --settings default --concurrent 4,8
+    echo quit | nvidia-cuda-mps-control 2>/dev/null
 fi
 if [[ $which == all || $which == latency ]]; then
     step latency_predictor 300 env BLOCKSWAP_ZOO_LATENCY_DIR="$out/latency-tables" python \
