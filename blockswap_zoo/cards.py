@@ -13,6 +13,8 @@ from .evidence import (
     PARETO_PLOT,
     budget_table,
     evidence_section,
+    fp32_on,
+    latency_cell,
     pareto_json,
     pareto_points,
     render_pareto,
@@ -148,11 +150,11 @@ def readme_table(records: dict[str, Weights] | None = None) -> str:
         lines.append(
             f"| `{w.name}` | {DATASET_TITLES.get(w.dataset, w.dataset)} | {w.metrics.get('top1', float('nan')):.2f} | "
             f"{w.metrics.get('top5', float('nan')):.2f} | {w.params / 1e3:.1f}K | {w.macs / 1e6:.2f}M | "
-            f"{_cpu_latency_cell(w)} | {w.teacher or '-'} | `{w.recipe}` |"
+            f"{latency_cell(w, 'cpu')} | {w.teacher or '-'} | `{w.recipe}` |"
         )
     if not records:
         lines.append("| (none published yet) | | | | | | | | |")
-    devices = sorted({_device_words(m) for w in records.values() for m in w.latency if _on_cpu(m)})
+    devices = sorted({_device_words(m) for w in records.values() for m in w.latency if fp32_on(m, "cpu")})
     if devices:
         lines += ["", f"CPU latency: median of timed fp32 forwards, {LATENCY_HOW}, on {'; '.join(devices)}."]
     return "\n".join(lines)
@@ -161,22 +163,11 @@ def readme_table(records: dict[str, Weights] | None = None) -> str:
 LATENCY_HOW = "measured by `blockswap-zoo latency NAME --batch 1 --batch 128 --record`"
 
 
-def _on_cpu(m: dict[str, Any]) -> bool:
-    s = m.get("setting", {})
-    return s.get("device_type") == "cpu" and s.get("dtype") == "float32"
-
-
 def _device_words(m: dict[str, Any]) -> str:
     s = m["setting"]
     if s["device_type"] == "cpu":
         return f"{s['device_name']}, {s['isa']}, {s['threads']} threads, torch {s['torch']}"
     return f"{s['device_name']} ({s['isa']}), torch {s['torch']}"
-
-
-def _cpu_latency_cell(w: Weights) -> str:
-    """``4.21 / 310`` from the record's CPU fp32 measurements at batch 1 and 128 (``-`` where one is missing)."""
-    by_batch = {m["setting"]["batch"]: m["median_ms"] for m in w.latency if _on_cpu(m)}
-    return " / ".join(f"{by_batch[b]:.3g}" if b in by_batch else "-" for b in (1, 128))
 
 
 def _latency_lines(w: Weights) -> list[str]:

@@ -19,6 +19,8 @@ __all__ = [
     "budget_table",
     "comparison_kind",
     "evidence_section",
+    "fp32_on",
+    "latency_cell",
     "pareto_json",
     "pareto_points",
     "render_pareto",
@@ -47,9 +49,16 @@ def comparison_kind(w: Weights) -> str | None:
     return "single-blocktype" if len(blocks) == 1 else "random"
 
 
-def _latency_cell(w: Weights, device_type: str) -> str:
-    """``4.21 / 310``: median ms at batch 1 / 128 on that device type (``-`` where not measured)."""
-    by_batch = {m["setting"]["batch"]: m["median_ms"] for m in w.latency if m["setting"]["device_type"] == device_type}
+def fp32_on(m: dict[str, Any], device_type: str) -> bool:
+    """Whether a record's latency measurement is an fp32 one on that device type (what the tables show)."""
+    s = m.get("setting", {})
+    return s.get("device_type") == device_type and s.get("dtype") == "float32"
+
+
+def latency_cell(w: Weights, device_type: str) -> str:
+    """``4.21 / 310``: the record's fp32 median ms at batch 1 / 128 on that device type (``-`` where one
+    is missing); the README's and MODEL_CARD.md's latency columns."""
+    by_batch = {m["setting"]["batch"]: m["median_ms"] for m in w.latency if fp32_on(m, device_type)}
     return " / ".join(f"{by_batch[b]:.3g}" if b in by_batch else "-" for b in (1, 128))
 
 
@@ -93,7 +102,7 @@ def budget_table(records: dict[str, Weights] | None = None) -> str:
         for kind, w in rows:
             lines.append(
                 f"| {_budget_words(budget)} | `{w.name}` | {kind} | {w.metrics['top1']:.2f} | {w.metrics['top5']:.2f} | "
-                f"{w.params / 1e3:.1f}K | {w.macs / 1e6:.2f}M | {_latency_cell(w, 'cuda')} | {_latency_cell(w, 'cpu')} |"
+                f"{w.params / 1e3:.1f}K | {w.macs / 1e6:.2f}M | {latency_cell(w, 'cuda')} | {latency_cell(w, 'cpu')} |"
             )
         ours = [w for kind, w in rows if kind == "BlockSwap"]
         others = [w for kind, w in rows if kind != "BlockSwap"]
@@ -117,12 +126,17 @@ def budget_table(records: dict[str, Weights] | None = None) -> str:
 
 def _how_measured(records: dict[str, Weights]) -> str:
     devices = sorted(
-        {f"{m['setting']['device_name']} ({m['setting']['isa']})" for w in records.values() for m in w.latency}
+        {
+            f"{m['setting']['device_name']} ({m['setting']['isa']})"
+            for w in records.values()
+            for m in w.latency
+            if fp32_on(m, m["setting"]["device_type"])
+        }
     )
     text = (
         "Top-1 and top-5 on the Fashion-MNIST test set as each record's `eval_command` measured them; every model "
         "of a budget distilled from the same teacher with the same schedule (its model card says which). Latency: "
-        "median ms per forward, `blockswap-zoo latency NAME --batch 1 --batch 128 --record`"
+        "median ms per fp32 forward, `blockswap-zoo latency NAME --batch 1 --batch 128 --record`"
     )
     return text + (f", on {'; '.join(devices)}." if devices else ".")
 

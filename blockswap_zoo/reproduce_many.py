@@ -114,15 +114,19 @@ class RunState:
 
     recipe: Recipe
     run_dir: Path
-    state: str = "waiting"  # waiting, running, done, failed, missed, skipped
+    state: str = "waiting"  # waiting, running, done, failed, missed, skipped, stopped
     returncode: int | None = None
     process: subprocess.Popen | None = field(default=None, repr=False)
-    started: float = 0.0
     message: str = ""
+
+    @property
+    def has_checkpoint(self) -> bool:
+        """Whether the run has written its checkpoint (it finished, in this call or an earlier one)."""
+        return (self.run_dir / "checkpoint" / "model.safetensors").is_file()
 
     def stage(self) -> str:
         """The stage the run is in and its epoch, from the files its stages write."""
-        if (self.run_dir / "checkpoint" / "model.safetensors").is_file():
+        if self.has_checkpoint:
             return "checkpoint written"
         if (self.run_dir / "student" / "model.safetensors").is_file():
             return "evaluating"
@@ -148,7 +152,7 @@ def _command(r: Recipe, run_dir: Path, device: str, max_steps: int | None) -> li
 
 def _finish(run: RunState, rc: int) -> None:
     run.returncode = rc
-    run.state = "done" if rc == 0 else "missed" if rc == 1 and _checkpoint(run) else "failed"
+    run.state = "done" if rc == 0 else "missed" if rc == 1 and run.has_checkpoint else "failed"
     log = (run.run_dir / LOG_NAME).read_text(errors="replace").strip().splitlines()
     run.message = next(
         (line for line in reversed(log) if line.startswith(run.recipe.name + ":")), log[-1] if log else ""
@@ -158,10 +162,6 @@ def _finish(run: RunState, rc: int) -> None:
 def _finished_message(run: RunState) -> str:
     metrics = json.loads((run.run_dir / "checkpoint" / "config.json").read_text(encoding="utf-8"))["metrics"]
     return f"{run.recipe.name}: top-1 {metrics['top1']:.2f}% (finished earlier)"
-
-
-def _checkpoint(run: RunState) -> bool:
-    return (run.run_dir / "checkpoint" / "model.safetensors").is_file()
 
 
 def run_many(
@@ -190,7 +190,7 @@ def run_many(
                     if provider is not None and runs[provider.name].state not in ("done", "missed"):
                         run.state, run.message = "skipped", f"its teacher's run {provider.name} did not finish"
                         continue
-                    if _checkpoint(run):  # finished in an earlier call: not evaluated again
+                    if run.has_checkpoint:  # finished in an earlier call: not evaluated again
                         run.state, run.message = "done", _finished_message(run)
                         continue
                     run.run_dir.mkdir(parents=True, exist_ok=True)
@@ -198,7 +198,7 @@ def run_many(
                     run.process = subprocess.Popen(_command(run.recipe, run.run_dir, device, max_steps),
                                                    stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
                     log.close()
-                    run.state, run.started = "running", time.monotonic()
+                    run.state = "running"
                     active.append(run)
                 for run in list(active):
                     assert run.process is not None
