@@ -3,13 +3,15 @@ short fixed schedule (no distillation) and scored at initialisation by every pro
 params and MACs; then rank correlations, picks against random and best, and the paper's sample-count
 experiment.
 
-    python benchmarks/proxy_study.py train --budgets 200k,400k,800k --students 50 --epochs 10 --out runs/proxy_study
-    python benchmarks/proxy_study.py score --out runs/proxy_study --seeds 0,1,2
-    python benchmarks/proxy_study.py analyse --out runs/proxy_study
+    python benchmarks/proxy_study.py score --out studies/proxy_study --budgets 200k,400k,800k --students 50 --seeds 0,1,2
+    python benchmarks/proxy_study.py train --out studies/proxy_study --budgets 200k,400k,800k --students 50 --epochs 5
+    python benchmarks/proxy_study.py analyse --out studies/proxy_study
 
-``train`` is resumable (a student is done once its line is in ``students*.jsonl``) and shards with
-``--shard I/K``: K processes (e.g. under NVIDIA MPS on one GPU) each train every K-th student into their
-own file. ``score`` runs on CPU too. ``analyse`` writes ``results.json`` and ``proxy_study.png``.
+``train`` and ``score`` draw the same students from ``--budgets``, ``--students`` and ``--seed`` and run
+apart: ``score`` on any CPU, ``train`` on a GPU. Both are resumable (a student is done once its line is in
+``students*.jsonl`` / ``scores.jsonl``); ``train`` shards with ``--shard I/K``: K processes (e.g. under
+NVIDIA MPS on one GPU) each train every K-th student into their own file. ``analyse`` checks that both
+hold the same genotypes and writes ``results.json`` and ``proxy_study.png``.
 """
 
 from __future__ import annotations
@@ -76,16 +78,24 @@ def plan(budgets: list[str], students: int, seed: int) -> list[dict[str, Any]]:
     return out
 
 
+def _fix_settings(path: Path, settings: dict[str, Any]) -> None:
+    """Record a step's settings on its first run; refuse to resume a study made with others."""
+    if path.is_file() and json.loads(path.read_text()) != settings:
+        raise SystemExit(f"{path.parent} holds a study with other settings ({path}); use another --out")
+    atomic_write_text(path, json.dumps(settings, indent=2) + "\n")
+
+
+def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    return {"budgets": args.budgets.split(","), "students": args.students, "seed": args.seed}
+
+
 def train_students(args: argparse.Namespace) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    settings = {"budgets": args.budgets.split(","), "students": args.students, "seed": args.seed,
+    settings = {**_sampling(args),
                 "schedule": {"epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
                              "max_steps": args.max_steps, "eval_subset": args.eval_subset}}  # fmt: skip
-    settings_file = out / "settings.json"
-    if settings_file.is_file() and json.loads(settings_file.read_text()) != settings:
-        raise SystemExit(f"{out} holds a study with other settings ({settings_file}); use another --out")
-    atomic_write_text(settings_file, json.dumps(settings, indent=2) + "\n")
+    _fix_settings(out / "settings.json", settings)
     shard, shards = (int(v) for v in args.shard.split("/"))
     mine = [s for i, s in enumerate(plan(settings["budgets"], args.students, args.seed)) if i % shards == shard]
     results = out / f"students.{shard}.jsonl"
@@ -109,18 +119,23 @@ def train_students(args: argparse.Namespace) -> None:
 def score_students(args: argparse.Namespace) -> None:
     """Every proxy at initialisation (one minibatch, several init seeds), params and MACs, per student."""
     out = Path(args.out)
-    settings = json.loads((out / "settings.json").read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {**_sampling(args), "init_seeds": args.seeds, "batch": args.batch}
+    _fix_settings(out / "score_settings.json", settings)
     info = get_dataset_info(DATASET)
     batch = load_search_batch(DATASET, batch_size=args.batch, seed=0)
     device = torch.device(
         "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
     )
     images, labels = batch.images.to(device), batch.labels.to(device)
-    rows = []
-    for s in plan(settings["budgets"], settings["students"], settings["seed"]):
+    results = out / "scores.jsonl"
+    done = {(r["budget"], r["index"]) for r in _read_jsonl([results] if results.is_file() else [])}
+    todo = [s for s in plan(settings["budgets"], args.students, args.seed) if (s["budget"], s["index"]) not in done]
+    print(f"{len(done)} students already scored, {len(todo)} to go", flush=True)
+    for s in todo:
+        t0 = time.perf_counter()
         g = Genotype.from_string(s["genotype"])
-        row: dict[str, Any] = {"budget": s["budget"], "index": s["index"],
-                               "params": g.num_params(info.num_classes, info.in_chans),
+        row: dict[str, Any] = {**s, "params": g.num_params(info.num_classes, info.in_chans),
                                "macs": g.macs(info.num_classes, info.in_chans, info.input_size[1:])}  # fmt: skip
         for name, proxy in PROXIES.items():
             values = []
@@ -129,9 +144,9 @@ def score_students(args: argparse.Namespace) -> None:
                 model = build_model(g, num_classes=info.num_classes, in_chans=info.in_chans).to(device)
                 values.append(float(proxy(model, images, labels)))
             row[name] = values
-        rows.append(row)
-    atomic_write_text(out / "scores.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    print(f"scored {len(rows)} students with {', '.join(PROXIES)} at init seeds {args.seeds}")
+        row["hardware"] = _hardware(str(device))
+        _append(results, row)
+        print(f"{s['budget']} #{s['index']}: scored in {time.perf_counter() - t0:.1f}s", flush=True)
 
 
 def analyse(args: argparse.Namespace) -> dict[str, Any]:
@@ -140,7 +155,15 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     accuracy = {(r["budget"], r["index"]): r for r in _read_jsonl(sorted(out.glob("students*.jsonl")))}
     scores = [r for r in _read_jsonl([out / "scores.jsonl"]) if (r["budget"], r["index"]) in accuracy]
-    results: dict[str, Any] = {"settings": json.loads((out / "settings.json").read_text()), "budgets": {}}
+    for r in scores:
+        if r["genotype"] != accuracy[(r["budget"], r["index"])]["genotype"]:
+            raise SystemExit(
+                f"{out}: student {r['index']} at {r['budget']} was scored and trained as two different genotypes; "
+                "run score and train with the same --budgets, --students and --seed"
+            )
+    results: dict[str, Any] = {"settings": json.loads((out / "settings.json").read_text()),
+                               "score_settings": json.loads((out / "score_settings.json").read_text()),
+                               "budgets": {}}  # fmt: skip
     for budget in sorted({r["budget"] for r in scores}):
         rows = [r for r in scores if r["budget"] == budget]
         acc = np.array([accuracy[(r["budget"], r["index"])]["top1"] for r in rows])
@@ -159,7 +182,8 @@ def analyse(args: argparse.Namespace) -> dict[str, Any]:
             }
         results["budgets"][str(budget)] = per
     results["command"] = " ".join(sys.argv)
-    results["hardware"] = sorted({r.get("hardware", "?") for r in accuracy.values()})
+    results["hardware"] = {"train": sorted({r.get("hardware", "?") for r in accuracy.values()}),
+                           "score": sorted({r.get("hardware", "?") for r in scores})}  # fmt: skip
     results["python"], results["torch"] = platform.python_version(), torch.__version__
     atomic_write_text(out / "results.json", json.dumps(_nan_to_null(results), indent=2, allow_nan=False) + "\n")
     _plot(out, scores, accuracy)
@@ -210,9 +234,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     sub = parser.add_subparsers(dest="step", required=True)
     t = sub.add_parser("train", help="train the students (resumable, shardable)")
-    t.add_argument("--budgets", default="200k,400k,800k")
-    t.add_argument("--students", type=int, default=50)
-    t.add_argument("--seed", type=int, default=0, help="sampling and training seed")
     t.add_argument("--epochs", type=int, default=10)
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--lr", type=float, default=0.1)
@@ -221,7 +242,11 @@ def main(argv: list[str] | None = None) -> None:
     t.add_argument("--device", default="auto")
     t.add_argument("--compile", action="store_true")
     t.add_argument("--shard", default="0/1", help="I/K: train every K-th student starting at I")
-    s = sub.add_parser("score", help="score every student at initialisation with every proxy")
+    s = sub.add_parser("score", help="score every student at initialisation with every proxy (resumable)")
+    for p in (t, s):
+        p.add_argument("--budgets", default="200k,400k,800k")
+        p.add_argument("--students", type=int, default=50)
+        p.add_argument("--seed", type=int, default=0, help="sampling seed (and train's training seed)")
     s.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0, 1, 2])
     s.add_argument("--batch", type=int, default=128, help="minibatch size (the search's)")
     s.add_argument("--device", default="auto")

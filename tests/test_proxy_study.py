@@ -71,13 +71,24 @@ def test_the_study_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
     assert [(r["budget"], r["index"]) for r in rows] == [(200_000, 0), (200_000, 1)]
     study.main(train)  # resumed: nothing left to train, nothing added
     assert len((tmp_path / "study" / "students.0.jsonl").read_text().splitlines()) == 2
-    study.main(["score", "--seeds", "0", "--batch", "16", *common])
+    score = ["score", "--budgets", "200k", "--students", "2", "--seeds", "0", "--batch", "16", *common]
+    study.main(score)
+    study.main(score)  # resumed: nothing left to score
+    assert len((tmp_path / "study" / "scores.jsonl").read_text().splitlines()) == 2
+    with pytest.raises(SystemExit, match="other settings"):
+        study.main(["score", "--budgets", "200k", "--students", "3", "--seeds", "0", "--batch", "16", *common])
     study.main(["analyse", "--bootstrap", "20", *common])
     results = json.loads((tmp_path / "study" / "results.json").read_text())
     per = results["budgets"]["200000"]
     assert per["students"] == 2 and set(per) >= {"fisher", "synflow", "params", "macs"}
     assert per["fisher"]["pick_of_k"]["1"] == pytest.approx(per["mean_top1"])
-    assert results["settings"]["schedule"]["max_steps"] == 2 and results["hardware"]
+    assert results["settings"]["schedule"]["max_steps"] == 2 and results["hardware"]["score"]
+    assert results["score_settings"]["init_seeds"] == [0]
+    scores = tmp_path / "study" / "scores.jsonl"
+    first, second = (json.loads(line) for line in scores.read_text().splitlines())
+    scores.write_text("".join(json.dumps({**r, "genotype": second["genotype"]}) + "\n" for r in (first, second)))
+    with pytest.raises(SystemExit, match="two different genotypes"):
+        study.main(["analyse", "--bootstrap", "20", *common])  # scored and trained students must be the same
     assert (tmp_path / "study" / "proxy_study.png").stat().st_size > 0
     with pytest.raises(SystemExit, match="other settings"):
         study.main([*train[:-2], "--students", "3", *common])
