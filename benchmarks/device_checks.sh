@@ -4,14 +4,18 @@
 # so one slow step cannot eat the others; every step's output lands in $OUT (default ./device-checks).
 #
 #   bash benchmarks/device_checks.sh            # all steps
-#   bash benchmarks/device_checks.sh search     # only the search steps (or: mps, train, latency)
+#   bash benchmarks/device_checks.sh search     # only the search steps (or: mps, train, train2, latency)
 #
 # search: where a candidate's time goes (build, transfer, forward, backward, reduction, kernel
 #         time, launches); the scoring speed table's row; 1000 candidates end to end in exact mode in
 #         1, 4 and 8 processes; the CLI's search of the embedded batch with 8 workers.
 # mps:    1000 candidates in 8 and 16 worker processes (1 torch thread each) sharing the GPU through
 #         MPS; 1 process with torch's threads and with 1 thread.
-# train:  the engine's teacher and 800K distillation, eager and default (CUDA graphs), 1, 4 and 8 at once.
+# train:  the engine's teacher and 800K distillation on Fashion-MNIST, eager and default (CUDA graphs), alone;
+#         the default again on the now warm compile cache; the default 4 and 8 at once under MPS
+#         (about 8 minutes).
+# train2: the same alone on CIFAR-shaped data; the defaults' accuracy against eager fp32, 3 seeds; one
+#         training step per block type and layout (why grouped students are slow) (about 8 minutes).
 # latency: the GPU's latency tables (batch 1 and 128) and the predictor's validation on 30 networks
 #          (about 4 minutes on a 2-core CPU at batch 1; far less per network on a GPU).
 set -u
@@ -20,6 +24,8 @@ mkdir -p "$out"
 which="${1:-all}"
 dev="${DEVICE:-cuda}"  # DEVICE=cpu tries the script out on a machine without a GPU
 export PYTHONPATH="${PYTHONPATH:-}:$(pwd)"
+# Fashion-MNIST for the train steps: carried in as data/ (mkdir -p data && cp /usr/share/datasets/fashion-mnist/*.gz data/)
+[ -d data ] && export BLOCKSWAP_ZOO_DATA="${BLOCKSWAP_ZOO_DATA:-$(pwd)/data}"
 
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, keep its output, go on on failure
     local name=$1 limit=$2
@@ -66,10 +72,22 @@ fi
 if [[ $which == all || $which == train ]]; then
     # the real engine on Fashion-MNIST: eager against the default (CUDA graphs) alone, then the default
     # 4 and 8 runs at once under MPS (issue 17's targets)
-    step engine_alone 240 python benchmarks/engine_speed.py --device "$dev" --concurrent 1
+    export TORCHINDUCTOR_CACHE_DIR=/tmp/device-checks-inductor  # cold first, warm for the repeat
+    rm -rf "$TORCHINDUCTOR_CACHE_DIR"
+    step engine_alone 240 python benchmarks/train_speed.py --device "$dev" --data fashion_mnist --concurrent 1
+    step engine_warm_cache 120 python benchmarks/train_speed.py --device "$dev" --data fashion_mnist \
+        --settings default --concurrent 1
     nvidia-cuda-mps-control -d 2>/dev/null
-    step engine_concurrent 300 python benchmarks/engine_speed.py --device "$dev" --settings default --concurrent 4,8
+    step engine_concurrent 300 python benchmarks/train_speed.py --device "$dev" --data fashion_mnist \
+        --settings default --kinds distill,teacher --concurrent 4,8
     echo quit | nvidia-cuda-mps-control 2>/dev/null
+fi
+if [[ $which == all || $which == train2 ]]; then
+    # the same engine on CIFAR-shaped data, and what the defaults do to accuracy (3 seeds, paired)
+    step engine_cifar 240 python benchmarks/train_speed.py --device "$dev" --data cifar_shaped --concurrent 1
+    step fast_accuracy 240 python benchmarks/fast_defaults_accuracy.py --device "$dev" --seeds 0,1,2 \
+        --json "$out/fast_accuracy.json"
+    step blocktype_speed 120 python benchmarks/blocktype_train_speed.py --device "$dev"
 fi
 if [[ $which == all || $which == latency ]]; then
     step latency_predictor 300 env BLOCKSWAP_ZOO_LATENCY_DIR="$out/latency-tables" python \

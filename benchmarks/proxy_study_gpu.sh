@@ -19,6 +19,8 @@ extra=()
 [ -n "${MAX_STEPS:-}" ] && extra+=(--max-steps "$MAX_STEPS" --eval-subset 256)
 mkdir -p "$out" "$study"
 export PYTHONPATH="${PYTHONPATH:-}:$(pwd)"
+# Fashion-MNIST for training: carried in as data/ (mkdir -p data && cp /usr/share/datasets/fashion-mnist/*.gz data/)
+[ -d data ] && export BLOCKSWAP_ZOO_DATA="${BLOCKSWAP_ZOO_DATA:-$(pwd)/data}"
 if [ "$dev" = cuda ]; then
     nvidia-cuda-mps-control -d 2>/dev/null || true  # several processes share the GPU's SMs
 fi

@@ -1,212 +1,163 @@
-"""Training throughput: the fast path vs. how the paper's code trains, in one process.
+"""Training throughput of the real engine (``blockswap_zoo.train.train``): a WRN-40-2 teacher and an 800K
+student's AT distillation from it, on real Fashion-MNIST and on CIFAR-shaped data, one run alone and K
+runs at once (K processes, under NVIDIA MPS on a GPU).
 
-fast:     uint8 images on the device, whole-batch augmentation (DeviceLoader), bf16 autocast and
-          channels_last on GPU, optional torch.compile, metrics kept on the device.
-baseline: torchvision DataLoader with per-sample PIL transforms (crop, flip, Cutout), fp32, NCHW.
+Settings, each a ``TrainConfig`` the CLI can express:
 
-Both run the same step (SGD, momentum 0.9, wd 5e-4; distillation: CE + 1000 * AT at the stage
-outputs from a frozen WRN-40-2). Data are random uint8 CIFAR-shaped images (speed does not depend
-on content; the real CIFAR-10 is not downloadable here). Reports medians of repeats in images/s.
+    paper    how the paper's code trains: torchvision DataLoader with per-sample transforms, fp32, NCHW, eager
+    eager    the defaults with ``--no-compile`` (on GPUs: on-device batch augmentation, bf16, channels_last)
+    default  no flags (on one GPU: torch.compile with CUDA graphs; on CPUs the same as eager)
+    bf16     ``--amp bf16 --channels-last --no-compile``: what a CPU with native bf16 can opt into
 
-    python benchmarks/train_speed.py                       # defaults sized for the device
-    python benchmarks/train_speed.py --device cuda --steps 50 --repeats 5 --compile
-    python benchmarks/train_speed.py --device cuda --compile --compile-mode reduce-overhead   # CUDA graphs
-    python benchmarks/train_speed.py --amp bf16 --channels-last   # on a CPU with native bf16 (AVX512-BF16)
+Each run trains ``--repeats + 1`` short epochs of ``--steps`` batches; the first (warm-up and compiling) is
+dropped and the median of the others' images/s is the run's figure. The first epoch's seconds are reported
+beside it: compiling included, so a second call shows what compiling costs with a warm cache. With K runs
+at once, the aggregate is the sum of the K runs' figures (their timed epochs overlap, as they start
+together and run alike).
+CIFAR-shaped data are random uint8 3x32x32 images written in CIFAR-10's official format and read by the
+engine's own CIFAR reader (the real CIFAR-10 cannot be downloaded here; speed does not depend on content).
+
+    python benchmarks/train_speed.py --device cuda --settings eager,default --concurrent 1,4,8
+    python benchmarks/train_speed.py --device cpu --settings paper,default,bf16 --steps 4 --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
+import pickle
 import statistics
-import time
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, RandomSampler
 
 from blockswap_zoo.cpu_info import cpu_info
-from blockswap_zoo.data import DeviceLoader, get_dataset_info
-from blockswap_zoo.data.transforms import PerSampleDataset, train_transform
+from blockswap_zoo.data.cifar import CIFAR_LAYOUTS, write_cifar_batch
 from blockswap_zoo.factory import create_model
-from blockswap_zoo.train.losses import attention_transfer
+from blockswap_zoo.genotype import Genotype
+from blockswap_zoo.io import atomic_write_text
+from blockswap_zoo.train import TrainConfig, train
+
+STUDENT_800K = "wrn_40_2_bs800k.fmnist_at_e30"  # the zoo's 800K student: its search's winner
+SETTINGS: dict[str, dict[str, Any]] = {
+    "paper": {"loader": "dataloader", "amp": "none", "channels_last": False, "compile": False},
+    "eager": {"compile": False},
+    "default": {},
+    "bf16": {"amp": "bf16", "channels_last": True, "compile": False},
+}
+DATA = {"fashion_mnist": "fashion_mnist", "cifar_shaped": "cifar10"}
 
 
-def _batches(loader, device, fmt):
-    while True:
-        for x, y in loader:
-            yield x.to(device, non_blocking=True).contiguous(memory_format=fmt), y.to(device, non_blocking=True)
+def _student_genotype() -> str:
+    """The 800K student's genotype, from the zoo's search report."""
+    winner = Path(__file__).resolve().parents[1] / "searches" / "fmnist_zoo" / STUDENT_800K / "winner.json"
+    return Genotype.load(winner).to_string()
 
 
-def measure(kind: str, fast: bool, args, images, labels, device) -> list[float]:
-    """images/s of ``steps`` optimiser steps, once per repeat (after warmup steps)."""
-    info = get_dataset_info("cifar10")
-    torch.manual_seed(0)
-    gpu = device.type == "cuda"  # the engine's defaults: bf16 and channels_last on GPUs only
-    fmt = torch.channels_last if fast and (gpu or args.channels_last) else torch.contiguous_format
-    amp = fast and (gpu or args.amp == "bf16")
-    student = create_model(args.student if kind == "distill" else args.teacher).to(device, memory_format=fmt)
-    teacher = create_model(args.teacher).to(device, memory_format=fmt).eval() if kind == "distill" else None
-    if teacher is not None:
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-    opt = torch.optim.SGD(student.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-
-    def step_fn(x, y):
-        final, feats = student.forward_intermediates(x)
-        loss = F.cross_entropy(student.forward_head(final).float(), y)
-        if teacher is not None:
-            with torch.no_grad():
-                t_feats = teacher.forward_intermediates(x, intermediates_only=True)
-            loss = loss + 1000.0 * attention_transfer(feats, t_feats)
-        return loss
-
-    if fast and args.compile:
-        step_fn = torch.compile(step_fn, mode=args.compile_mode)
-    if fast:
-        it = _batches(
-            DeviceLoader(images, labels, info, args.batch_size, device, channels_last=fmt != torch.contiguous_format),
-            device,
-            fmt,
+def write_cifar_shaped(root: Path, n_train: int, n_test: int, seed: int = 0) -> Path:
+    """Random uint8 images and labels in CIFAR-10's on-disk layout under ``root``; -> ``root``."""
+    layout = CIFAR_LAYOUTS["cifar10"]
+    folder = root / layout.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    per_batch = -(-n_train // len(layout.train))
+    for name, n in [*((f, per_batch) for f in layout.train), *((f, n_test) for f in layout.test)]:
+        write_cifar_batch(
+            folder / name, rng.integers(0, 256, (n, 3072), dtype=np.uint8), rng.integers(0, 10, n).tolist()
         )
-    else:
-        ds = PerSampleDataset(images, labels, train_transform(info))
-        dl = DataLoader(
-            ds,
-            batch_size=args.batch_size,
-            sampler=RandomSampler(ds),
-            num_workers=args.workers,
-            pin_memory=device.type == "cuda",
-            drop_last=True,
-            persistent_workers=args.workers > 0,
-        )
-        it = _batches(dl, device, fmt)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
-    loss_sum = torch.zeros((), device=device)
-
-    def run(n: int) -> None:
-        nonlocal loss_sum
-        for _ in range(n):
-            x, y = next(it)
-            if fast and args.compile:  # as the engine: each step may reuse the last one's CUDA-graph outputs
-                torch.compiler.cudagraph_mark_step_begin()
-            with autocast():
-                loss = step_fn(x, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach()
-
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-
-    run(args.warmup)
-    sync()
-    rates = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        run(args.steps)
-        sync()
-        rates.append(args.steps * args.batch_size / (time.perf_counter() - t0))
-    assert torch.isfinite(loss_sum).item()
-    return rates
+    meta = {layout.names_key.encode(): [f"class{i}".encode() for i in range(10)]}
+    (folder / layout.meta).write_bytes(pickle.dumps(meta, protocol=2))
+    return root
 
 
-def measure_data(fast: bool, args, images, labels, device) -> list[float]:
-    """images/s of the input pipeline alone (augmented batches delivered on the device)."""
-    info = get_dataset_info("cifar10")
-    if fast:
-        it = _batches(DeviceLoader(images, labels, info, args.batch_size, device), device, torch.contiguous_format)
-    else:
-        ds = PerSampleDataset(images, labels, train_transform(info))
-        dl = DataLoader(
-            ds,
-            batch_size=args.batch_size,
-            sampler=RandomSampler(ds),
-            num_workers=args.workers,
-            pin_memory=device.type == "cuda",
-            drop_last=True,
-            persistent_workers=args.workers > 0,
-        )
-        it = _batches(dl, device, torch.contiguous_format)
-    n = max(args.images // args.batch_size // 2, 1)
-    for _ in range(3):
-        next(it)
-    rates = []
-    for _ in range(args.repeats):
-        t0 = time.perf_counter()
-        for _ in range(n):
-            x, _y = next(it)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        rates.append(n * args.batch_size / (time.perf_counter() - t0))
-    return rates
+def one_run(kind: str, setting: str, data: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Train once in this process; the run's median images/s after the warm-up epoch."""
+    dataset = DATA[data]
+    in_chans = 1 if dataset == "fashion_mnist" else 3
+    cfg = TrainConfig(
+        arch="wrn_40_2" if kind == "teacher" else _student_genotype(), dataset=dataset, data_dir=args.data_dir,
+        download=False, epochs=args.repeats + 1, batch_size=args.batch_size, subset=args.steps * args.batch_size,
+        eval_every=0, eval_subset=args.batch_size, progress=False, device=args.device, num_workers=args.workers,
+        **SETTINGS[setting],
+    )  # fmt: skip
+    teacher = create_model("wrn_40_2", num_classes=10, in_chans=in_chans) if kind == "distill" else None
+    result = train(cfg, teacher=teacher)
+    rates = [r["images_per_s"] for r in result.history[1:]]
+    first = result.history[0]["epoch_time_s"]  # compiling included: compare a cold and a warm compile cache
+    return {"kind": kind, "setting": setting, "data": data, "images_per_s": statistics.median(rates),
+            "epochs": rates, "first_epoch_s": first}  # fmt: skip
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--teacher", default="wrn_40_2")
-    p.add_argument("--student", default="wrn_40_2_bs811k")
-    p.add_argument("--batch-size", type=int, default=None, help="default 128 on GPU, 32 on CPU")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per repeat (default 50 GPU, 3 CPU)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--workers", type=int, default=None, help="baseline DataLoader workers (default: CPU count, max 8)")
-    p.add_argument("--images", type=int, default=10000, help="synthetic training images")
-    p.add_argument("--compile", action="store_true", help="torch.compile the fast step")
-    p.add_argument(
-        "--compile-mode",
-        default="default",
-        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
-        help="torch.compile mode; reduce-overhead replays CUDA graphs (the step is launch-bound on GPUs)",
-    )
-    p.add_argument("--amp", choices=["auto", "bf16"], default="auto", help="bf16: autocast the fast step on a CPU too")
-    p.add_argument("--channels-last", action="store_true", help="channels_last in the fast step on a CPU too")
-    p.add_argument("--only", choices=["data", "teacher", "distill"], default=None)
-    p.add_argument("--json", action="store_true")
-    args = p.parse_args()
-    device = torch.device(
-        "cuda"
-        if args.device == "auto" and torch.cuda.is_available()
-        else ("cpu" if args.device == "auto" else args.device)
-    )
-    gpu = device.type == "cuda"
-    args.batch_size = args.batch_size or (128 if gpu else 32)
-    args.steps = args.steps or (50 if gpu else 3)
-    args.warmup = args.warmup if args.warmup is not None else (10 if gpu else 1)
-    import os
+def _device_words(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{cpu_info().describe()}, {torch.get_num_threads()} threads"
 
-    args.workers = args.workers if args.workers is not None else min(os.cpu_count() or 1, 8)
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (args.images, 3, 32, 32), dtype=torch.uint8, generator=g)
-    labels = torch.randint(0, 10, (args.images,), generator=g)
-    name = (
-        torch.cuda.get_device_name(device)
-        if gpu
-        else f"CPU {cpu_info().describe()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-    )
-    print(
-        f"device: {name}; torch {torch.__version__}; "
-        f"batch {args.batch_size}, {args.steps} steps x {args.repeats} repeats"
-    )
-    results = {}
-    for kind in ["data", "teacher", "distill"] if args.only is None else [args.only]:
-        m = measure_data if kind == "data" else (lambda f, *a, k=kind: measure(k, f, *a))
-        base = m(False, args, images, labels, device)
-        fast = m(True, args, images, labels, device)
-        b, f = statistics.median(base), statistics.median(fast)
-        results[kind] = {"baseline_img_s": b, "fast_img_s": f, "ratio": f / b, "baseline_runs": base, "fast_runs": fast}
-        what = {
-            "data": "input pipeline only (augmented batches)",
-            "teacher": f"{args.teacher} teacher",
-            "distill": f"AT distillation {args.student} <- {args.teacher}",
-        }[kind]
-        print(f"{what:55s} baseline {b:9.1f} img/s   fast {f:9.1f} img/s   x{f / b:.2f}")
+
+def _runs_at_once(k: int, worker: list[str]) -> list[dict[str, Any]] | str:
+    """K worker processes started together; their results, or why they failed."""
+    procs = [subprocess.Popen(worker, stdout=subprocess.PIPE, text=True) for _ in range(k)]
+    outs = [proc.communicate()[0] for proc in procs]
+    if any(proc.returncode for proc in procs):
+        return f"failed (exit {[q.returncode for q in procs]})"
+    return [json.loads(out.strip().splitlines()[-1]) for out in outs]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--kinds", default="teacher,distill", help="teacher (WRN-40-2) and/or distill (800K <- WRN-40-2)")
+    p.add_argument("--settings", default="eager,default", help=f"any of {', '.join(SETTINGS)}")
+    p.add_argument("--data", default="fashion_mnist,cifar_shaped", help=f"any of {', '.join(DATA)}")
+    p.add_argument("--concurrent", default="1", help="runs at once, e.g. 1,4,8 (K processes)")
+    p.add_argument("--steps", type=int, default=100, help="batches per timed epoch")
+    p.add_argument("--repeats", type=int, default=3, help="timed epochs per run (after one warm-up epoch)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=4, help="DataLoader workers of the paper setting")
+    p.add_argument("--json", default=None, help="also write every run's figures to this file")
+    p.add_argument("--data-dir", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker", nargs=3, metavar=("KIND", "SETTING", "DATA"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(one_run(*args.worker, args)), flush=True)
+        return
+    for name, allowed in (("settings", SETTINGS), ("data", DATA), ("kinds", ("teacher", "distill"))):
+        unknown = set(getattr(args, name).split(",")) - set(allowed)
+        if unknown:
+            p.error(f"--{name}: unknown {', '.join(sorted(unknown))}; choose from {', '.join(allowed)}")
+    print(f"device: {_device_words(args.device)}; torch {torch.__version__}; batch {args.batch_size}, "
+          f"{args.steps} steps x {args.repeats} timed epochs per run", flush=True)  # fmt: skip
+    print("| data | run | setting | runs at once | img/s per run (median) | img/s together | first epoch s |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    base = [sys.executable, __file__, "--device", args.device, "--steps", str(args.steps), "--repeats",
+            str(args.repeats), "--batch-size", str(args.batch_size), "--workers", str(args.workers)]  # fmt: skip
+    table = []
+    with tempfile.TemporaryDirectory(prefix="train-speed-") as tmp:
+        for data in args.data.split(","):
+            extra = []
+            if data == "cifar_shaped":
+                n = (args.repeats + 1) * args.steps * args.batch_size
+                extra = ["--data-dir", str(write_cifar_shaped(Path(tmp), n_train=n, n_test=args.batch_size))]
+            for kind in args.kinds.split(","):
+                for setting in args.settings.split(","):
+                    for k in map(int, args.concurrent.split(",")):
+                        runs = _runs_at_once(k, [*base, *extra, "--worker", kind, setting, data])
+                        if isinstance(runs, str):
+                            print(f"| {data} | {kind} | {setting} | {k} | {runs} | |", flush=True)
+                            continue
+                        rates = [r["images_per_s"] for r in runs]
+                        table.append({"data": data, "kind": kind, "setting": setting, "runs_at_once": k,
+                                      "per_run": statistics.median(rates), "together": sum(rates), "runs": runs})  # fmt: skip
+                        first = statistics.median(r["first_epoch_s"] for r in runs)
+                        print(f"| {data} | {kind} | {setting} | {k} | {statistics.median(rates):,.0f} | "
+                              f"{sum(rates):,.0f} | {first:.1f} |", flush=True)  # fmt: skip
     if args.json:
-        print(json.dumps({"device": name, **results}, indent=2))
+        atomic_write_text(Path(args.json), json.dumps({"device": _device_words(args.device), "table": table}, indent=2))
 
 
 if __name__ == "__main__":

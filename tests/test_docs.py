@@ -3,6 +3,7 @@ pretrained records; hubconf exposes one entrypoint per record."""
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -84,3 +85,11 @@ def test_the_docs_command_reads_and_writes_the_checkout_it_is_given(tmp_path: Pa
     assert (ROOT / "weights" / "wrn_40_2.fmnist" / "README.md").read_text() == card.read_text()
     res = runner.invoke(app, ["docs", "--repo", str(tmp_path / "empty")])
     assert res.exit_code == 2 and "not a blockswap-zoo checkout" in " ".join(res.output.split())
+
+
+def test_every_script_the_docs_name_exists() -> None:
+    """A benchmark or tool named in the README or the docs is in the checkout (``git show SHA:path`` aside)."""
+    named = set()
+    for doc in ("README.md", "MODEL_CARD.md", "docs/benchmarks.md", "studies/README.md", "searches/README.md"):
+        named |= set(re.findall(r"(?<![:\w/])((?:benchmarks|tools)/\w+\.(?:py|sh))", (ROOT / doc).read_text()))
+    assert named and sorted(p for p in named if not (ROOT / p).is_file()) == []

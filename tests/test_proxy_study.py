@@ -1,28 +1,14 @@
 """The proxy study (benchmarks/proxy_study.py): its statistics on inputs with known answers, and the whole
 study end to end on CPU at a tiny setting (2 students, 2 steps each)."""
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
+import proxy_study as study
 import pytest
-
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def _load(name: str):  # noqa: ANN202
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-stats = _load("study_stats")
+import study_stats as stats
 
 
 def test_rank_correlations_on_known_cases() -> None:
@@ -61,7 +47,6 @@ def test_expected_pick_of_k_is_exact() -> None:
 
 @pytest.mark.slow
 def test_the_study_runs_end_to_end_on_cpu(tmp_path: Path) -> None:
-    study = _load("proxy_study")
     out = str(tmp_path / "study")
     common = ["--out", out]
     train = ["train", "--budgets", "200k", "--students", "2", "--max-steps", "2", "--epochs", "1",
