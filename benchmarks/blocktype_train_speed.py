@@ -4,7 +4,7 @@ autotuning as the engine trains. Beside each type's images/s: its MACs per image
 per second it reaches, so a type that wastes the GPU shows at once.
 
     python benchmarks/blocktype_train_speed.py --device cuda
-    python benchmarks/blocktype_train_speed.py --device cpu --steps 2 --repeats 1 --batch-size 16 --types S,G(N)
+    python benchmarks/blocktype_train_speed.py --device cpu --steps 2 --repeats 1 --batch-size 16 --types "S;G(N)"
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from blockswap_zoo import Genotype, build_model
-from blockswap_zoo.cpu_info import cpu_info
 from blockswap_zoo.numerics import training_flags
+from blockswap_zoo.train.distributed import device_name
 
-TYPES = "S,G(2),G(4),G(16),G(N/4),G(N),B(2),B(4),BG(2,2),BG(2,M/2),BG(2,M)"
+TYPES = "S;G(2);G(4);G(16);G(N/4);G(N);B(2);B(4);BG(2,2);BG(2,M/2);BG(2,M)"  # as a genotype lists them
 LAYOUTS = {"nchw": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
@@ -57,7 +57,7 @@ def step_rate(block: str, layout: str, args: argparse.Namespace, device: torch.d
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--types", default=TYPES, help="block types, comma-separated at the top level")
+    p.add_argument("--types", default=TYPES, help="block types, ';'-separated as in a genotype")
     p.add_argument("--layouts", default="nchw,channels_last")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=30)
@@ -66,29 +66,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fp32", dest="bf16", action="store_false", help="no bf16 autocast")
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_info().describe()
+    where = device_name(device)
     print(f"{where}; torch {torch.__version__}; batch {args.batch_size}, {'bf16' if args.bf16 else 'fp32'}, "
           f"{args.steps} steps x {args.repeats} repeats, WRN-40-2 on 1x28x28, every block one type")  # fmt: skip
     print("| block type | layout | img/s | MMACs per image | GMAC/s (forward) |\n|---|---|---:|---:|---:|")
-    types = _split_types(args.types)
     with training_flags(deterministic=False, cuda=device.type == "cuda"):
-        for block in types:
+        for block in args.types.split(";"):
             for layout in args.layouts.split(","):
                 rate, macs = step_rate(block, layout, args, device)
                 print(f"| {block} | {layout} | {rate:,.0f} | {macs / 1e6:.1f} | {rate * macs / 1e9:,.1f} |", flush=True)
-
-
-def _split_types(text: str) -> list[str]:
-    """Split at commas outside parentheses: ``S,BG(2,M)`` -> ``S``, ``BG(2,M)``."""
-    out, depth, cur = [], 0, ""
-    for ch in text:
-        depth += {"(": 1, ")": -1}.get(ch, 0)
-        if ch == "," and depth == 0:
-            out.append(cur.strip())
-            cur = ""
-        else:
-            cur += ch
-    return [*out, cur.strip()] if cur.strip() else out
 
 
 if __name__ == "__main__":

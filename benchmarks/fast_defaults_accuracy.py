@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from blockswap_zoo.cpu_info import cpu_info
 from blockswap_zoo.io import atomic_write_text
 from blockswap_zoo.train.config import TrainConfig
+from blockswap_zoo.train.distributed import device_name
 from blockswap_zoo.train.engine import train
 from blockswap_zoo.train.evaluate import evaluate
 
@@ -39,8 +39,7 @@ def one_run(variant: str, seed: int, args: argparse.Namespace) -> dict[str, floa
     settings = FP32 if variant == "fp32" else fast_settings(args.device)
     cfg = TrainConfig(
         arch=args.arch, dataset="fashion_mnist", epochs=args.epochs, subset=args.subset, batch_size=args.batch_size,
-        eval_every=0,
-        eval_subset=128, device=args.device, seed=seed, progress=False, **settings,
+        eval_every=0, eval_subset=128, device=args.device, seed=seed, progress=False, **settings,
     )  # fmt: skip  # eval_subset: the engine's own evaluation is a token; the fp32 one below counts
     t0 = time.perf_counter()
     result = train(cfg)
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=lambda v: [int(x) for x in v.split(",")], default=[0, 1, 2])
     ap.add_argument("--json", default=None, help="also write every run to this file")
     args = ap.parse_args(argv)
-    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else cpu_info().describe()
+    where = device_name(torch.device(args.device))
     print(f"torch {torch.__version__}, {where}, threads {torch.get_num_threads()}")
     print(f"{args.arch} on Fashion-MNIST, {args.epochs} epochs on {args.subset} images, seeds {args.seeds}")
     print(f"fast = {fast_settings(args.device) or 'the defaults'}; both evaluated in fp32 on the full test set")

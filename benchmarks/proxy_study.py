@@ -31,23 +31,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from study_stats import bootstrap_ci, expected_pick_accuracy, kendall_tau_b, spearman  # noqa: E402
 
 from blockswap_zoo import Genotype, build_model  # noqa: E402
-from blockswap_zoo.cpu_info import cpu_info  # noqa: E402
 from blockswap_zoo.data import get_dataset_info  # noqa: E402
 from blockswap_zoo.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 from blockswap_zoo.search import PROXIES, parse_budget, sample_genotypes  # noqa: E402
 from blockswap_zoo.search.minibatch import load_search_batch  # noqa: E402
 from blockswap_zoo.train import TrainConfig, train  # noqa: E402
+from blockswap_zoo.train.distributed import device_name, resolve_device  # noqa: E402
 
 BACKBONE = "wrn_40_2"
 DATASET = "fashion_mnist"
 SCORES = ("params", "macs", *PROXIES)
-
-
-def _hardware(device: str) -> str:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    info = cpu_info()
-    return f"{info.model} ({info.isa})"
 
 
 def _read_jsonl(paths: list[Path]) -> list[dict[str, Any]]:
@@ -111,7 +104,7 @@ def train_students(args: argparse.Namespace) -> None:
         t0 = time.perf_counter()
         result = train(cfg)
         row = {**s, "top1": result.metrics["top1"], "train_time_s": round(time.perf_counter() - t0, 2),
-               "hardware": _hardware(args.device)}  # fmt: skip
+               "hardware": result.metrics["device_name"]}  # fmt: skip
         _append(results, row)
         print(f"{s['budget']} #{s['index']}: top-1 {row['top1']:.2f}% in {row['train_time_s']:.0f}s", flush=True)
 
@@ -124,9 +117,7 @@ def score_students(args: argparse.Namespace) -> None:
     _fix_settings(out / "score_settings.json", settings)
     info = get_dataset_info(DATASET)
     batch = load_search_batch(DATASET, batch_size=args.batch, seed=0)
-    device = torch.device(
-        "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device.replace("auto", "cpu")
-    )
+    device = resolve_device(args.device)
     images, labels = batch.images.to(device), batch.labels.to(device)
     results = out / "scores.jsonl"
     done = {(r["budget"], r["index"]) for r in _read_jsonl([results] if results.is_file() else [])}
@@ -144,7 +135,7 @@ def score_students(args: argparse.Namespace) -> None:
                 model = build_model(g, num_classes=info.num_classes, in_chans=info.in_chans).to(device)
                 values.append(float(proxy(model, images, labels)))
             row[name] = values
-        row["hardware"] = _hardware(str(device))
+        row["hardware"] = device_name(device)
         _append(results, row)
         print(f"{s['budget']} #{s['index']}: scored in {time.perf_counter() - t0:.1f}s", flush=True)
 

@@ -36,12 +36,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from blockswap_zoo.cpu_info import cpu_info
 from blockswap_zoo.data.cifar import CIFAR_LAYOUTS, write_cifar_batch
 from blockswap_zoo.factory import create_model
 from blockswap_zoo.genotype import Genotype
 from blockswap_zoo.io import atomic_write_text
 from blockswap_zoo.train import TrainConfig, train
+from blockswap_zoo.train.distributed import device_name
 
 STUDENT_800K = "wrn_40_2_bs800k.fmnist_at_e30"  # the zoo's 800K student: its search's winner
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -94,9 +94,8 @@ def one_run(kind: str, setting: str, data: str, args: argparse.Namespace) -> dic
 
 
 def _device_words(device: str) -> str:
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"{cpu_info().describe()}, {torch.get_num_threads()} threads"
+    words = device_name(torch.device(device))
+    return words if device.startswith("cuda") else f"{words}, {torch.get_num_threads()} threads"
 
 
 def _runs_at_once(k: int, worker: list[str]) -> list[dict[str, Any]] | str:
