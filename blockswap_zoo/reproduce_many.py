@@ -84,28 +84,48 @@ def link_shared_teachers(recipes: list[Recipe], out: Path) -> dict[str, str]:
 
 
 def seed_searches(recipes: list[Recipe], searches: Path, out: Path) -> list[str]:
-    """Copy a finished search report ``SEARCHES/NAME`` into each run whose own search has not run, after
-    checking it was made with the recipe's settings; returns the names seeded."""
-    from .search import parse_budget
-
+    """Copy a finished search report into each run whose own search has not run: ``SEARCHES/NAME`` after
+    checking it was made with the recipe's settings, else any report in SEARCHES made with exactly those
+    settings (so zoos that differ only in their schedules share their searches); returns the names seeded."""
     seeded = []
     for r in recipes:
         s = r.student.search
-        report = searches / r.name
         target = out / r.name / "search"
-        if s is None or not (report / "winner.json").is_file() or target.exists():
+        if s is None or target.exists():
             continue
-        saved = json.loads((report / "settings.json").read_text(encoding="utf-8"))
-        wanted = {k: getattr(s, k, None) for k in SEARCH_KEYS} | {"dataset": r.dataset.name}
-        if s.budget is not None:
-            wanted["budget"] = parse_budget(s.budget)
-        differs = [f"{k}: report {saved.get(k)!r}, recipe {v!r}" for k, v in wanted.items() if saved.get(k) != v]
-        if differs:
-            raise RecipeError(f"{report} was not searched with {r.source}'s settings ({'; '.join(differs)})")
+        wanted = _search_settings(r)
+        report = searches / r.name
+        if (report / "winner.json").is_file():
+            differs = _differences(report, wanted)
+            if differs:
+                raise RecipeError(f"{report} was not searched with {r.source}'s settings ({'; '.join(differs)})")
+        else:
+            found = [d for d in sorted(searches.iterdir()) if (d / "winner.json").is_file() and not _differences(d, wanted)]
+            if not found:
+                continue
+            report = found[0]
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(report, target)
         seeded.append(r.name)
     return seeded
+
+
+def _search_settings(r: Recipe) -> dict[str, object]:
+    """The settings a search report must have been made with to serve ``r``."""
+    from .search import parse_budget
+
+    s = r.student.search
+    assert s is not None
+    wanted = {k: getattr(s, k, None) for k in SEARCH_KEYS} | {"dataset": r.dataset.name}
+    if s.budget is not None:
+        wanted["budget"] = parse_budget(s.budget)
+    return wanted
+
+
+def _differences(report: Path, wanted: dict[str, object]) -> list[str]:
+    """Each setting in which ``report``'s settings.json differs from ``wanted``."""
+    saved = json.loads((report / "settings.json").read_text(encoding="utf-8"))
+    return [f"{k}: report {saved.get(k)!r}, recipe {v!r}" for k, v in wanted.items() if saved.get(k) != v]
 
 
 @dataclass

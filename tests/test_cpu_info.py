@@ -130,7 +130,7 @@ def test_bf16_training_on_a_cpu_without_native_bf16_warns(cpu_kind) -> None:  # 
         warnings.simplefilter("error")
         assert not engine._use_bf16("auto", cpu) and not engine._use_bf16("none", cpu)
         cpu_kind(NATIVE)
-        assert engine._use_bf16("bf16", cpu)
+        assert engine._use_bf16("bf16", cpu) and engine._use_bf16("auto", cpu) and not engine._use_bf16("none", cpu)
         assert engine._use_bf16("auto", torch.device("cuda")) and not engine._use_bf16("none", torch.device("cuda"))
 
 

@@ -75,6 +75,12 @@ def test_a_seeded_search_must_have_the_recipes_settings(tmp_path: Path) -> None:
     assert seed_searches([r], tmp_path / "searches", tmp_path / "runs") == [r.name]
     assert (tmp_path / "runs" / r.name / "search" / "winner.json").is_file()
     assert seed_searches([r], tmp_path / "searches", tmp_path / "runs") == []  # a run's own search is kept
+    # a recipe of another name (another zoo's schedule) takes the report made with its search settings
+    other = load_recipe(_student_recipe(tmp_path, "wrn_10_1_a.tiny_e2"))
+    assert seed_searches([other], tmp_path / "searches", tmp_path / "runs") == [other.name]
+    assert (tmp_path / "runs" / other.name / "search" / "winner.json").is_file()
+    (report / "settings.json").write_text(json.dumps(settings | {"seed": 1}))
+    assert seed_searches([other], tmp_path / "searches", tmp_path / "runs2") == []  # none was made with its settings
 
 
 def test_two_runs_share_one_trained_teacher_end_to_end(tmp_path: Path) -> None:
@@ -109,15 +115,17 @@ def test_several_recipes_refuse_force_and_a_bad_search_folder(tmp_path: Path) ->
     assert not (tmp_path / "runs").exists()
 
 
-def test_the_fashion_mnist_zoo_recipes_are_current_and_share_one_teacher() -> None:
+@pytest.mark.parametrize("folder", ["fmnist_zoo", "fmnist_cpu_zoo"])
+def test_the_fashion_mnist_zoo_recipes_are_current_and_share_one_teacher(folder: str) -> None:
     """tools/make_fmnist_zoo_recipes.py wrote the shipped files, and every zoo student trains the zoo teacher."""
     tool = Path(__file__).resolve().parents[1] / "tools" / "make_fmnist_zoo_recipes.py"
     assert subprocess.run([sys.executable, str(tool), "--check"], capture_output=True).returncode == 0
-    zoo = [load_recipe(p) for p in list_recipes("official") if p.parent.name == "fmnist_zoo"]
+    zoo = [load_recipe(p) for p in list_recipes("official") if p.parent.name == folder]
     teacher = next(r for r in zoo if r.role == "teacher")
     others = [r for r in zoo if r is not teacher]
     assert len(others) == 16 and all(shared_teacher_of(r, zoo) is teacher for r in others)
     assert {r.budget for r in others if r.role == "student"} == {"150k", "200k", "250k", "400k", "500k", "800k", "1.6m"}
+    assert len({r.train for r in others}) == 1  # every student and baseline is distilled alike
 
 
 def test_budget_must_agree_with_the_search_and_search_only_stops_after_the_search(tmp_path: Path) -> None:

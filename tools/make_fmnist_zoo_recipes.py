@@ -1,7 +1,7 @@
-"""Write the Fashion-MNIST zoo's recipes into blockswap_zoo/recipes/fmnist_zoo/ (issue 18).
+"""Write the Fashion-MNIST zoos' recipes into blockswap_zoo/recipes/fmnist_zoo/ (the GPU zoo, issue 18) and
+blockswap_zoo/recipes/fmnist_cpu_zoo/ (the same zoo with schedules sized for a 2-core CPU, issue 30).
 
-One teacher (WRN-40-2, the paper's 200-epoch schedule), a Fisher-searched BlockSwap student at each of the
-paper's seven budgets, and at 200K, 400K and 800K the same-budget baselines, all distilled the same way
+Each zoo: one teacher (WRN-40-2), a Fisher-searched BlockSwap student at each of the paper's seven budgets, and at 200K, 400K and 800K the same-budget baselines, all distilled the same way
 from that teacher (the students' shorter schedule is the same for every student and baseline):
 
 - single-blocktype WRN-40-2: the one cheap block type whose network has the most parameters within the
@@ -9,8 +9,9 @@ from that teacher (the students' shorter schedule is the same for every student 
 - a random mixed genotype: the sampler's draw within the budget, fixed seed (what the search adds over chance);
 - the scaled WRNs of the paper's Table 2, each compared at the smallest budget it fits.
 
-Every student recipe trains the same teacher in its teacher stage, so each reproduces alone;
-``blockswap-zoo reproduce`` with several recipes trains that teacher once and shares it.
+Every student recipe of a zoo trains the same teacher in its teacher stage, so each reproduces alone;
+``blockswap-zoo reproduce`` with several recipes trains that teacher once and shares it. The two zoos differ
+in their epochs only (and so in their names' tags); their searches are the same.
 
     python tools/make_fmnist_zoo_recipes.py [--check]   # --check: exit 1 if the files differ from what it writes
 """
@@ -19,13 +20,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from blockswap_zoo.blocks import sampled_block_names
 from blockswap_zoo.genotype import Genotype
 from blockswap_zoo.search import parse_budget, sample_genotypes
 
-OUT = Path(__file__).resolve().parents[1] / "blockswap_zoo" / "recipes" / "fmnist_zoo"
+RECIPES = Path(__file__).resolve().parents[1] / "blockswap_zoo" / "recipes"
 BACKBONE = "wrn_40_2"
 BUDGETS = ("150k", "200k", "250k", "400k", "500k", "800k", "1.6m")
 BASELINE_BUDGETS = ("200k", "400k", "800k")
@@ -33,15 +35,49 @@ SCALED_WRNS = ("wrn_16_1", "wrn_40_1", "wrn_16_2")
 TOLERANCE = 0.025
 RANDOM_SEED = 2026  # not the search's seed 0, so the random baseline is not the search's first candidate
 NUM_CLASSES, IN_CHANS, HW = 10, 1, (28, 28)
-TEACHER = "wrn_40_2.fmnist_e200"
-TEACHER_EPOCHS, STUDENT_EPOCHS = 200, 30
-STUDENT_TAG = f"fmnist_at_e{STUDENT_EPOCHS}"
 
-HEADER = """\
-# Official, Fashion-MNIST zoo (issue 18). Written by tools/make_fmnist_zoo_recipes.py: edit that, not this.
-# {what}
-# Augmentation: Fashion-MNIST's default (pad-4 crop, flip, Cutout 14). No expected metric until it has run.
-"""
+
+@dataclass(frozen=True)
+class Zoo:
+    """One zoo's folder and schedules; every student and baseline of a zoo is distilled alike."""
+
+    folder: str
+    title: str  # "zoo" or "CPU zoo", after "Fashion-MNIST" in each recipe's header
+    issue: str
+    teacher_epochs: int
+    student_epochs: int
+    schedule: str  # the teacher's schedule, for its header
+    why: str  # the teacher's schedule, for its description
+
+    @property
+    def out(self) -> Path:
+        return RECIPES / self.folder
+
+    @property
+    def teacher(self) -> str:
+        return f"wrn_40_2.fmnist_e{self.teacher_epochs}"
+
+    @property
+    def student_tag(self) -> str:
+        return f"fmnist_at_e{self.student_epochs}"
+
+    @property
+    def header(self) -> str:
+        return (
+            f"# Official, Fashion-MNIST {self.title} ({self.issue}). Written by "
+            "tools/make_fmnist_zoo_recipes.py: edit that, not this.\n# {what}\n"
+            "# Augmentation: Fashion-MNIST's default (pad-4 crop, flip, Cutout 14). No expected metric until it has "
+            "run.\n"
+        )
+
+
+ZOOS = (
+    Zoo("fmnist_zoo", "zoo", "issue 18", 200, 30, "the paper's schedule", "the paper's 200-epoch schedule"),
+    # sized for a 2-core CPU (issue 30): the teacher's 50 epochs reach >= 95% top-1; the students' epochs
+    # follow from the measured distillation speed so that the whole zoo fits about 10 CPU-hours
+    Zoo("fmnist_cpu_zoo", "CPU zoo", "issue 30", 50, 10, "a schedule sized for a 2-core CPU",
+        "a 50-epoch schedule sized for a 2-core CPU"),
+)
 
 
 def _optim(epochs: int) -> str:
@@ -51,20 +87,20 @@ def _optim(epochs: int) -> str:
     )
 
 
-def _teacher_stage() -> str:
-    return f"teacher:\n  arch: {BACKBONE}\n  name: {TEACHER}\n  train:\n{_optim(TEACHER_EPOCHS)}"
+def _teacher_stage(zoo: Zoo) -> str:
+    return f"teacher:\n  arch: {BACKBONE}\n  name: {zoo.teacher}\n  train:\n{_optim(zoo.teacher_epochs)}"
 
 
-def _student_recipe(name: str, what: str, description: str, role: str, budget: str, student: str) -> str:
+def _student_recipe(zoo: Zoo, name: str, what: str, description: str, role: str, budget: str, student: str) -> str:
     return (
-        HEADER.format(what=what)
+        zoo.header.format(what=what)
         + f"name: {name}\nkind: official\nrole: {role}\nbudget: {budget}\ndescription: {description}\n"
         + "dataset:\n  name: fashion_mnist\nseed: 0\n"
-        + _teacher_stage()
+        + _teacher_stage(zoo)
         + student
         + "distill:\n  beta: 1000\n  at_mode: code\n"
         + "train:\n"
-        + _optim(STUDENT_EPOCHS).replace("    ", "  ")
+        + _optim(zoo.student_epochs).replace("    ", "  ")
     )
 
 
@@ -95,14 +131,17 @@ def scaled_wrn_budget(arch: str) -> str:
     return next(b for b in BUDGETS if p <= parse_budget(b) * (1 + TOLERANCE))
 
 
-def recipes() -> dict[str, str]:
-    """File name -> recipe text, for every zoo recipe."""
+def recipes(zoo: Zoo) -> dict[str, str]:
+    """File name -> recipe text, for every recipe of ``zoo``."""
+    TEACHER, STUDENT_TAG = zoo.teacher, zoo.student_tag  # noqa: N806 - the zoo's constants
     out = {
-        f"{TEACHER}.yaml": HEADER.format(what="The teacher: WRN-40-2 with the paper's schedule (200 epochs, cosine).")
+        f"{TEACHER}.yaml": zoo.header.format(
+            what=f"The teacher: WRN-40-2 with {zoo.schedule} ({zoo.teacher_epochs} epochs, cosine)."
+        )
         + f"name: {TEACHER}\nkind: official\nrole: teacher\n"
-        + "description: WRN-40-2 teacher for the Fashion-MNIST zoo, trained with the paper's 200-epoch schedule\n"
+        + f"description: WRN-40-2 teacher for the Fashion-MNIST zoo, trained with {zoo.why}\n"
         + f"dataset:\n  name: fashion_mnist\nseed: 0\nteacher: null\nstudent:\n  genotype: {BACKBONE}\ntrain:\n"
-        + _optim(TEACHER_EPOCHS).replace("    ", "  ")
+        + _optim(zoo.teacher_epochs).replace("    ", "  ")
     }
     for budget in BUDGETS:
         tag = _budget_tag(budget)
@@ -112,7 +151,7 @@ def recipes() -> dict[str, str]:
         )
         name = f"{BACKBONE}_bs{tag}.{STUDENT_TAG}"
         out[f"{name}.yaml"] = _student_recipe(
-            name, f"BlockSwap at {tag}: a 1000-candidate Fisher-potential search (exact mode), then AT distillation.",
+            zoo, name, f"BlockSwap at {tag}: a 1000-candidate Fisher-potential search (exact mode), then AT distillation.",
             f"Fisher-potential-searched {tag}-parameter student of WRN-40-2, distilled with attention transfer "
             f"from {TEACHER} on Fashion-MNIST", "student", budget, search,
         )  # fmt: skip
@@ -122,7 +161,7 @@ def recipes() -> dict[str, str]:
         block = uniform.blocks[0]
         name = f"{BACKBONE}_{_arch_of_block(block)}.{STUDENT_TAG}"
         out[f"{name}.yaml"] = _student_recipe(
-            name, f"Single-blocktype baseline at {tag}: every block {block} ({_params(uniform):,} parameters), "
+            zoo, name, f"Single-blocktype baseline at {tag}: every block {block} ({_params(uniform):,} parameters), "
             "the type with the most parameters within the budget.",
             f"WRN-40-2 with every block {block}, the single-blocktype baseline at {tag}, distilled with attention "
             f"transfer from {TEACHER} on Fashion-MNIST", "baseline", budget,
@@ -131,7 +170,7 @@ def recipes() -> dict[str, str]:
         drawn = sample_genotypes(BACKBONE, budget, 1, RANDOM_SEED, TOLERANCE, "params", NUM_CLASSES, IN_CHANS, HW)[0]
         name = f"{BACKBONE}_rand{tag}.{STUDENT_TAG}"
         out[f"{name}.yaml"] = _student_recipe(
-            name, f"Random baseline at {tag}: the sampler's draw (seed {RANDOM_SEED}, +-{TOLERANCE:.1%}), "
+            zoo, name, f"Random baseline at {tag}: the sampler's draw (seed {RANDOM_SEED}, +-{TOLERANCE:.1%}), "
             f"{_params(drawn):,} parameters, no search.",
             f"A random mixed-blocktype {tag}-parameter student of WRN-40-2 (no search), distilled with attention "
             f"transfer from {TEACHER} on Fashion-MNIST", "baseline", budget,
@@ -142,7 +181,7 @@ def recipes() -> dict[str, str]:
         p = _params(Genotype.uniform(arch))
         name = f"{arch}.{STUDENT_TAG}"
         out[f"{name}.yaml"] = _student_recipe(
-            name, f"Scaled-WRN baseline (the paper's Table 2): {arch}, {p:,} parameters, compared at {budget}.",
+            zoo, name, f"Scaled-WRN baseline (the paper's Table 2): {arch}, {p:,} parameters, compared at {budget}.",
             f"{arch.upper().replace('_', '-')}, a scaled-WRN baseline, distilled with attention transfer from "
             f"{TEACHER} on Fashion-MNIST", "baseline", budget, f"student:\n  genotype: {arch}\n",
         )  # fmt: skip
@@ -153,20 +192,23 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="exit 1 if the files differ from what would be written")
     args = parser.parse_args()
-    wanted = recipes()
-    present = {p.name: p.read_text() for p in OUT.glob("*.yaml")} if OUT.is_dir() else {}
-    if args.check:
-        stale = sorted(set(wanted) ^ set(present) | {n for n in wanted if present.get(n) != wanted[n]})
-        for n in stale:
-            print(f"differs: {OUT / n}", file=sys.stderr)
-        return 1 if stale else 0
-    OUT.mkdir(parents=True, exist_ok=True)
-    for n, text in wanted.items():
-        (OUT / n).write_text(text)
-    for n in set(present) - set(wanted):
-        (OUT / n).unlink()
-    print(f"wrote {len(wanted)} recipes to {OUT}")
-    return 0
+    stale_any = False
+    for zoo in ZOOS:
+        wanted, out = recipes(zoo), zoo.out
+        present = {p.name: p.read_text() for p in out.glob("*.yaml")} if out.is_dir() else {}
+        if args.check:
+            stale = sorted(set(wanted) ^ set(present) | {n for n in wanted if present.get(n) != wanted[n]})
+            for n in stale:
+                print(f"differs: {out / n}", file=sys.stderr)
+            stale_any = stale_any or bool(stale)
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        for n, text in wanted.items():
+            (out / n).write_text(text)
+        for n in set(present) - set(wanted):
+            (out / n).unlink()
+        print(f"wrote {len(wanted)} recipes to {out}")
+    return 1 if stale_any else 0
 
 
 if __name__ == "__main__":

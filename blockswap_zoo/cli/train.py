@@ -41,7 +41,7 @@ _OPTIONS: dict[str, tuple[type, Any]] = {
     "max_steps": (int, typer.Option(None, help="Stop after this many optimiser steps (smoke tests).")),
     "subset": (int, typer.Option(None, help="Train on the first N training images.")),
     "eval_subset": (int, typer.Option(None, help="Evaluate on the first N test images.")),
-    "amp": (str, typer.Option(None, help="auto (bf16 on GPU), bf16 (also on a CPU with native bf16) or none.")),
+    "amp": (str, typer.Option(None, help="auto (bf16 on a GPU or a CPU with native bf16, else fp32), bf16 or none.")),
     "channels_last": (
         bool,
         typer.Option(

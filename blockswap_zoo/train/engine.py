@@ -57,13 +57,14 @@ RESUME_MAY_CHANGE = frozenset(
 
 
 def _use_bf16(amp: str, dev: torch.device) -> bool:
-    """Whether to train in bf16 autocast: ``bf16``, or ``auto`` on a GPU. Warns when a CPU would emulate bf16."""
-    use = amp == "bf16" or (amp == "auto" and dev.type == "cuda")
+    """Whether to train in bf16 autocast: ``bf16``, or ``auto`` on a GPU or a CPU with native bf16 (where it
+    trains as well as fp32 at about twice the speed: docs/benchmarks.md). Warns when a CPU would emulate bf16."""
+    use = amp == "bf16" or (amp == "auto" and (dev.type == "cuda" or cpu_info().native_bf16))
     if use and dev.type == "cpu" and not cpu_info().native_bf16:
         info = cpu_info()
         warnings.warn(
             f"--amp bf16 on {info.describe()}: {info.reason}, several times slower than fp32 here; "
-            "train with --amp none (or auto, fp32 on CPUs)",
+            "train with --amp none (or auto: fp32 on CPUs without native bf16)",
             stacklevel=3,
         )
     return use
@@ -369,7 +370,8 @@ def _train(
     seed_everything(config.seed)
 
     amp = _use_bf16(config.amp, dev)
-    channels_last = config.channels_last if config.channels_last is not None else dev.type == "cuda"
+    # channels_last by default wherever bf16 runs: oneDNN's and cuDNN's fast bf16 convolutions want it
+    channels_last = config.channels_last if config.channels_last is not None else dev.type == "cuda" or amp
     model, teacher = _place_models(config, info, dev, model, teacher, channels_last)
     loader, loader_state, n_train, info = _train_loader(config, info, dist, channels_last)
     _check_test_split(config, info)  # a missing or corrupt test split fails now, not after the first epoch
@@ -450,7 +452,8 @@ def _train(
             f"test images, {step} steps in {final['wall_time_s']:.0f}s" + (f" -> {out}" if out else ""),
             highlight=False,
         )
-    return TrainResult(out, final, history, model)
+    # the standard layout again, so the model returned evaluates as its reloaded weights do
+    return TrainResult(out, final, history, model.to(memory_format=torch.contiguous_format))  # type: ignore[call-overload]
 
 
 def _place_models(
