@@ -88,8 +88,9 @@ def budget_table(records: dict[str, Weights] | None = None) -> str:
     groups = _compared(records)
     if not groups:
         return (
-            "No same-budget comparison is published yet: the Fashion-MNIST zoo's recipes "
-            "(`blockswap_zoo/recipes/fmnist_zoo/`) are ready and train with `bash tools/train_fmnist_zoo.sh`."
+            "No same-budget comparison is published yet: the Fashion-MNIST CPU zoo "
+            "(`blockswap_zoo/recipes/fmnist_cpu_zoo/`) trains with `bash tools/train_fmnist_cpu_zoo.sh`, the GPU "
+            "zoo (`blockswap_zoo/recipes/fmnist_zoo/`) with `bash tools/train_fmnist_zoo.sh`."
         )
     lines = [
         "| budget | model | kind | top-1 | top-5 | params | MACs | GPU ms, batch 1 / 128 | CPU ms, batch 1 / 128 |",

@@ -27,9 +27,11 @@ if TYPE_CHECKING:
 __all__ = [
     "ReproduceResult",
     "check_run_dir",
+    "distill_group_key",
     "plan",
     "preflight",
     "reproduce",
+    "reproduce_together",
     "stage_costs",
     "student_genotype_of",
     "training_summary",
@@ -445,42 +447,103 @@ def reproduce(
     teacher the recipe names and trains in ``run_dir/teacher_checkpoint``). ``search_only`` runs the
     student search alone (into ``run_dir/search``; a later run resumes after it), e.g. on a CPU before
     the training goes to a GPU."""
-    from .train import TrainConfig, train
-
     run_dir = Path(run_dir)
-    marker = run_dir / "recipe.yaml"
-    preflight(recipe, max_steps)  # nothing is written for a recipe that cannot run
     if search_only and recipe.student.search is None:
+        preflight(recipe, max_steps)
         raise RecipeError(f"{recipe.source}: --search-only: the recipe's student is fixed, it has no search")
+    _start_run(recipe, run_dir, resume, force, max_steps)
+    if search_only:
+        winner = _search(recipe, run_dir, device, max_steps, resume)
+        return ReproduceResult(run_dir, run_dir / "search", {}, None, f"{recipe.name}: searched, winner {winner}")
+    return reproduce_together([recipe], [run_dir], resume, max_steps, device, started=False)[0]
+
+
+def reproduce_together(
+    recipes: list[Recipe],
+    run_dirs: list[Path],
+    resume: bool = True,
+    max_steps: int | None = None,
+    device: str = "auto",
+    started: bool = False,
+) -> list[ReproduceResult]:
+    """Reproduce several recipes that distil from the same teacher with the same data and schedule, their
+    students trained in one pass (``train_together``: the teacher runs once per batch); each run in its own
+    directory, resumable on its own, each student as it would be alone. The first recipe's teacher stage
+    serves every run that has none of its own."""
+    from .train import TrainConfig, load_run, train_together
+
+    if not started:
+        for r, d in zip(recipes, run_dirs, strict=True):
+            _start_run(r, d, resume, False, max_steps)
+    clock = time.perf_counter()
+    first = recipes[0]
+    if len(recipes) > 1:
+        keys = {distill_group_key(r) for r in recipes}
+        if len(keys) > 1 or None in keys:
+            raise RecipeError(
+                f"{', '.join(r.name for r in recipes)}: only recipes that distil from the same trained teacher "
+                "with the same data, seed and schedule train together"
+            )
+        for d in run_dirs[1:]:  # one teacher stage for the group
+            for name in ("teacher", "teacher_checkpoint"):
+                if not (d / name).exists() and not (d / name).is_symlink():
+                    (d / name).symlink_to(Path("..") / run_dirs[0].name / name, target_is_directory=True)
+    teacher = _load_teacher(first, run_dirs[0], device, max_steps, resume) if first.teacher else None
+    configs: list[Any] = []
+    todo: list[int] = []
+    students: list[nn.Module | None] = []
+    for r, d in zip(recipes, run_dirs, strict=True):
+        genotype = student_genotype_of(r) or _search(r, d, device, max_steps, resume)
+        cfg = TrainConfig(
+            arch=genotype.to_string(), dataset=r.dataset.name, data_dir=r.dataset.data_dir, seed=r.seed,
+            device=device, max_steps=max_steps, **_distill_kwargs(r), **_train_kwargs(r.train),
+        )  # fmt: skip
+        if (d / "student" / "model.safetensors").is_file():
+            students.append(load_run(d / "student"))
+        else:
+            students.append(None)
+            todo.append(len(configs))
+        configs.append(cfg)
+    if todo:
+        results = train_together(
+            [configs[i] for i in todo], teacher=teacher if first.distill else None,
+            out_dirs=[run_dirs[i] / "student" for i in todo], resume=resume,
+        )  # fmt: skip
+        for i, result in zip(todo, results, strict=True):
+            students[i] = result.model
+    wall = time.perf_counter() - clock
+    return [
+        _finish_run(r, d, teacher, cast(nn.Module, m), max_steps, wall)
+        for r, d, m in zip(recipes, run_dirs, students, strict=True)
+    ]
+
+
+def distill_group_key(r: Recipe) -> tuple | None:
+    """What recipes trained together must share (teacher, data, seed, schedule); None when it distils nothing."""
+    t = r.teacher
+    if t is None or r.distill is None or t.train is None:
+        return None
+    return (r.dataset, r.seed, resolve_genotype(t.arch).to_string(), t.train, r.train.epochs,
+            r.train.batch_size, r.train.subset)  # fmt: skip
+
+
+def _start_run(recipe: Recipe, run_dir: Path, resume: bool, force: bool, max_steps: int | None) -> None:
+    """Check the recipe and its run directory, then mark the directory as this recipe's run."""
+    preflight(recipe, max_steps)  # nothing is written for a recipe that cannot run
     check_run_dir(recipe, run_dir, resume, force, max_steps)
     the_plan = plan(recipe)
     if force and run_dir.exists() and any(run_dir.iterdir()):
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / RUN_KIND, json.dumps({"max_steps": max_steps}) + "\n")
-    atomic_write_text(marker, Path(recipe.source).read_text())
+    atomic_write_text(run_dir / "recipe.yaml", Path(recipe.source).read_text())
     atomic_write_text(run_dir / "plan.json", json.dumps(the_plan, indent=2) + "\n")
-    started = time.perf_counter()
-    if search_only:
-        winner = _search(recipe, run_dir, device, max_steps, resume)
-        return ReproduceResult(run_dir, run_dir / "search", {}, None, f"{recipe.name}: searched, winner {winner}")
 
-    teacher = _load_teacher(recipe, run_dir, device, max_steps, resume) if recipe.teacher else None
-    genotype = student_genotype_of(recipe) or _search(recipe, run_dir, device, max_steps, resume)
-    student_dir = run_dir / "student"
-    cfg = TrainConfig(
-        arch=genotype.to_string(), dataset=recipe.dataset.name, data_dir=recipe.dataset.data_dir, seed=recipe.seed,
-        device=device, max_steps=max_steps, **_distill_kwargs(recipe), **_train_kwargs(recipe.train),
-    )  # fmt: skip
-    if (student_dir / "model.safetensors").is_file():
-        from .train import load_run
 
-        student: nn.Module | None = load_run(student_dir)
-    else:
-        result = train(cfg, teacher=teacher if recipe.distill else None, out_dir=student_dir,
-                       resume=resume and student_dir.exists())  # fmt: skip
-        student = result.model
-    assert student is not None
+def _finish_run(
+    recipe: Recipe, run_dir: Path, teacher: nn.Module | None, student: nn.Module, max_steps: int | None, wall: float
+) -> ReproduceResult:
+    """Write the run's checkpoints (the teacher's once) and check its expected metric."""
     ckpt_dir = run_dir / "checkpoint"
     smoke = max_steps is not None
     here = str(_environment()["device"])  # the hardware of stages that did not record their own
@@ -498,7 +561,7 @@ def reproduce(
         student, ckpt_dir, recipe, name=recipe.name, role=recipe.role, description=recipe.description,
         teacher=(t.pretrained or t.name or t.arch) if t is not None else None,
         training=training_summary(recipe, run_dir, here, max_steps),
-        stage_dir=run_dir / "student", smoke=smoke, wall=time.perf_counter() - started,
+        stage_dir=run_dir / "student", smoke=smoke, wall=wall,
     )  # fmt: skip
     metrics = full["metrics"]
 

@@ -9,6 +9,7 @@ RECIPE --out OUT/NAME --resume``, logging to ``OUT/NAME/reproduce.log``.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,15 @@ from pathlib import Path
 from .recipe import Recipe, RecipeError
 from .sources import resolve_genotype
 
-__all__ = ["RunState", "link_shared_teachers", "plan_runs", "run_many", "seed_searches", "shared_teacher_of"]
+__all__ = [
+    "RunState",
+    "group_runs",
+    "link_shared_teachers",
+    "plan_runs",
+    "run_many",
+    "seed_searches",
+    "shared_teacher_of",
+]
 
 LOG_NAME = "reproduce.log"
 SEARCH_KEYS = ("backbone", "metric", "tolerance", "samples", "proxy", "mode", "seed", "dataset")
@@ -83,11 +92,11 @@ def link_shared_teachers(recipes: list[Recipe], out: Path) -> dict[str, str]:
     return linked
 
 
-def seed_searches(recipes: list[Recipe], searches: Path, out: Path) -> list[str]:
+def seed_searches(recipes: list[Recipe], searches: Path, out: Path) -> dict[str, Path]:
     """Copy a finished search report into each run whose own search has not run: ``SEARCHES/NAME`` after
     checking it was made with the recipe's settings, else any report in SEARCHES made with exactly those
-    settings (so zoos that differ only in their schedules share their searches); returns the names seeded."""
-    seeded = []
+    settings (so zoos that differ only in their schedules share their searches); returns run name -> report."""
+    seeded = {}
     for r in recipes:
         s = r.student.search
         target = out / r.name / "search"
@@ -100,13 +109,15 @@ def seed_searches(recipes: list[Recipe], searches: Path, out: Path) -> list[str]
             if differs:
                 raise RecipeError(f"{report} was not searched with {r.source}'s settings ({'; '.join(differs)})")
         else:
-            found = [d for d in sorted(searches.iterdir()) if (d / "winner.json").is_file() and not _differences(d, wanted)]
+            found = [
+                d for d in sorted(searches.iterdir()) if (d / "winner.json").is_file() and not _differences(d, wanted)
+            ]
             if not found:
                 continue
             report = found[0]
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(report, target)
-        seeded.append(r.name)
+        seeded[r.name] = report
     return seeded
 
 
@@ -136,8 +147,9 @@ class RunState:
     run_dir: Path
     state: str = "waiting"  # waiting, running, done, failed, missed, skipped, stopped
     returncode: int | None = None
-    process: subprocess.Popen | None = field(default=None, repr=False)
+    process: subprocess.Popen | None = field(default=None, repr=False)  # shared by the runs of a group
     message: str = ""
+    log: Path | None = None  # its process's log: its own, or its group's (in the group's first run)
 
     @property
     def has_checkpoint(self) -> bool:
@@ -164,19 +176,54 @@ class RunState:
         return "starting" if self.state == "running" else ""
 
 
-def _command(r: Recipe, run_dir: Path, device: str, max_steps: int | None) -> list[str]:
-    cmd = [sys.executable, "-m", "blockswap_zoo", "reproduce", r.source, "--out", str(run_dir), "--resume"]
-    cmd += ["--device", device] + ([] if max_steps is None else ["--max-steps", str(max_steps)])
-    return cmd
+def _command(unit: list[RunState], out: Path, device: str, max_steps: int | None) -> list[str]:
+    cmd = [sys.executable, "-m", "blockswap_zoo", "reproduce", *(run.recipe.source for run in unit)]
+    if len(unit) == 1:
+        cmd += ["--out", str(unit[0].run_dir), "--resume"]
+    else:
+        cmd += ["--out", str(out), "--together"]
+    return cmd + ["--device", device] + ([] if max_steps is None else ["--max-steps", str(max_steps)])
+
+
+def group_runs(recipes: list[Recipe], size: int) -> list[list[Recipe]]:
+    """``recipes`` in units of one process each, in order: students that distil from the same trained teacher
+    with the same data, seed and schedule go ``size`` to a unit (their teacher runs once per batch), others alone."""
+    from .reproduce import distill_group_key
+
+    units: list[list[Recipe]] = []
+    open_units: dict[tuple, list[Recipe]] = {}
+    for r in recipes:
+        key = distill_group_key(r)
+        if key is None or size == 1:
+            units.append([r])
+            continue
+        unit = open_units.get(key)
+        if unit is None or len(unit) >= size:
+            unit = open_units[key] = []
+            units.append(unit)
+        unit.append(r)
+    return units
 
 
 def _finish(run: RunState, rc: int) -> None:
     run.returncode = rc
-    run.state = "done" if rc == 0 else "missed" if rc == 1 and run.has_checkpoint else "failed"
-    log = (run.run_dir / LOG_NAME).read_text(errors="replace").strip().splitlines()
+    run.state = "done" if rc == 0 and run.has_checkpoint else "missed" if rc == 1 and run.has_checkpoint else "failed"
+    log_path = run.log or run.run_dir / LOG_NAME
+    log = log_path.read_text(errors="replace").strip().splitlines() if log_path.is_file() else []
     run.message = next(
         (line for line in reversed(log) if line.startswith(run.recipe.name + ":")), log[-1] if log else ""
     )
+
+
+def _child_env(at_once: int) -> dict[str, str]:
+    """The environment of a run's process: the CPU cores shared out among the processes that run at once
+    (small students train faster as two one-thread processes than as one two-thread process: docs/benchmarks.md),
+    unless the caller set OMP_NUM_THREADS."""
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env and at_once > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        env["OMP_NUM_THREADS"] = str(max(1, cores // at_once))
+    return env
 
 
 def _finished_message(run: RunState) -> str:
@@ -192,40 +239,53 @@ def run_many(
     max_steps: int | None = None,
     on_tick: Callable[[list[RunState]], None] | None = None,
     poll_s: float = 2.0,
+    group: int = 1,
 ) -> list[RunState]:
-    """Run every recipe, ``jobs`` processes at a time, phase by phase (``plan_runs``); a run whose shared
-    teacher failed is skipped. ``on_tick`` sees every run's state every ``poll_s`` seconds."""
+    """Run every recipe, ``jobs`` processes at a time, phase by phase (``plan_runs``), students that share a
+    teacher pass ``group`` to a process (``group_runs``); a run whose shared teacher failed is skipped.
+    ``on_tick`` sees every run's state every ``poll_s`` seconds."""
     if jobs < 1:
         raise ValueError(f"--jobs must be >= 1, got {jobs}")
+    if group < 1:
+        raise ValueError(f"--group must be >= 1, got {group}")
     runs = {r.name: RunState(r, out / r.name) for r in recipes}
     ordered = list(runs.values())
     try:
         for phase in plan_runs(recipes):
-            pending = [runs[r.name] for r in phase]
-            active: list[RunState] = []
+            todo = []
+            for r in phase:
+                run = runs[r.name]
+                provider = shared_teacher_of(r, recipes)
+                if provider is not None and runs[provider.name].state not in ("done", "missed"):
+                    run.state, run.message = "skipped", f"its teacher's run {provider.name} did not finish"
+                elif run.has_checkpoint:  # finished in an earlier call: not evaluated again
+                    run.state, run.message = "done", _finished_message(run)
+                else:
+                    todo.append(r)
+            pending = [[runs[r.name] for r in unit] for unit in group_runs(todo, group)]
+            active: list[list[RunState]] = []
+            env = _child_env(min(jobs, len(pending)))
+            if on_tick is not None and not pending:  # the phase was done already: still shown
+                on_tick(ordered)
             while pending or active:
                 while pending and len(active) < jobs:
-                    run = pending.pop(0)
-                    provider = shared_teacher_of(run.recipe, recipes)
-                    if provider is not None and runs[provider.name].state not in ("done", "missed"):
-                        run.state, run.message = "skipped", f"its teacher's run {provider.name} did not finish"
-                        continue
-                    if run.has_checkpoint:  # finished in an earlier call: not evaluated again
-                        run.state, run.message = "done", _finished_message(run)
-                        continue
-                    run.run_dir.mkdir(parents=True, exist_ok=True)
-                    log = (run.run_dir / LOG_NAME).open("a")
-                    run.process = subprocess.Popen(_command(run.recipe, run.run_dir, device, max_steps),
-                                                   stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
-                    log.close()
-                    run.state = "running"
-                    active.append(run)
-                for run in list(active):
-                    assert run.process is not None
-                    rc = run.process.poll()
+                    unit = pending.pop(0)
+                    for run in unit:
+                        run.run_dir.mkdir(parents=True, exist_ok=True)
+                        run.log = unit[0].run_dir / LOG_NAME
+                    with unit[0].log.open("a") as log:  # type: ignore[union-attr]  # set just above
+                        process = subprocess.Popen(_command(unit, out, device, max_steps), stdout=log,
+                                                   stderr=subprocess.STDOUT, env=env)  # fmt: skip
+                    for run in unit:
+                        run.process, run.state = process, "running"
+                    active.append(unit)
+                for unit in list(active):
+                    assert unit[0].process is not None
+                    rc = unit[0].process.poll()
                     if rc is not None:
-                        _finish(run, rc)
-                        active.remove(run)
+                        for run in unit:
+                            _finish(run, rc)
+                        active.remove(unit)
                 if on_tick is not None:
                     on_tick(ordered)
                 if active:
@@ -235,5 +295,6 @@ def run_many(
             if run.process is not None and run.process.poll() is None:
                 run.process.terminate()
                 run.process.wait()
+            if run.state == "running":
                 run.state = "stopped"
     return ordered

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -72,38 +74,63 @@ def test_a_seeded_search_must_have_the_recipes_settings(tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match="samples: report 1000, recipe 3"):
         seed_searches([r], tmp_path / "searches", tmp_path / "runs")
     (report / "settings.json").write_text(json.dumps(settings | {"device_type": "cpu"}))
-    assert seed_searches([r], tmp_path / "searches", tmp_path / "runs") == [r.name]
+    assert seed_searches([r], tmp_path / "searches", tmp_path / "runs") == {r.name: report}
     assert (tmp_path / "runs" / r.name / "search" / "winner.json").is_file()
-    assert seed_searches([r], tmp_path / "searches", tmp_path / "runs") == []  # a run's own search is kept
+    assert seed_searches([r], tmp_path / "searches", tmp_path / "runs") == {}  # a run's own search is kept
     # a recipe of another name (another zoo's schedule) takes the report made with its search settings
     other = load_recipe(_student_recipe(tmp_path, "wrn_10_1_a.tiny_e2"))
-    assert seed_searches([other], tmp_path / "searches", tmp_path / "runs") == [other.name]
+    assert seed_searches([other], tmp_path / "searches", tmp_path / "runs") == {other.name: report}
     assert (tmp_path / "runs" / other.name / "search" / "winner.json").is_file()
     (report / "settings.json").write_text(json.dumps(settings | {"seed": 1}))
-    assert seed_searches([other], tmp_path / "searches", tmp_path / "runs2") == []  # none was made with its settings
+    assert seed_searches([other], tmp_path / "searches", tmp_path / "runs2") == {}  # none was made with its settings
 
 
-def test_two_runs_share_one_trained_teacher_end_to_end(tmp_path: Path) -> None:
-    """The CLI: the teacher recipe runs first, the student takes its trained teacher, both checkpoints land."""
-    paths = [_teacher_recipe(tmp_path), _student_recipe(tmp_path, "wrn_10_1_a.tiny", genotype="wrn_10_1:v1:G(2);S;S")]
+def test_runs_share_one_trained_teacher_and_its_forward_pass_end_to_end(tmp_path: Path) -> None:
+    """The CLI: the teacher recipe runs first; the two students take its trained teacher and train in one process
+    (one teacher pass per batch), each into its own run, as it would alone; every checkpoint lands."""
+    paths = [_teacher_recipe(tmp_path), _student_recipe(tmp_path, "wrn_10_1_a.tiny", genotype="wrn_10_1:v1:G(2);S;S"),
+             _student_recipe(tmp_path, "wrn_10_1_b.tiny", genotype="wrn_10_1:v1:S;B(2);S")]  # fmt: skip
     out = tmp_path / "runs"
     cmd = [sys.executable, "-m", "blockswap_zoo", "reproduce", *map(str, paths), "--out", str(out), "--jobs", "2",
            "--max-steps", "2", "--device", "cpu"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "phase 1: wrn_10_1.tiny" in done.stdout and "teacher from wrn_10_1.tiny" in done.stdout
-    student_run = out / "wrn_10_1_a.tiny"
-    assert (student_run / "teacher").resolve() == (out / "wrn_10_1.tiny" / "student").resolve()
-    assert (student_run / "teacher_checkpoint").resolve() == (out / "wrn_10_1.tiny" / "checkpoint").resolve()
+    student_run, other = out / "wrn_10_1_a.tiny", out / "wrn_10_1_b.tiny"
+    for run in (student_run, other):
+        assert (run / "teacher").resolve() == (out / "wrn_10_1.tiny" / "student").resolve()
+        assert (run / "teacher_checkpoint").resolve() == (out / "wrn_10_1.tiny" / "checkpoint").resolve()
     teacher_cfg = json.loads((out / "wrn_10_1.tiny" / "checkpoint" / "config.json").read_text())
     student_cfg = json.loads((student_run / "checkpoint" / "config.json").read_text())
     assert teacher_cfg["role"] == "teacher" and "teacher none" not in teacher_cfg["training"]
     assert student_cfg["role"] == "baseline" and student_cfg["budget"] == 40_000
-    assert (student_run / "reproduce.log").read_text().count("wrn_10_1_a.tiny: top-1") == 1
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)  # a later call: nothing left to do
+    log = (student_run / "reproduce.log").read_text()  # the group's log, in its first run
+    assert log.count("wrn_10_1_a.tiny: top-1") == 1 and log.count("wrn_10_1_b.tiny: top-1") == 1
+    assert not (other / "reproduce.log").exists()
+    metrics = [json.loads(line) for line in (other / "student" / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["group_size"] == 2
+    alone = subprocess.run([*cmd[:4], str(paths[0]), str(paths[2]), "--out", str(tmp_path / "alone"), "--group", "1",
+                            "--max-steps", "2", "--device", "cpu"], capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert alone.returncode == 0, alone.stdout + alone.stderr
+    want = json.loads((tmp_path / "alone" / "wrn_10_1_b.tiny" / "checkpoint" / "config.json").read_text())["metrics"]
+    assert json.loads((other / "checkpoint" / "config.json").read_text())["metrics"] == want  # as it trains alone
+    wide = {**os.environ, "COLUMNS": "200"}  # one line per change
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=wide)  # nothing left to do
     assert again.returncode == 0 and "wrn_10_1_a.tiny: done checkpoint written wrn_10_1_a.tiny: top-1" in again.stdout
-    assert again.stdout.count("(finished earlier)") == 4, again.stdout + again.stderr  # 2 lines, 2 table rows
+    assert again.stdout.count("(finished earlier)") == 6, again.stdout + again.stderr  # 3 lines, 3 table rows
     assert (student_run / "reproduce.log").read_text().count("wrn_10_1_a.tiny: top-1") == 1
+
+
+def test_students_are_grouped_by_their_teacher_pass() -> None:
+    from blockswap_zoo.reproduce_many import group_runs
+
+    def recipe(name: str, **teacher_train: object) -> object:
+        return load_recipe(_student_recipe(Path(tempfile.mkdtemp()), name, genotype="wrn_10_1", **teacher_train))
+
+    a, b, c, d = recipe("a.t"), recipe("b.t"), recipe("c.t", epochs=2), recipe("d.t")
+    assert [[r.name for r in u] for u in group_runs([a, b, c, d], 2)] == [["a.t", "b.t"], ["c.t"], ["d.t"]]
+    assert [[r.name for r in u] for u in group_runs([a, b, c, d], 4)] == [["a.t", "b.t", "d.t"], ["c.t"]]
+    assert len(group_runs([a, b, c, d], 1)) == 4
 
 
 def test_several_recipes_refuse_force_and_a_bad_search_folder(tmp_path: Path) -> None:

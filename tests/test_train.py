@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from blockswap_zoo.train import (
     ConfigError,
     RunDirError,
     TrainConfig,
+    TrainResult,
     at_loss,
     evaluate,
     kd_loss,
@@ -31,6 +34,7 @@ from blockswap_zoo.train import (
     load_run,
     resolve_config,
     train,
+    train_together,
 )
 from blockswap_zoo.train.checkpoint import get_rng_state, set_rng_state
 from blockswap_zoo.train.engine import lr_lambda
@@ -211,7 +215,16 @@ def test_compiled_distillation_matches_eager(tmp_path: Path) -> None:
     runs = {}
     for compiled in (False, True):
         # beta 1: with 1000, fp32 reassociation inside the compiled kernels is amplified past any useful bound
-        cfg = _tiny(arch=student, epochs=1, max_steps=3, kd_alpha=0.5, beta=1.0, deterministic=False, compile=compiled)
+        cfg = _tiny(
+            arch=student,
+            epochs=1,
+            max_steps=3,
+            kd_alpha=0.5,
+            beta=1.0,
+            deterministic=False,
+            compile=compiled,
+            amp="none",
+        )  # fp32: bf16 rounding would hide what compiling changes
         runs[compiled] = train(cfg, teacher=teacher)
     eager, comp = runs[False].model.state_dict(), runs[True].model.state_dict()
     for k in eager:  # compiled kernels reassociate fp32 sums and flip ReLU masks near 0: loose per tensor
@@ -551,3 +564,52 @@ def test_a_training_run_leaves_the_process_flags_alone() -> None:
     before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark)
     train(_tiny(epochs=1, max_steps=1, deterministic=True))
     assert (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark) == before
+
+
+def test_students_trained_together_end_as_they_would_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One teacher pass, several students: each ends bit-identical to its run alone, even when one of them
+    was interrupted, resumed beside a fresh student, and so trained in a pass of its own for a while."""
+    from blockswap_zoo.train import engine
+
+    teacher = build_model(Genotype.uniform("wrn_10_1"), 10, 1)
+    a = _tiny(arch=Genotype("wrn_10_1", ("G(2)", "B(2)", "S")).to_string(), drop_rate=0.2)  # dropout draws RNG
+    b = _tiny(arch=Genotype("wrn_10_1", ("S", "G(4)", "B(4)")).to_string(), lr=0.02, beta=10.0)
+    alone = {c.arch: train(c, teacher=teacher, out_dir=tmp_path / f"alone{i}") for i, c in enumerate((a, b))}
+
+    together = train_together([a, b], teacher=teacher, out_dirs=[tmp_path / "a", tmp_path / "b"])
+    for r, c in zip(together, (a, b), strict=True):
+        _assert_same_run(r, alone[c.arch])
+    assert together[0].history[0]["group_size"] == 2 and "group_size" not in alone[a.arch].history[0]
+
+    real_end = engine._end_epoch  # interrupt a fresh pass of a and b after the first epoch's checkpoints
+    calls = []
+
+    def end_then_stop(run, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        real_end(run, *args, **kwargs)
+        calls.append(run)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "_end_epoch", end_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train_together([a, b], teacher=teacher, out_dirs=[tmp_path / "a2", tmp_path / "b2"])
+    monkeypatch.setattr(engine, "_end_epoch", real_end)
+    assert (tmp_path / "a2" / "checkpoint.pt").is_file() and not (tmp_path / "a2" / "model.safetensors").exists()
+    # a resumes at epoch 2 beside b started afresh in another folder: two passes, each ends as alone
+    shutil.rmtree(tmp_path / "b2")
+    resumed = train_together([a, b], teacher=teacher, out_dirs=[tmp_path / "a2", tmp_path / "b2"], resume=True)
+    for r, c in zip(resumed, (a, b), strict=True):
+        _assert_same_run(r, alone[c.arch])
+    with pytest.raises(ValueError, match="share batch_size"):
+        train_together([a, replace(b, batch_size=16)], teacher=teacher)
+    with pytest.raises(ValueError, match="the same run directory"):
+        train_together([a, b], teacher=teacher, out_dirs=[tmp_path / "x", tmp_path / "x"])
+
+
+def _assert_same_run(got: TrainResult, want: TrainResult) -> None:
+    assert got.model is not None and want.model is not None
+    mine, theirs = got.model.state_dict(), want.model.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    keys = ("train_loss", "train_top1", "at_loss", "test_top1", "lr", "step")
+    assert [{k: h[k] for k in keys} for h in got.history] == [{k: h[k] for k in keys} for h in want.history]
+    assert got.metrics["top1"] == want.metrics["top1"]

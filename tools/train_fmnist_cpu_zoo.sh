@@ -11,7 +11,7 @@
 #   RECIPES="wrn_40_2.fmnist_e50" LIMIT=3600 bash tools/train_fmnist_cpu_zoo.sh start
 #
 # Order: the teacher, then the 400K group (BlockSwap, single-blocktype, random), then 200K, 800K and the
-# other budgets; the searches come from searches/fmnist_zoo (the CPU zoo's search settings are the GPU zoo's).
+# other budgets, students distilled four to a process, two processes of one thread each at once; the searches come from searches/fmnist_zoo (the CPU zoo's search settings are the GPU zoo's).
 # When every run is done: `blockswap-zoo release RUNS/<name>/checkpoint` for each, then `blockswap-zoo docs`.
 set -eu
 repo="$(git -C "$(dirname "$0")" rev-parse --show-toplevel)"
@@ -47,10 +47,12 @@ fi
 zoo="$tree/blockswap_zoo/recipes/fmnist_cpu_zoo"
 teacher="$(basename "$(grep -l '^role: teacher' "$zoo"/*.yaml)" .yaml)"
 tag="$(basename "$(ls "$zoo"/wrn_40_2_bs400k.*.yaml)" .yaml)"; tag="${tag#*.}"
-default="$teacher wrn_40_2_bs400k wrn_40_2_g16 wrn_40_2_rand400k
+# four students to a process (one teacher pass per batch), each comparison within one group
+default="$teacher
+wrn_40_2_bs400k wrn_40_2_g16 wrn_40_2_rand400k wrn_40_2_bs250k
 wrn_40_2_bs200k wrn_40_2_bg2_m8 wrn_40_2_rand200k wrn_16_1
-wrn_40_2_bs800k wrn_40_2_g4 wrn_40_2_rand800k wrn_40_1 wrn_16_2
-wrn_40_2_bs150k wrn_40_2_bs250k wrn_40_2_bs500k wrn_40_2_bs1600k"
+wrn_40_2_bs800k wrn_40_2_g4 wrn_40_2_rand800k wrn_40_1
+wrn_16_2 wrn_40_2_bs150k wrn_40_2_bs500k wrn_40_2_bs1600k"
 recipes=()
 for r in ${RECIPES:-$default}; do
     [[ $r == *.* ]] || r="$r.$tag"
@@ -61,7 +63,7 @@ echo "$(date -u +%FT%TZ) start at $commit: ${RECIPES:-all}" >>"$runs/zoo.log"
 cd "$tree"
 # setsid: its own process group, so pause/resume reach every child and nothing else
 PYTHONPATH="$tree" PYTHONUNBUFFERED=1 COLUMNS=160 setsid nice -n 19 timeout -s INT -k 120 "${LIMIT:-0}" \
-    python3 -m blockswap_zoo reproduce "${recipes[@]}" --out "$runs" --jobs 1 --searches "$tree/searches/fmnist_zoo" \
+    python3 -m blockswap_zoo reproduce "${recipes[@]}" --out "$runs" --jobs 2 --group 4 --searches "$tree/searches/fmnist_zoo" \
     --device cpu >>"$runs/zoo.log" 2>&1 </dev/null &
 echo $! >"$pidfile"
 echo "started $! at $commit, logging to $runs/zoo.log"

@@ -48,6 +48,18 @@ def reproduce_cmd(
         help="With several recipes: a folder of finished search reports (SEARCHES/<recipe name>/), "
         "copied into runs that have not searched yet, after checking their settings.",
     ),  # fmt: skip
+    group: int = typer.Option(
+        4,
+        "--group",
+        help="With several recipes: students that distil from the same teacher with the same data and schedule "
+        "train N to a process, the teacher run once per batch for all of them (1: each in its own).",
+    ),  # fmt: skip
+    together: bool = typer.Option(
+        False,
+        "--together",
+        help="Train these recipes' students in this one process (what --group starts): each run in "
+        "OUT/<recipe name>, resumed.",
+    ),  # fmt: skip
 ) -> None:
     """Rebuild checkpoints from their recipes; exit 1 if a measured metric misses its recipe's expectation."""
     from ..recipe import load_recipe
@@ -56,12 +68,32 @@ def reproduce_cmd(
         loaded = [load_recipe(r) for r in recipes]
     except ValueError as e:
         fail(str(e))
-    if len(loaded) == 1 and jobs == 1 and searches is None:
+    if group < 1:
+        fail(f"--group must be >= 1, got {group}")
+    if together:
+        if force or search_only or dry_run:
+            fail("--together trains the given runs as they are: drop --force, --search-only and --dry-run")
+        _together(loaded, out or Path("runs"), max_steps, device)
+    elif len(loaded) == 1 and jobs == 1 and searches is None:
         _one(loaded[0], out, resume, force, dry_run, max_steps, device, search_only)
     else:
         if force or search_only:
             fail("--force and --search-only take one recipe; several recipes always resume their runs")
-        _many(loaded, out or Path("runs"), jobs, dry_run, max_steps, device, searches)
+        _many(loaded, out or Path("runs"), jobs, dry_run, max_steps, device, searches, group)
+
+
+def _together(recipes: list[Recipe], out: Path, max_steps: int | None, device: str) -> None:
+    """Students of several recipes trained in one pass of the teacher; each line of the result names its recipe."""
+    from ..reproduce import reproduce_together
+
+    try:
+        results = reproduce_together(recipes, [out / r.name for r in recipes], True, max_steps, device)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        fail(str(e))
+    for result in results:
+        console.print(result.message, highlight=False)
+    if any(result.passed is False for result in results):
+        raise typer.Exit(1)
 
 
 def _one(
@@ -102,6 +134,7 @@ def _many(
     max_steps: int | None,
     device: str,
     searches: Path | None,
+    group: int,
 ) -> None:
     from ..reproduce import check_run_dir, preflight
     from ..reproduce_many import link_shared_teachers, plan_runs, run_many, seed_searches, shared_teacher_of
@@ -125,17 +158,18 @@ def _many(
     _warn_without_mps(jobs, device)
     try:
         if searches is not None:
-            for name in seed_searches(recipes, searches, out):
-                console.print(f"{name}: search taken from {searches / name}", highlight=False)
+            for name, report in seed_searches(recipes, searches, out).items():
+                console.print(f"{name}: search taken from {report}", highlight=False)
     except (ValueError, OSError) as e:
         fail(str(e))
     link_shared_teachers(recipes, out)
     try:
         if sys.stdout.isatty():
             with Live(console=console, refresh_per_second=1) as live:
-                runs = run_many(recipes, out, jobs, device, max_steps, on_tick=lambda rs: live.update(_table(rs)))
+                runs = run_many(recipes, out, jobs, device, max_steps, group=group,
+                                on_tick=lambda rs: live.update(_table(rs)))  # fmt: skip
         else:
-            runs = run_many(recipes, out, jobs, device, max_steps, on_tick=_print_changes())
+            runs = run_many(recipes, out, jobs, device, max_steps, group=group, on_tick=_print_changes())
     except KeyboardInterrupt:
         err_console.print(f"interrupted; the runs in {out} are stopped: rerun the same command to resume them")
         raise typer.Exit(130) from None
@@ -143,7 +177,10 @@ def _many(
     if any(run.state != "done" for run in runs):
         bad = [run for run in runs if run.state != "done"]
         missed_only = all(run.state == "missed" for run in bad)
-        err_console.print(f"{len(bad)} of {len(runs)} runs did not pass; logs: <run>/reproduce.log", highlight=False)
+        err_console.print(
+            f"{len(bad)} of {len(runs)} runs did not pass; logs: <run>/reproduce.log (a group's in its first run)",
+            highlight=False,
+        )
         raise typer.Exit(1 if missed_only else 2)
 
 

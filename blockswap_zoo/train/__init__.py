@@ -12,7 +12,7 @@ from __future__ import annotations
 from .artifacts import load_model, load_run, read_run_config
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import ConfigError, TrainConfig, load_config_file, resolve_config
-from .engine import RunDirError, TrainResult, build_student, load_teacher, train
+from .engine import RunDirError, TrainResult, build_student, load_teacher, train, train_together
 from .evaluate import evaluate
 from .finetune import finetune, load_for_finetuning
 from .losses import at_loss, attention_map, attention_transfer, kd_loss
@@ -39,4 +39,5 @@ __all__ = [
     "resolve_config",
     "save_checkpoint",
     "train",
+    "train_together",
 ]

@@ -9,7 +9,7 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -44,6 +44,7 @@ __all__ = [
     "prepare_out_dir",
     "seed_everything",
     "train",
+    "train_together",
     "worker_seed",
 ]
 
@@ -349,31 +350,97 @@ def train(
     """
     dist = D.setup(config.device)
     with training_flags(config.deterministic, dist.device.type == "cuda"):  # the process's own flags come back
-        return _train(config, dist, model, teacher, out_dir, resume, force, on_epoch_end)
+        return _train_together([config], dist, [model], teacher, [out_dir], resume, force, on_epoch_end)[0]
 
 
-def _train(
-    config: TrainConfig,
+# what students trained in one pass share: the batches they see (data, order, augmentation), the teacher and
+# its forward pass (precision, layout), the schedule's length and where they run
+SHARED_IN_A_GROUP = ("dataset", "data_dir", "subset", "batch_size", "epochs", "max_steps", "seed", "loader",
+                     "teacher", "device", "amp", "channels_last", "compile", "compile_mode", "deterministic",
+                     "eval_every", "eval_batch_size", "eval_subset", "download", "num_workers")  # fmt: skip
+
+
+def train_together(
+    configs: list[TrainConfig],
+    teacher: nn.Module | None = None,
+    out_dirs: list[str | Path] | None = None,
+    resume: bool = False,
+    force: bool = False,
+) -> list[TrainResult]:
+    """Train several students from one teacher in one pass: each batch is drawn and the teacher runs once, then
+    every student takes its own step. Each keeps its own initialisation, optimiser, checkpoint, metrics and
+    record, resumes on its own, and ends as it would have trained alone (bit for bit on a deterministic CPU).
+
+    The configs must agree on :data:`SHARED_IN_A_GROUP`; students resumed at different points train in
+    successive passes, one per resume point.
+    """
+    if not configs:
+        return []
+    first = configs[0]
+    for c in configs[1:]:
+        differs = [k for k in SHARED_IN_A_GROUP if getattr(c, k) != getattr(first, k)]
+        if differs:
+            raise ValueError(
+                f"students trained together share {', '.join(differs)}; {c.arch} differs from {first.arch} "
+                "there: train it in another group"
+            )
+    outs: list[str | Path | None] = list(out_dirs) if out_dirs is not None else [None] * len(configs)
+    if len(outs) != len(configs):
+        raise ValueError(f"{len(configs)} configs but {len(outs)} run directories")
+    if len({Path(o).resolve() for o in outs if o is not None}) != sum(o is not None for o in outs):
+        raise ValueError("two students of a group write the same run directory; give each its own")
+    dist = D.setup(first.device)
+    with training_flags(first.deterministic, dist.device.type == "cuda"):
+        return _train_together(configs, dist, [None] * len(configs), teacher, outs, resume, force, None)
+
+
+@dataclass
+class _Run:
+    """One student's training in a pass: its model, optimiser and schedule, progress and records."""
+
+    config: TrainConfig
+    out: Path | None
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    run_cfg: dict[str, Any]
+    resuming: bool
+    start_epoch: int = 0
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    rng: dict[str, Any] | None = None  # its own RNG state while others share the process (groups of two or more)
+    loader_state: dict[str, Any] | None = None  # the data order it resumes at
+    last_eval: dict[str, float] | None = None
+    stepper: _Stepper | None = None
+
+
+def _train_together(
+    configs: list[TrainConfig],
     dist: D.DistInfo,
-    model: nn.Module | None,
+    models: list[nn.Module | None],
     teacher: nn.Module | None,
-    out_dir: str | Path | None,
+    out_dirs: list[str | Path | None],
     resume: bool,
     force: bool,
     on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
-) -> TrainResult:
-    dev = dist.device
+) -> list[TrainResult]:
+    config, dev = configs[0], dist.device  # what the students share (SHARED_IN_A_GROUP) is read from the first
     info = get_dataset_info(config.dataset)
-    out = Path(out_dir) if out_dir is not None else None
-    resuming = prepare_out_dir(out, resume, force, dist.is_main) if out is not None else False
+    outs = [Path(o) if o is not None else None for o in out_dirs]
+    resuming = [prepare_out_dir(o, resume, force, dist.is_main) if o is not None else False for o in outs]
     D.barrier()
-    seed_everything(config.seed)
-
     amp = _use_bf16(config.amp, dev)
     # channels_last by default wherever bf16 runs: oneDNN's and cuDNN's fast bf16 convolutions want it
     channels_last = config.channels_last if config.channels_last is not None else dev.type == "cuda" or amp
-    model, teacher = _place_models(config, info, dev, model, teacher, channels_last)
+    teacher = _place_teacher(config, info, dev, teacher, channels_last)
+    students: list[tuple[nn.Module, dict[str, Any] | None]] = []
+    for c, m in zip(configs, models, strict=True):
+        seed_everything(c.seed)  # each student is initialised as it would be alone, and keeps its own RNG after
+        students.append((_place_student(c, info, dev, m, teacher, channels_last), None))
+        if len(configs) > 1:
+            students[-1] = (students[-1][0], get_rng_state())
     loader, loader_state, n_train, info = _train_loader(config, info, dist, channels_last)
+    fresh_loader = loader_state.state_dict() if loader_state is not None else {}  # a run's data order at its start
     _check_test_split(config, info)  # a missing or corrupt test split fails now, not after the first epoch
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
@@ -381,20 +448,26 @@ def _train(
     total_steps = config.epochs * steps_per_epoch
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
-    optimizer, scheduler = _optimizer(config, model, steps_per_epoch, total_steps)
+    runs: list[_Run] = []
+    for c, out, (model, rng), resumed in zip(configs, outs, students, resuming, strict=True):
+        optimizer, scheduler = _optimizer(c, model, steps_per_epoch, total_steps)
+        run_cfg = model_config(model, info, {"teacher": c.teacher, "train_config": c.to_dict()})
+        run = _Run(c, out, model, optimizer, scheduler, run_cfg, resumed, rng=rng)
+        if run.resuming:
+            assert out is not None
+            run.start_epoch, run.step, run.history, rng, run.loader_state = _resume(out, c, model, optimizer, scheduler)
+            if run.rng is not None:
+                run.rng = rng
+            else:
+                set_rng_state(rng)
+        if dist.is_main and out is not None:
+            import yaml
 
-    run_cfg = model_config(model, info, {"teacher": config.teacher, "train_config": config.to_dict()})
-    start_epoch, step = 0, 0
-    history: list[dict[str, Any]] = []
-    if resuming:
-        assert out is not None
-        start_epoch, step, history = _resume(out, config, model, optimizer, scheduler, loader_state)
-    if dist.is_main and out is not None:
-        import yaml
+            atomic_write_text(out / "config.yaml", yaml.safe_dump(c.to_dict(), sort_keys=False))
+        run.stepper = _Stepper(c, dist, model, teacher is not None, amp, optimizer, scheduler)
+        runs.append(run)
 
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(config.to_dict(), sort_keys=False))
-
-    stepper = _Stepper(config, dist, model, teacher, amp, optimizer, scheduler)
+    t_fwd = _teacher_forward(config, dist, teacher)
     eval_kwargs = dict(
         data_dir=config.data_dir,
         batch_size=config.eval_batch_size,
@@ -406,80 +479,173 @@ def _train(
         download=config.download,
         amp=amp,
     )
-    last_eval: dict[str, float] | None = None
-    progress = _progress(config.progress and dist.is_main)
     run_start = time.perf_counter()
+    # students resumed at the same point train in one pass; passes run in order of their resume point
+    passes: dict[tuple[int, int], list[_Run]] = {}
+    for run in runs:
+        passes.setdefault((run.start_epoch, run.step), []).append(run)
+    for (start_epoch, _), group in sorted(passes.items()):
+        if loader_state is not None:
+            loader_state.load_state_dict(group[0].loader_state or fresh_loader)
+        _train_pass(group, config, dist, info, loader, t_fwd, start_epoch, total_steps, steps_per_epoch,
+                    loader_state, eval_kwargs, on_epoch_end)  # fmt: skip
+
+    results = []
+    for run in runs:
+        model = run.model
+        if run.last_eval is None:
+            run.last_eval = run_eval(model, info, dev, **eval_kwargs | {"amp": False})
+        wall = (
+            sum(r.get("epoch_time_s", 0.0) for r in run.history) if len(runs) > 1 else time.perf_counter() - run_start
+        )
+        final = _final_metrics(run.last_eval, run.history, run.step, n_train, wall, dist)
+        if dist.is_main and run.out is not None:
+            write_final(run.out, model, {**run.run_cfg, "metrics": final})
+        if dist.is_main and run.config.progress:
+            from rich.console import Console
+
+            Console().print(
+                f"[bold green]done[/]: top-1 {final['top1']:.2f}%  top-5 {final['top5']:.2f}% on {final['n_test']} "
+                f"test images, {run.step} steps in {final['wall_time_s']:.0f}s" + (f" -> {run.out}" if run.out else ""),
+                highlight=False,
+            )
+        # the standard layout again, so the model returned evaluates as its reloaded weights do
+        model = model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+        results.append(TrainResult(run.out, final, run.history, model))
+    return results
+
+
+def _train_pass(
+    runs: list[_Run],
+    config: TrainConfig,
+    dist: D.DistInfo,
+    info: DatasetInfo,
+    loader: DeviceLoader | _HostLoader,
+    t_fwd: nn.Module | None,
+    start_epoch: int,
+    total_steps: int,
+    steps_per_epoch: int,
+    loader_state: DeviceLoader | None,
+    eval_kwargs: dict[str, Any],
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
+) -> None:
+    """Train ``runs`` (at the same point) epoch by epoch on the same batches, the teacher run once per batch."""
+    dev = dist.device
+    shared = runs[0].rng is not None  # the process trains several students: each draws from its own RNG state
+    autocast = runs[0].stepper.autocast if runs[0].stepper is not None else contextlib.nullcontext
+    progress = _progress(config.progress and dist.is_main)
     with progress:
         task = progress.add_task("train", total=steps_per_epoch, ips=0.0)
         for epoch in range(start_epoch, config.epochs):
-            if step >= total_steps:
+            if runs[0].step >= total_steps:
                 break
             if hasattr(loader, "set_epoch"):
                 loader.set_epoch(epoch)
-            model.train()
+            for run in runs:
+                run.model.train()
             progress.reset(task, total=steps_per_epoch, description=f"epoch {epoch + 1}/{config.epochs}", ips=0.0)
+            advance = _progress_counter(progress, task, dist.world_size)
+            own = [0.0] * len(runs)  # each student's own step time; the rest of the epoch is shared
             t0 = time.perf_counter()
-            sums, step = stepper.run_epoch(
-                loader, step, total_steps, _progress_counter(progress, task, dist.world_size)
+            for x, y in loader:
+                teacher_out = None
+                if t_fwd is not None:
+                    with torch.no_grad(), autocast():
+                        teacher_out = t_fwd(x)
+                for i, run in enumerate(runs):
+                    assert run.stepper is not None
+                    t = time.perf_counter()
+                    if shared:
+                        assert run.rng is not None
+                        set_rng_state(run.rng)
+                    run.step = run.stepper.step(x, y, teacher_out, run.step)
+                    if shared:
+                        run.rng = get_rng_state()
+                    own[i] += time.perf_counter() - t
+                advance(len(y))
+                if runs[0].step >= total_steps:
+                    break
+            elapsed = time.perf_counter() - t0
+            common = (elapsed - sum(own)) / len(runs)  # data and teacher, split evenly
+            for i, run in enumerate(runs):
+                _end_epoch(run, epoch, own[i] + common if len(runs) > 1 else elapsed, len(runs), config, dist, info, dev,
+                           loader_state, eval_kwargs, progress, on_epoch_end, total_steps)  # fmt: skip
+
+
+def _end_epoch(
+    run: _Run,
+    epoch: int,
+    epoch_time: float,
+    group_size: int,
+    config: TrainConfig,
+    dist: D.DistInfo,
+    info: DatasetInfo,
+    dev: torch.device,
+    loader_state: DeviceLoader | None,
+    eval_kwargs: dict[str, Any],
+    progress: Any,  # noqa: ANN401 - rich's Progress
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
+    total_steps: int,
+) -> None:
+    """A student's epoch record, evaluation and checkpoint (its own RNG state in it)."""
+    assert run.stepper is not None
+    sums = run.stepper.take_sums()
+    record = _epoch_record(epoch, run.step, run.optimizer, sums, epoch_time, run.stepper.distill)
+    if group_size > 1:
+        record["group_size"] = group_size  # trained beside others, sharing the batches and the teacher's pass
+    last_epoch = epoch + 1 == config.epochs or run.step >= total_steps
+    if last_epoch or (config.eval_every and (epoch + 1) % config.eval_every == 0):
+        # the last evaluation is the run's record: in fp32, as `evaluate` re-measures it
+        run.last_eval = run_eval(run.model, info, dev, **(eval_kwargs | {"amp": False} if last_epoch else eval_kwargs))
+        record.update(test_loss=run.last_eval["loss"], test_top1=run.last_eval["top1"],
+                      test_top5=run.last_eval["top5"])  # fmt: skip
+    run.history.append(record)
+    if dist.is_main:
+        name = f"{run.config.arch[:40]}: " if group_size > 1 else ""
+        progress.console.print(name + _epoch_line(record), highlight=False)
+        if run.out is not None:
+            state = _checkpoint_state(run.model, run.optimizer, run.scheduler, loader_state, epoch, run.step,
+                                      run.history, run.rng)  # fmt: skip
+            save_checkpoint(
+                run.out / CHECKPOINT, {**state, "config": run.config.to_dict(), "model_config": run.run_cfg}
             )
-            record = _epoch_record(epoch, step, optimizer, sums, time.perf_counter() - t0, teacher is not None)
-            last_epoch = epoch + 1 == config.epochs or step >= total_steps
-            if last_epoch or (config.eval_every and (epoch + 1) % config.eval_every == 0):
-                last_eval = run_eval(model, info, dev, **eval_kwargs)
-                record.update(test_loss=last_eval["loss"], test_top1=last_eval["top1"], test_top5=last_eval["top5"])
-            history.append(record)
-            if dist.is_main:
-                progress.console.print(_epoch_line(record), highlight=False)
-                if out is not None:
-                    state = _checkpoint_state(model, optimizer, scheduler, loader_state, epoch, step, history)
-                    save_checkpoint(out / CHECKPOINT, {**state, "config": config.to_dict(), "model_config": run_cfg})
-                    write_metrics(out, history)
-                    write_curves(out, history)
-            D.barrier()
-            if on_epoch_end is not None:
-                on_epoch_end(epoch + 1, record)
-
-    if last_eval is None:
-        last_eval = run_eval(model, info, dev, **eval_kwargs)
-    final = _final_metrics(last_eval, history, step, n_train, time.perf_counter() - run_start, dist)
-    if dist.is_main and out is not None:
-        write_final(out, model, {**run_cfg, "metrics": final})
-    if dist.is_main and config.progress:
-        from rich.console import Console
-
-        Console().print(
-            f"[bold green]done[/]: top-1 {final['top1']:.2f}%  top-5 {final['top5']:.2f}% on {final['n_test']} "
-            f"test images, {step} steps in {final['wall_time_s']:.0f}s" + (f" -> {out}" if out else ""),
-            highlight=False,
-        )
-    # the standard layout again, so the model returned evaluates as its reloaded weights do
-    return TrainResult(out, final, history, model.to(memory_format=torch.contiguous_format))  # type: ignore[call-overload]
+            write_metrics(run.out, run.history)
+            write_curves(run.out, run.history)
+    D.barrier()
+    if on_epoch_end is not None:
+        on_epoch_end(epoch + 1, record)
 
 
-def _place_models(
+def _place_student(
     config: TrainConfig,
     info: DatasetInfo,
     dev: torch.device,
     model: nn.Module | None,
     teacher: nn.Module | None,
     channels_last: bool,
-) -> tuple[nn.Module, nn.Module | None]:
-    """The student (built from ``config.arch`` unless given) and the frozen teacher (loaded from
-    ``config.teacher`` unless given), both checked against the dataset and moved to the device."""
+) -> nn.Module:
+    """The student (built from ``config.arch`` unless given), checked against the dataset and on the device."""
     if model is None:
         model = build_student(config, info)
     check_model_fits(model, info)
-    if teacher is None and config.teacher:
-        teacher = load_teacher(config.teacher, dev)
     if teacher is not None:
         check_model_fits(teacher, info, f"the teacher {config.teacher or ''}".rstrip(), classes=config.kd_alpha > 0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(dev, memory_format=fmt)  # type: ignore[call-overload]  # torch's stubs lack this overload
-    if teacher is not None:
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        teacher = teacher.eval().to(dev, memory_format=fmt)  # type: ignore[call-overload]
-    return model, teacher
+    return model.to(dev, memory_format=fmt)  # type: ignore[call-overload]  # torch's stubs lack this overload
+
+
+def _place_teacher(
+    config: TrainConfig, info: DatasetInfo, dev: torch.device, teacher: nn.Module | None, channels_last: bool
+) -> nn.Module | None:
+    """The frozen teacher (loaded from ``config.teacher`` unless given) in eval mode on the device."""
+    if teacher is None and config.teacher:
+        teacher = load_teacher(config.teacher, dev)
+    if teacher is None:
+        return None
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return teacher.eval().to(dev, memory_format=fmt)  # type: ignore[call-overload]
 
 
 def _optimizer(
@@ -493,74 +659,87 @@ def _optimizer(
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(config, steps_per_epoch, total_steps))
 
 
+def _teacher_forward(config: TrainConfig, dist: D.DistInfo, teacher: nn.Module | None) -> nn.Module | None:
+    """The teacher as (logits, stage outputs), compiled as the students are; None without a teacher."""
+    if teacher is None:
+        return None
+    t_fwd: nn.Module = _Forward(teacher, with_features=True)
+    mode = compile_mode_for(config.compile, config.compile_mode, dist.device, dist.enabled)
+    if mode:  # with reduce-overhead the teacher replays CUDA graphs too
+        t_fwd = torch.compile(t_fwd, mode=mode)  # type: ignore[assignment]
+    return t_fwd
+
+
 class _Stepper:
-    """The optimiser steps of an epoch: the student's loss (with the teacher's attention-transfer and KD
-    terms when there is a teacher), backward, step; running sums stay on the device until the epoch ends."""
+    """One student's optimiser steps: its loss (with the teacher's attention-transfer and KD terms when there
+    is a teacher), backward, step; running sums stay on the device until the epoch ends."""
 
     def __init__(
         self,
         config: TrainConfig,
         dist: D.DistInfo,
         model: nn.Module,
-        teacher: nn.Module | None,
+        distill: bool,
         amp: bool,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LambdaLR,
     ) -> None:
         dev = dist.device
-        fwd: nn.Module = _Forward(model, with_features=teacher is not None)
+        fwd: nn.Module = _Forward(model, with_features=distill)
         if dist.enabled:
             fwd = nn.parallel.DistributedDataParallel(fwd, device_ids=[dev.index] if dev.type == "cuda" else None)
-        t_fwd = _Forward(teacher, with_features=True) if teacher is not None else None  # (logits, stages), no grad
         self.compiled = compile_mode_for(config.compile, config.compile_mode, dev, dist.enabled)
-        if self.compiled:  # the teacher too: with reduce-overhead both replay CUDA graphs
+        if self.compiled:
             fwd = torch.compile(fwd, mode=self.compiled)  # type: ignore[assignment]
-            t_fwd = torch.compile(t_fwd, mode=self.compiled) if t_fwd is not None else None  # type: ignore[assignment]
-        self.config, self.device, self.fwd, self.t_fwd = config, dev, fwd, t_fwd
+        self.config, self.device, self.fwd, self.distill, self.dist = config, dev, fwd, distill, dist
         self.autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
         self.optimizer, self.scheduler = optimizer, scheduler
         self.checked = False  # student and teacher stages compared once, on the first batch
+        self.sums = torch.zeros(4, dtype=torch.float64, device=dev)  # loss, correct, n, at
 
-    def run_epoch(
-        self, loader: Iterable, step: int, total_steps: int, advance: Callable[[int], None]
-    ) -> tuple[list[float], int]:
-        """Train until the loader ends or ``total_steps``; -> (summed loss, correct, images, AT loss; step)."""
-        config = self.config
-        sums = torch.zeros(4, dtype=torch.float64, device=self.device)  # loss, correct, n, at
-        for x, y in loader:
-            if self.compiled:  # CUDA graphs (reduce-overhead) may reuse the last step's outputs from here on
-                torch.compiler.cudagraph_mark_step_begin()
-            with self.autocast():
-                logits, feats = self.fwd(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
-                at = None
-                if self.t_fwd is not None:
-                    with torch.no_grad():
-                        t_logits, t_feats = self.t_fwd(x)
-                    if not self.checked:
-                        _check_compatible(feats, t_feats)
-                        self.checked = True
-                    at = attention_transfer(feats, t_feats, config.at_mode)
-                    if config.kd_alpha > 0:
-                        kd = kd_loss(logits, t_logits, config.kd_temperature)
-                        loss = (1 - config.kd_alpha) * loss + config.kd_alpha * kd
-                    loss = loss + config.beta * at
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
-            step += 1
-            with torch.no_grad():
-                d = loss.detach().double()
-                sums[0] += d * len(y)
-                sums[1] += (logits.detach().argmax(1) == y).sum()
-                sums[2] += len(y)
-                if at is not None:
-                    sums[3] += at.detach().double() * len(y)
-            advance(len(y))
-            if step >= total_steps:
-                break
-        return D.all_reduce_sum(sums).tolist(), step  # the epoch's one host sync
+    def step(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        teacher_out: tuple[torch.Tensor, list[torch.Tensor]] | None,
+        step: int,
+    ) -> int:
+        """One optimiser step on the batch (``teacher_out``: the teacher's logits and stages on it); -> step + 1."""
+        config, sums = self.config, self.sums
+        if self.compiled:  # CUDA graphs (reduce-overhead) may reuse the last step's outputs from here on
+            torch.compiler.cudagraph_mark_step_begin()
+        with self.autocast():
+            logits, feats = self.fwd(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
+            at = None
+            if teacher_out is not None:
+                t_logits, t_feats = teacher_out
+                if not self.checked:
+                    _check_compatible(feats, t_feats)
+                    self.checked = True
+                at = attention_transfer(feats, t_feats, config.at_mode)
+                if config.kd_alpha > 0:
+                    kd = kd_loss(logits, t_logits, config.kd_temperature)
+                    loss = (1 - config.kd_alpha) * loss + config.kd_alpha * kd
+                loss = loss + config.beta * at
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.scheduler.step()
+        with torch.no_grad():
+            d = loss.detach().double()
+            sums[0] += d * len(y)
+            sums[1] += (logits.detach().argmax(1) == y).sum()
+            sums[2] += len(y)
+            if at is not None:
+                sums[3] += at.detach().double() * len(y)
+        return step + 1
+
+    def take_sums(self) -> list[float]:
+        """The epoch's (summed loss, correct, images, AT loss) over every process, then zeroed: one host sync."""
+        sums = D.all_reduce_sum(self.sums).tolist()
+        self.sums.zero_()
+        return sums
 
 
 def _epoch_record(
@@ -588,10 +767,9 @@ def _resume(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler,
-    loader_state: Any,  # noqa: ANN401 - the device loader's state, or None
-) -> tuple[int, int, list[dict[str, Any]]]:
-    """Restore a run from ``out``'s checkpoint (model, optimiser, schedule, data order, RNG) after checking that
-    no setting that shapes training changed; returns (first epoch to run, step, history)."""
+) -> tuple[int, int, list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """Restore a run's model, optimiser and schedule from ``out``'s checkpoint after checking that no setting
+    that shapes training changed; returns (first epoch to run, step, history, RNG state, data-order state)."""
     state = load_checkpoint(out / CHECKPOINT, map_location="cpu")
     saved = state.get("config", {})
     for key, now in config.to_dict().items():
@@ -603,10 +781,7 @@ def _resume(
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    if loader_state is not None and state.get("loader"):
-        loader_state.load_state_dict(state["loader"])
-    set_rng_state(state["rng"])
-    return state["epoch"] + 1, state["step"], list(state["history"])
+    return state["epoch"] + 1, state["step"], list(state["history"]), state["rng"], state.get("loader") or {}
 
 
 def _checkpoint_state(
@@ -617,14 +792,16 @@ def _checkpoint_state(
     epoch: int,
     step: int,
     history: list[dict[str, Any]],
+    rng: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Everything ``_resume`` restores, after ``epoch`` (0-based) and ``step``."""
+    """Everything ``_resume`` restores, after ``epoch`` (0-based) and ``step``; ``rng``: the run's own RNG state
+    when it shares the process (else the process's)."""
     return {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "loader": loader_state.state_dict() if loader_state is not None else {},
-        "rng": get_rng_state(),
+        "rng": rng if rng is not None else get_rng_state(),
         "epoch": epoch,
         "step": step,
         "history": history,
