@@ -455,7 +455,7 @@ def reproduce(
     if search_only:
         winner = _search(recipe, run_dir, device, max_steps, resume)
         return ReproduceResult(run_dir, run_dir / "search", {}, None, f"{recipe.name}: searched, winner {winner}")
-    return reproduce_together([recipe], [run_dir], resume, max_steps, device, started=False)[0]
+    return reproduce_together([recipe], [run_dir], resume, max_steps, device, started=True)[0]
 
 
 def reproduce_together(
