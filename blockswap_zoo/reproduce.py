@@ -5,6 +5,7 @@ when its output is already there, so an interrupted run resumes where it stopped
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import shutil
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any, cast
 import torch
 from torch import nn
 
+from .dir_lock import lock_directory
 from .genotype import Genotype
 from .io import atomic_write_text
 from .recipe import OptimSpec, Recipe, RecipeError, recipe_reference
@@ -451,11 +453,14 @@ def reproduce(
     if search_only and recipe.student.search is None:
         preflight(recipe, max_steps)
         raise RecipeError(f"{recipe.source}: --search-only: the recipe's student is fixed, it has no search")
-    _start_run(recipe, run_dir, resume, force, max_steps)
-    if search_only:
-        winner = _search(recipe, run_dir, device, max_steps, resume)
-        return ReproduceResult(run_dir, run_dir / "search", {}, None, f"{recipe.name}: searched, winner {winner}")
-    return reproduce_together([recipe], [run_dir], resume, max_steps, device, started=True)[0]
+    preflight(recipe, max_steps)  # nothing is written, not even the run's folder, for a recipe that cannot run
+    check_run_dir(recipe, run_dir, resume, force, max_steps)
+    with lock_directory(run_dir, "reproduce run"):
+        _start_run(recipe, run_dir, resume, force, max_steps)
+        if search_only:
+            winner = _search(recipe, run_dir, device, max_steps, resume)
+            return ReproduceResult(run_dir, run_dir / "search", {}, None, f"{recipe.name}: searched, winner {winner}")
+        return _reproduce_locked([recipe], [run_dir], resume, max_steps, device)[0]
 
 
 def reproduce_together(
@@ -464,17 +469,27 @@ def reproduce_together(
     resume: bool = True,
     max_steps: int | None = None,
     device: str = "auto",
-    started: bool = False,
 ) -> list[ReproduceResult]:
     """Reproduce several recipes that distil from the same teacher with the same data and schedule, their
     students trained in one pass (``train_together``: the teacher runs once per batch); each run in its own
     directory, resumable on its own, each student as it would be alone. The first recipe's teacher stage
     serves every run that has none of its own."""
-    from .train import TrainConfig, load_run, train_together
-
-    if not started:
+    for r, d in zip(recipes, run_dirs, strict=True):
+        preflight(r, max_steps)
+        check_run_dir(r, d, resume, False, max_steps)
+    with contextlib.ExitStack() as held:  # every run directory for this process alone
+        for d in run_dirs:
+            held.enter_context(lock_directory(d, "reproduce run"))
         for r, d in zip(recipes, run_dirs, strict=True):
             _start_run(r, d, resume, False, max_steps)
+        return _reproduce_locked(recipes, run_dirs, resume, max_steps, device)
+
+
+def _reproduce_locked(
+    recipes: list[Recipe], run_dirs: list[Path], resume: bool, max_steps: int | None, device: str
+) -> list[ReproduceResult]:
+    from .train import TrainConfig, load_run, train_together
+
     clock = time.perf_counter()
     first = recipes[0]
     if len(recipes) > 1:
@@ -528,12 +543,11 @@ def distill_group_key(r: Recipe) -> tuple | None:
 
 
 def _start_run(recipe: Recipe, run_dir: Path, resume: bool, force: bool, max_steps: int | None) -> None:
-    """Check the recipe and its run directory, then mark the directory as this recipe's run."""
-    preflight(recipe, max_steps)  # nothing is written for a recipe that cannot run
-    check_run_dir(recipe, run_dir, resume, force, max_steps)
+    """Mark the (checked and locked) run directory as this recipe's run; with ``force`` clear it first."""
     the_plan = plan(recipe)
-    if force and run_dir.exists() and any(run_dir.iterdir()):
-        shutil.rmtree(run_dir)
+    if force:  # its contents, not the folder: the folder is what the lock is held on
+        for p in run_dir.iterdir():
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / RUN_KIND, json.dumps({"max_steps": max_steps}) + "\n")
     atomic_write_text(run_dir / "recipe.yaml", Path(recipe.source).read_text())

@@ -11,6 +11,7 @@ i % world_size == r, and rank 0 gathers the results: the same winner as one proc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -27,6 +28,7 @@ import torch
 
 from ..backbones import Backbone
 from ..cpu_info import cpu_info
+from ..dir_lock import DirectoryBusyError, lock_directory
 from ..genotype import Genotype
 from ..io import atomic_write_text
 from ..limits import check_seed
@@ -347,46 +349,54 @@ def run_search(
         cfg.autocast_precision,
         None if draw is None else draw.record,
     )
-    report = Path(report_dir) if report_dir is not None else None
-    if report is not None:
-        _open_report(
-            report, settings, resume, force, rank, world, lambda: _environment(device, world, workers, scoring)
+    with contextlib.ExitStack() as held:  # the report directory, locked for this search alone (rank 0)
+        report = Path(report_dir) if report_dir is not None else None
+        if report is not None:
+            _open_report(
+                report,
+                settings,
+                resume,
+                force,
+                rank,
+                world,
+                lambda: _environment(device, world, workers, scoring),
+                held,
+            )
+        done = _resumed_candidates(report, genotypes) if report is not None and resume else {}
+        jobs = [
+            (i, g.to_string(), g.num_params(batch.num_classes, batch.in_chans),
+             g.macs(batch.num_classes, batch.in_chans, hw), candidate_seed(seed, i))
+            for i, g in enumerate(genotypes) if i not in done and i % world == rank
+        ]  # fmt: skip
+        if log is not None and rank == 0:
+            log(scoring)
+        shard = report / (CANDIDATES if world == 1 else f"candidates.rank{rank}.jsonl") if report else None
+        new = _score_and_record(jobs, batch, cfg, workers, shard, progress, len(done), samples, world)
+        records = {**done, **{c.index: c for c in _gathered(new, world)}}
+        candidates = [records[i] for i in sorted(records)]
+        best = _best(candidates, proxy)
+        result = SearchResult(
+            winner=Genotype.from_string(best.genotype),
+            winner_index=best.index,
+            score=best.score,
+            params=best.params,
+            macs=best.macs,
+            candidates=candidates,
+            settings=settings,
+            report_dir=report,
+            seconds=time.perf_counter() - t_start,
+            rescored=len(records) - len(done),
+            extra={"device": device, "world_size": world, "score_config": cfg.to_dict()},
         )
-    done = _resumed_candidates(report, genotypes) if report is not None and resume else {}
-    jobs = [
-        (i, g.to_string(), g.num_params(batch.num_classes, batch.in_chans),
-         g.macs(batch.num_classes, batch.in_chans, hw), candidate_seed(seed, i))
-        for i, g in enumerate(genotypes) if i not in done and i % world == rank
-    ]  # fmt: skip
-    if log is not None and rank == 0:
-        log(scoring)
-    shard = report / (CANDIDATES if world == 1 else f"candidates.rank{rank}.jsonl") if report else None
-    new = _score_and_record(jobs, batch, cfg, workers, shard, progress, len(done), samples, world)
-    records = {**done, **{c.index: c for c in _gathered(new, world)}}
-    candidates = [records[i] for i in sorted(records)]
-    best = _best(candidates, proxy)
-    result = SearchResult(
-        winner=Genotype.from_string(best.genotype),
-        winner_index=best.index,
-        score=best.score,
-        params=best.params,
-        macs=best.macs,
-        candidates=candidates,
-        settings=settings,
-        report_dir=report,
-        seconds=time.perf_counter() - t_start,
-        rescored=len(records) - len(done),
-        extra={"device": device, "world_size": world, "score_config": cfg.to_dict()},
-    )
-    if draw is not None and latency is not None and rank == 0:
-        from ..latency.budget import measure_against_budget
+        if draw is not None and latency is not None and rank == 0:
+            from ..latency.budget import measure_against_budget
 
-        result.extra["latency"] = measure_against_budget(
-            draw.table, _shape(bb, batch), result.winner, latency.ms, settle_seconds=latency.settle_seconds
-        )
-    if report is not None and rank == 0:
-        write_report(result)
-    return result
+            result.extra["latency"] = measure_against_budget(
+                draw.table, _shape(bb, batch), result.winner, latency.ms, settle_seconds=latency.settle_seconds
+            )
+        if report is not None and rank == 0:
+            write_report(result)
+        return result
 
 
 def _shape(bb: Backbone, batch: SearchBatch) -> NetworkShape:
@@ -444,11 +454,18 @@ def _open_report(
     rank: int,
     world: int,
     environment: Callable[[], dict[str, object]],
+    held: contextlib.ExitStack,
 ) -> None:
-    """Rank 0 prepares the report directory and writes environment.json; every rank raises its ReportError."""
+    """Rank 0 locks the report directory into ``held`` (one writer), prepares it and writes environment.json;
+    every rank raises its ReportError."""
     error = None
     if rank == 0:
         try:
+            if not report.exists() or report.is_dir():
+                try:
+                    held.enter_context(lock_directory(report, "search"))
+                except DirectoryBusyError as e:
+                    raise ReportError(str(e)) from None
             _prepare_report(report, settings, resume, force)
             atomic_write_text(report / "environment.json", json.dumps(environment(), indent=2) + "\n")
         except ReportError as e:

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..cpu_info import cpu_info
 from ..data import DatasetInfo, DeviceLoader, get_dataset_info, image_folder, load_arrays
+from ..dir_lock import lock_directory
 from ..io import atomic_write_text
 from ..models import build_model
 from ..numerics import training_flags
@@ -415,6 +416,25 @@ class _Run:
 
 
 def _train_together(
+    configs: list[TrainConfig],
+    dist: D.DistInfo,
+    models: list[nn.Module | None],
+    teacher: nn.Module | None,
+    out_dirs: list[str | Path | None],
+    resume: bool,
+    force: bool,
+    on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
+) -> list[TrainResult]:
+    """Lock each run directory for this process alone (the main process of a DDP run), then train."""
+    with contextlib.ExitStack() as held:
+        for out in out_dirs:
+            if out is not None and dist.is_main:
+                _check_dir_path(Path(out))
+                held.enter_context(lock_directory(out, "training"))
+        return _train_locked(configs, dist, models, teacher, out_dirs, resume, force, on_epoch_end)
+
+
+def _train_locked(
     configs: list[TrainConfig],
     dist: D.DistInfo,
     models: list[nn.Module | None],
