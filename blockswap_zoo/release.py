@@ -66,6 +66,25 @@ def _check_recipe_expectation(cfg: dict, checkpoint: Path) -> None:
         )
 
 
+def _check_claimed_size(cfg: dict, checkpoint: Path) -> None:
+    """A config's params and MACs are what its genotype has: a record never publishes a claimed size."""
+    try:
+        g = Genotype.from_dict(cfg["genotype"])
+        size = tuple(cfg["input_size"][-2:])
+        params, macs = (
+            g.num_params(cfg["num_classes"], cfg["in_chans"]),
+            g.macs(cfg["num_classes"], cfg["in_chans"], size),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{checkpoint / CONFIG_NAME} cannot be checked ({type(e).__name__}: {e})") from None
+    for key, real in (("params", params), ("macs", macs)):
+        if cfg.get(key) != real:
+            raise ValueError(
+                f"{checkpoint / CONFIG_NAME} claims {key} {cfg.get(key)!r}, but its genotype has {real:,}: not "
+                f"released. Write the checkpoint again (blockswap-zoo reproduce or train), or correct {key} to {real}"
+            )
+
+
 def release_checkpoint(checkpoint: str | Path, force: bool = False) -> Weights:
     """Verify the checkpoint loads, copy it into ``weights/`` and write its record (in a repository checkout
     only: an installed package's files are not where anyone publishes from)."""
@@ -81,6 +100,13 @@ def release_checkpoint(checkpoint: str | Path, force: bool = False) -> Weights:
         raise ValueError(f"{checkpoint} comes from a smoke run (--max-steps); only full runs are released")
     name = _checked_name(cfg)
     _check_recipe_expectation(cfg, checkpoint)
+    _check_claimed_size(cfg, checkpoint)
+    links = sorted(str(p.relative_to(checkpoint)) for p in checkpoint.rglob("*") if p.is_symlink())
+    if links:
+        raise ValueError(
+            f"{checkpoint} holds symbolic links ({', '.join(links)}); release copies files only, never what a link "
+            "points to: replace each link with the file it stands for, or remove it"
+        )
     records = dict(load_records())
     target = REPO_ROOT / "weights" / name
     if (name in records or target.exists()) and not force:
@@ -89,6 +115,9 @@ def release_checkpoint(checkpoint: str | Path, force: bool = False) -> Weights:
         w = Weights.from_checkpoint_config(name, cfg)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{checkpoint / CONFIG_NAME} cannot make a release record ({type(e).__name__}: {e})") from None
+    old = records.get(name)
+    if old is not None and old.genotype == w.genotype:  # latency is the architecture's: a re-release keeps it
+        w = dataclasses.replace(w, latency=list(old.latency))
     records[name] = w
     text = json.dumps([r.to_dict() for r in records.values()], indent=2) + "\n"  # made before anything changes
     staging = target.with_name(f".release-{name}")  # copied whole first: weights/ never holds half a checkpoint

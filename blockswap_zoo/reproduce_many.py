@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 from .recipe import Recipe, RecipeError
 from .sources import resolve_genotype
@@ -215,6 +216,19 @@ def _finish(run: RunState, rc: int) -> None:
     )
 
 
+def _open_log(path: Path) -> IO[bytes]:
+    """A run's log, opened to append without following a symbolic link (a link is refused, naming it)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError:
+        if path.is_symlink():
+            raise RecipeError(
+                f"{path} is a symbolic link; a run writes its log only inside its folder: remove it"
+            ) from None
+        raise
+    return os.fdopen(fd, "ab")
+
+
 def _child_env(at_once: int) -> dict[str, str]:
     """The environment of a run's process: the CPU cores shared out among the processes that run at once
     (small students train faster as two one-thread processes than as one two-thread process: docs/benchmarks.md),
@@ -273,7 +287,7 @@ def run_many(
                     for run in unit:
                         run.run_dir.mkdir(parents=True, exist_ok=True)
                         run.log = unit[0].run_dir / LOG_NAME
-                    with unit[0].log.open("a") as log:  # type: ignore[union-attr]  # set just above
+                    with _open_log(unit[0].run_dir / LOG_NAME) as log:
                         process = subprocess.Popen(_command(unit, out, device, max_steps), stdout=log,
                                                    stderr=subprocess.STDOUT, env=env)  # fmt: skip
                     for run in unit:

@@ -71,6 +71,8 @@ def test_release_writes_the_folder_and_the_record(repo: Path, tmp_path: Path) ->
         ({"recipe": "recipes/not_here.yaml"}, "not in this repository"),
         ({"recipe_sha256": "0" * 64}, "has changed since"),
         ({"recipe": str(ROOT / "blockswap_zoo" / "recipes" / f"{NAME}.yaml")}, "not in this repository"),  # a path
+        ({"params": 12_345}, "claims params 12345, but its genotype has 391,114"),
+        ({"macs": 999}, "claims macs 999, but its genotype has"),
     ],
 )
 def test_release_refuses(repo: Path, tmp_path: Path, changes: dict, message: str) -> None:
@@ -172,3 +174,19 @@ def test_latency_is_recorded_per_setting_and_shown_in_the_docs(repo: Path, tmp_p
     assert "- latency: 4 ms per forward at batch 1, float32 eager, on CPU X" in zoo_model_card(records)
     with pytest.raises(ValueError, match="no published record"):
         release.record_latency("wrn_40_2_bs1k.none", {"setting": setting})
+
+
+def test_release_copies_no_link_and_a_re_release_keeps_the_latency(repo: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not the checkpoint's")
+    ck = _checkpoint(tmp_path / "linked")
+    (ck / "README.md").unlink()
+    (ck / "README.md").symlink_to(outside)
+    with pytest.raises(ValueError, match=r"symbolic links \(README.md\)"):
+        release.release_checkpoint(ck)
+    assert list((repo / "weights").iterdir()) == []
+    release.release_checkpoint(_checkpoint(tmp_path / "first"))
+    setting = {"device_type": "cpu", "device_name": "CPU X", "threads": 2, "batch": 1}
+    release.record_latency(NAME, {"batch": 1, "median_ms": 4.0, "spread_ms": 0.1, "setting": setting})
+    w = release.release_checkpoint(_checkpoint(tmp_path / "again"), force=True)
+    assert [m["median_ms"] for m in w.latency] == [4.0]  # the same architecture: its measured latency stays

@@ -174,3 +174,33 @@ def test_budget_must_agree_with_the_search_and_search_only_stops_after_the_searc
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 2 and "it has no search" in " ".join(done.stderr.split()), done.stderr
     assert not (tmp_path / "run_b").exists()
+
+
+@pytest.mark.parametrize("bad", [["--jobs", "0"], ["--jobs", "-1"], ["--group", "0"], ["--jobs", "0", "--dry-run"]])
+def test_jobs_and_group_are_checked_before_anything_is_written(tmp_path: Path, bad: list[str]) -> None:
+    paths = [str(_teacher_recipe(tmp_path)), str(_student_recipe(tmp_path, "wrn_10_1_a.tiny", genotype="wrn_10_1"))]
+    cmd = [sys.executable, "-m", "blockswap_zoo", "reproduce", *paths, "--out", str(tmp_path / "runs"), *bad]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "must be >= 1" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_run_folders_and_logs_that_are_links_are_refused(tmp_path: Path) -> None:
+    """Nothing is written through a symbolic link: not a run into a linked folder, not a log into a linked file."""
+    from blockswap_zoo.reproduce_many import _open_log
+
+    paths = [str(_teacher_recipe(tmp_path)), str(_student_recipe(tmp_path, "wrn_10_1_a.tiny", genotype="wrn_10_1"))]
+    elsewhere, out = tmp_path / "elsewhere", tmp_path / "runs"
+    elsewhere.mkdir()
+    out.mkdir()
+    (out / "wrn_10_1_a.tiny").symlink_to(elsewhere, target_is_directory=True)
+    cmd = [sys.executable, "-m", "blockswap_zoo", "reproduce", *paths, "--out", str(out), "--max-steps", "1"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "is a symbolic link" in " ".join(done.stderr.split()), done.stderr
+    assert list(elsewhere.iterdir()) == [] and not (out / "wrn_10_1.tiny").exists()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    (tmp_path / "reproduce.log").symlink_to(victim)
+    with pytest.raises(RecipeError, match="is a symbolic link"):
+        _open_log(tmp_path / "reproduce.log")
+    assert victim.read_text() == "keep"

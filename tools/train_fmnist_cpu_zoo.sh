@@ -29,8 +29,8 @@ case "${1:-start}" in
     resume) for p in $(pids); do kill -CONT "$p"; done; echo "resumed: $(pids | xargs)"; exit ;;
     status)
         echo "processes: $(pids | xargs)"
-        for m in "$runs"/*/*/metrics.jsonl; do  # each stage's last finished epoch
-            [ -f "$m" ] && echo "${m#"$runs"/}: $(tail -n 1 "$m" | cut -c1-200)"
+        for m in "$runs"/*/*/metrics.jsonl; do  # each stage's last finished epoch (not the shared teacher's links)
+            [ -f "$m" ] && [ ! -L "$(dirname "$m")" ] && echo "${m#"$runs"/}: $(tail -n 1 "$m" | cut -c1-160)"
         done
         tail -n 3 "$runs/zoo.log"
         exit ;;

@@ -68,8 +68,8 @@ def reproduce_cmd(
         loaded = [load_recipe(r) for r in recipes]
     except ValueError as e:
         fail(str(e))
-    if group < 1:
-        fail(f"--group must be >= 1, got {group}")
+    if group < 1 or jobs < 1:  # before anything is written, and refused by --dry-run too
+        fail(f"--jobs and --group must be >= 1, got --jobs {jobs} --group {group}")
     if together:
         if force or search_only or dry_run:
             fail("--together trains the given runs as they are: drop --force, --search-only and --dry-run")
@@ -143,6 +143,11 @@ def _many(
         phases = plan_runs(recipes)
         for r in recipes:
             preflight(r, max_steps)
+            if (out / r.name).is_symlink():
+                raise FileExistsError(
+                    f"{out / r.name} is a symbolic link; each run is written in a folder of its own under --out: "
+                    "remove the link or use another --out"
+                )
             check_run_dir(r, out / r.name, True, False, max_steps)
         if searches is not None and not searches.is_dir():
             raise FileNotFoundError(f"--searches {searches} is not a folder of search reports")
@@ -173,6 +178,8 @@ def _many(
     except KeyboardInterrupt:
         err_console.print(f"interrupted; the runs in {out} are stopped: rerun the same command to resume them")
         raise typer.Exit(130) from None
+    except ValueError as e:
+        fail(str(e))
     console.print(_table(runs))
     if any(run.state != "done" for run in runs):
         bad = [run for run in runs if run.state != "done"]
