@@ -221,6 +221,18 @@ def test_missing_annotation_file_names_the_file_and_the_fix(tmp_path: Path) -> N
         CocoDetectionData(tmp_path, bad)
 
 
+@pytest.mark.parametrize("name", ["../outside.png", "/etc/hostname", 7])
+def test_an_image_file_name_outside_the_image_folder_is_refused(detset: Path, tmp_path: Path, name: object) -> None:
+    ann = json.loads((detset / "annotations" / "instances_val.json").read_text())
+    ann["images"][0]["file_name"] = name
+    bad = tmp_path / "instances_val.json"
+    bad.write_text(json.dumps(ann))
+    data = CocoDetectionData(detset / "val", bad)
+    index = data.ids.index(ann["images"][0]["id"])
+    with pytest.raises(DetectionDataError, match="not a relative path inside the image folder"):
+        data[index]
+
+
 def test_pycocotools_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     from blockswap_zoo.detection.coco import require_pycocotools
 

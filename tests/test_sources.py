@@ -140,3 +140,13 @@ def test_a_hub_source_is_pulled_once(tmp_path: Path, monkeypatch: pytest.MonkeyP
     source = parse_source("hf-hub:org/name@v1")
     assert checkpoint_directory(source) == checkpoint_directory(source) == tmp_path
     assert pulls == [("org/name", "v1")]
+
+
+def test_export_default_file_names_never_become_paths() -> None:
+    """A revision or repo name given by the user becomes a file name in the working directory, never a path."""
+    from blockswap_zoo.cli.app import _file_stem
+
+    g = Genotype.uniform("wrn_10_1")
+    for name in ("hf-hub:org/net@../../..", "hf-hub:org/net@main/../../x", "hf-hub:org/..@v1"):
+        stem = _file_stem(parse_source(name, files=False), g)
+        assert "/" not in stem and not stem.startswith(".") and stem, (name, stem)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -193,7 +194,12 @@ def export_cmd(
 
 
 def _file_stem(source: ModelSource, genotype: Genotype) -> str:
-    """A default export file name: the model name, the checkpoint folder or repo, or backbone + genotype hash."""
+    """A default export file name in the working directory: the model name, the checkpoint folder or repo, or
+    backbone + genotype hash; every character outside [A-Za-z0-9._-] becomes '_', so a name never becomes a path."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", _raw_stem(source, genotype)).lstrip(".")[:120] or "model"
+
+
+def _raw_stem(source: ModelSource, genotype: Genotype) -> str:
     if source.kind == "hf_hub":
         return f"{(source.repo_id or '').split('/')[-1]}{'-' + source.revision if source.revision else ''}"
     if source.kind in ("checkpoint_dir", "training_checkpoint") and source.path is not None:

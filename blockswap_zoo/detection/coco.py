@@ -98,7 +98,13 @@ class CocoDetectionData(torch.utils.data.Dataset):
     def _image(self, image_id: int) -> torch.Tensor:
         from PIL import Image
 
-        path = self.images / self.coco.imgs[image_id]["file_name"]
+        name = self.coco.imgs[image_id].get("file_name")
+        path = self.images / str(name)
+        if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
+            raise DetectionDataError(
+                f"image {image_id}: file_name {name!r} is not a relative path inside the image folder {self.images}; "
+                "give each image's file name relative to that folder"
+            )
         try:
             with Image.open(path) as img:
                 array = np.asarray(img.convert("RGB"))
