@@ -314,3 +314,23 @@ def test_preflight_takes_the_official_recipe() -> None:
     if not FMNIST.is_dir():
         pytest.skip("Fashion-MNIST is not installed")
     preflight(load_recipe(OFFICIAL))
+
+
+@pytest.mark.parametrize("device", ["tpu", "cpu:zz"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["latency-table", "wrn_10_1"],
+        ["latency", "wrn_10_1"],
+        ["search", "wrn_10_1", "--latency", "2ms"],
+        ["search-detector", "--images", "nowhere", "--annotations", "nowhere.json"],
+        ["evaluate-detector", "nowhere"],
+    ],
+    ids=lambda c: c[0] if isinstance(c, list) else c,
+)
+def test_an_unknown_device_is_named_before_anything_runs(tmp_path: Path, command: list[str], device: str) -> None:
+    out = ["--out", str(tmp_path / "out")] if command[0].startswith("search") else []
+    r = CliRunner().invoke(app, [*command, *out, "--device", device])
+    assert r.exit_code == 2 and f"unknown device '{device}'" in r.output, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+    assert not (tmp_path / "out").exists()

@@ -118,6 +118,7 @@ def search_detector_cmd(
     from ..detection.search import search_detector
     from ..genotype import Genotype
 
+    _check_device(device)
     try:
         data = CocoDetectionData(images, annotations, masks=kind == "maskrcnn")
         template = DetectorConfig(kind, Genotype.uniform(backbone), data.num_classes, fpn_channels, head_channels,
@@ -208,6 +209,7 @@ def evaluate_detector_cmd(
     from ..detection.config import DetectionTrainConfig
     from ..detection.train import load_detector
 
+    _check_device(device)
     try:
         model, doc = load_detector(run, device)
         cfg = DetectionTrainConfig.from_dict(doc.get("train_config", {}))
@@ -228,3 +230,13 @@ def evaluate_detector_cmd(
             cells = "  ".join(f"{k} {'-' if v is None else f'{v:.1f}'}" for k, v in m.items())
             console.print(f"{name}: {cells}", highlight=False)
     console.print(f"{r['images']} images, {r['detections']} detections", highlight=False)
+
+
+def _check_device(device: str) -> None:
+    """tpu, cpu:zz or a missing GPU: exit 2 naming the device and the fix, before any data is read."""
+    from ..train.distributed import resolve_device
+
+    try:
+        resolve_device(device)
+    except ValueError as e:
+        fail(f"--device: {e}")

@@ -43,7 +43,12 @@ def _setting(device: str, batch: int, dtype: str, threads: int | None) -> Measur
     import torch
 
     from ..latency import MeasureSetting
+    from ..train.distributed import resolve_device
 
+    try:
+        resolve_device(device)  # tpu, cpu:zz or a missing GPU: named with the fix, before anything is measured
+    except ValueError as e:
+        fail(f"--device: {e}")
     if threads is not None:
         if threads < 1:
             fail(f"--threads must be >= 1, got {threads}")

@@ -185,6 +185,12 @@ def _budgets(
             f"give either BUDGET ({budget or '--macs'}) or --latency {latency}, not both; cap parameters under a "
             "latency budget with --max-params"
         )
+    from ..train.distributed import resolve_device
+
+    try:
+        resolve_device(device)  # tpu, cpu:zz or a missing GPU: named with the fix, before anything is measured
+    except ValueError as e:
+        raise LatencyError(f"--device: {e}") from None
     where = "cuda" if device == "auto" and _cuda() else "cpu" if device == "auto" else device
     MeasureSetting.here(where, batch, dtype)  # names a bad device, batch or dtype now
     cap = None if max_params is None else parse_budget(max_params)
