@@ -334,3 +334,20 @@ def test_an_unknown_device_is_named_before_anything_runs(tmp_path: Path, command
     assert r.exit_code == 2 and f"unknown device '{device}'" in r.output, r.output
     assert r.exception is None or isinstance(r.exception, SystemExit)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["latency-table", "wrn_10_1", "--calibrate", "1"], "--calibrate needs 0 (skip) or at least 2"),
+        (["latency-table", "wrn_10_1", "--batch", "100000000"], "--batch must be between 1 and 4096"),
+        (["latency", "wrn_10_1", "--batch", "0"], "--batch must be between 1 and 4096"),
+        (["make-detection-set", "--canvas", "1000000"], "larger than 4096"),
+    ],
+    ids=lambda v: v[0] if isinstance(v, list) else None,
+)
+def test_sizes_that_cannot_fit_are_refused_before_any_work(tmp_path: Path, command: list[str], message: str) -> None:
+    out = ["--out", str(tmp_path / "out")] if command[0] == "make-detection-set" else []
+    r = CliRunner().invoke(app, [*command, *out])
+    assert r.exit_code == 2 and message in " ".join(r.output.split()), r.output
+    assert not (tmp_path / "out").exists()

@@ -315,6 +315,19 @@ def test_detection_search_picks_the_highest_fisher_potential_within_budget(detse
     assert len((tmp_path / "candidates.jsonl").read_text().splitlines()) == 3
     best = r.candidates[scores.index(max(scores))]  # the winner's score again, from its genotype and seed alone
     assert score_detector(replace(template, genotype=r.winner), *detection_batch(data, 2, 1), best.seed) == r.score
+    before = (tmp_path / "summary.json").read_text()
+    with pytest.raises(ValueError, match="pass --force to replace it"):  # a finished report is kept
+        search_detector(template, data, "1.2m", samples=1, batch_size=2, seed=2, out_dir=tmp_path)
+    assert (tmp_path / "summary.json").read_text() == before
+    search_detector(template, data, "1.2m", samples=1, batch_size=2, seed=2, out_dir=tmp_path, force=True)
+    assert len((tmp_path / "candidates.jsonl").read_text().splitlines()) == 1
+    classification = tmp_path / "classification"  # a classification search's report is never replaced
+    classification.mkdir()
+    (classification / "settings.json").write_text("{}")
+    (classification / "candidates.jsonl").write_text("")
+    with pytest.raises(ValueError, match=r"holds something other than a detection search report \(settings.json\)"):
+        search_detector(template, data, "1.2m", samples=1, batch_size=2, seed=2, out_dir=classification, force=True)
+    assert (classification / "settings.json").read_text() == "{}"
 
 
 # ----------------------------------------------------------------------------------------------- training

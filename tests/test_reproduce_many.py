@@ -204,3 +204,38 @@ def test_run_folders_and_logs_that_are_links_are_refused(tmp_path: Path) -> None
     with pytest.raises(RecipeError, match="is a symbolic link"):
         _open_log(tmp_path / "reproduce.log")
     assert victim.read_text() == "keep"
+
+
+def test_sigterm_stops_every_run_it_started(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    teacher = _teacher_recipe(tmp_path)
+    d = yaml.safe_load(teacher.read_text())
+    d["train"] = TRAIN | {"epochs": 1000}  # far too long to finish first
+    teacher.write_text(yaml.safe_dump(d))
+    out = tmp_path / "runs"
+    cmd = [sys.executable, "-m", "blockswap_zoo", "reproduce", str(teacher), "--out", str(out), "--jobs", "2",
+           "--device", "cpu"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not (out / "wrn_10_1.tiny" / "student" / "metrics.jsonl").is_file():
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130 and "rerun the same command to resume" in " ".join(err.split()), err[-2000:]
+        time.sleep(1)
+        running = [p for p in Path("/proc").glob("[0-9]*") if str(teacher) in _cmdline(p)]
+        assert running == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _cmdline(proc: Path) -> str:
+    try:
+        return (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

@@ -447,18 +447,27 @@ def test_cli_interrupt_keeps_scored_candidates_and_says_how_to_resume(tmp_path: 
     args = ["search", "wrn_10_1", "20k", "--mode", "exact", "--device", "cpu", "--out", str(out)]
     args += ["--workers", workers]
     cli = [sys.executable, "-c", "from blockswap_zoo.cli import main; main()"]
+    # SIGINT's default in the child: a shell starts background jobs with SIGINT ignored, and children inherit that
     proc = subprocess.Popen(
-        cli + args + ["--samples", "20000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    log = out / "candidates.jsonl"
-    deadline = time.monotonic() + 600
-    while (
-        time.monotonic() < deadline and proc.poll() is None and not (log.exists() and log.read_text().count("\n") >= 2)
-    ):
-        time.sleep(0.2)
-    assert proc.poll() is None, proc.communicate()[1][-2000:]
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=600)
+        cli + args + ["--samples", "20000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    try:
+        log = out / "candidates.jsonl"
+        deadline = time.monotonic() + 600
+        while (
+            time.monotonic() < deadline
+            and proc.poll() is None
+            and not (log.exists() and log.read_text().count("\n") >= 2)
+        ):
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=600)
+    finally:  # never left running after a failure
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     assert proc.returncode == 130, err[-2000:]
     assert "--resume" in err and str(out) in err.replace("\n", "")
     kept = [json.loads(line)["index"] for line in log.read_text().splitlines()]

@@ -111,6 +111,7 @@ def search_detector_cmd(
     anchor_sizes: str = typer.Option(None, help=_ANCHORS_HELP),
     device: str = typer.Option("cpu", help="cpu or cuda."),
     out: Path = typer.Option(None, "--out", help="Report folder: candidates.jsonl, winner.json, summary.json."),
+    force: bool = typer.Option(False, "--force", help="Replace the detection search report in --out."),
 ) -> None:
     """Fisher-potential search of detection backbones, each scored inside the detector on detection images."""
     from ..detection.coco import CocoDetectionData
@@ -123,7 +124,7 @@ def search_detector_cmd(
         data = CocoDetectionData(images, annotations, masks=kind == "maskrcnn")
         template = DetectorConfig(kind, Genotype.uniform(backbone), data.num_classes, fpn_channels, head_channels,
                                   min_size, max_size, _sizes(anchor_sizes) or (32, 64, 128, 256, 512))  # fmt: skip
-        r = search_detector(template, data, budget, samples, batch_size, seed, tolerance, out, device)
+        r = search_detector(template, data, budget, samples, batch_size, seed, tolerance, out, device, force)
     except _errors() as e:
         fail(str(e))
     console.print(f"winner: {r.winner} ({r.params:,} backbone params, Fisher potential {r.score:.4g}; "

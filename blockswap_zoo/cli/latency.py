@@ -38,6 +38,9 @@ def _progress(label: str) -> tuple[Progress, Callable[[int, int, str], None]]:
     return progress, on_progress
 
 
+MAX_BATCH = 4096  # images per timed forward: far beyond every budget the zoo deploys at, and within memory
+
+
 def _setting(device: str, batch: int, dtype: str, threads: int | None) -> MeasureSetting:
     """The measuring setting, after applying ``--threads`` (the thread count is part of it)."""
     import torch
@@ -49,6 +52,8 @@ def _setting(device: str, batch: int, dtype: str, threads: int | None) -> Measur
         resolve_device(device)  # tpu, cpu:zz or a missing GPU: named with the fix, before anything is measured
     except ValueError as e:
         fail(f"--device: {e}")
+    if not 1 <= batch <= MAX_BATCH:
+        fail(f"--batch must be between 1 and {MAX_BATCH} images, got {batch}")
     if threads is not None:
         if threads < 1:
             fail(f"--threads must be >= 1, got {threads}")
@@ -80,6 +85,10 @@ def latency_table_cmd(
     from ..search import BudgetError
     from ..search.sampler import _backbone
 
+    if calibrate_networks == 1 or calibrate_networks < 0:  # refused now, not after the table is measured
+        fail(
+            f"--calibrate needs 0 (skip) or at least 2 networks (it fits a scale and an offset), got {calibrate_networks}"
+        )
     try:
         setting = _setting(device, batch, dtype, threads)
         info = get_dataset_info("fashion_mnist" if dataset.strip().lower() == "embedded" else dataset)

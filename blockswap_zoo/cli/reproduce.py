@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -168,6 +169,7 @@ def _many(
     except (ValueError, OSError) as e:
         fail(str(e))
     link_shared_teachers(recipes, out)
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the runs as Ctrl-C does: none is left running
     try:
         if sys.stdout.isatty():
             with Live(console=console, refresh_per_second=1) as live:
@@ -189,6 +191,10 @@ def _many(
             highlight=False,
         )
         raise typer.Exit(1 if missed_only else 2)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _warn_without_mps(jobs: int, device: str) -> None:

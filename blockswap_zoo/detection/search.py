@@ -6,6 +6,7 @@ fixed batch of detection images (``proxy``); the highest wins. A report director
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, replace
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..dir_lock import lock_directory
 from ..genotype import Genotype
 from ..io import atomic_write_text
 from ..search.sampler import parse_budget, sample_genotypes
@@ -74,9 +76,11 @@ def search_detector(
     tolerance: float = 0.025,
     out_dir: str | Path | None = None,
     device: str = "cpu",
+    force: bool = False,
 ) -> DetectionSearchResult:
     """Fisher-potential search of ``template.genotype``'s backbone at ``budget`` backbone parameters (stem and
-    blocks, no classifier), each candidate inside ``template``'s detector."""
+    blocks, no classifier), each candidate inside ``template``'s detector. An ``out_dir`` that holds anything
+    is refused unless ``force``, and even then unless it is a detection search's report."""
     if samples < 1:
         raise ValueError(f"samples must be >= 1, got {samples}")
     budget = parse_budget(budget)
@@ -86,6 +90,52 @@ def search_detector(
     images = [im.to(device) for im in images]
     targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
     out = Path(out_dir) if out_dir is not None else None
+    with contextlib.ExitStack() as held:  # the report folder, for this search alone
+        if out is not None:
+            _check_out(out, force)
+            held.enter_context(lock_directory(out, "detection search"))
+            for name in REPORT_FILES:
+                (out / name).unlink(missing_ok=True)
+        settings = {
+            "budget": budget,
+            "tolerance": tolerance,
+            "samples": samples,
+            "batch_size": batch_size,
+            "seed": seed,
+        }
+        return _search(template, genotypes, images, targets, device, out, settings)
+
+
+REPORT_FILES = ("candidates.jsonl", "winner.json", "summary.json")
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse a report folder in the way: a file, anything without --force, another kind of report ever."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder for the report")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    others = sorted(p.name for p in out.iterdir() if p.name not in REPORT_FILES)
+    if others or not (out / "summary.json").is_file() or "detector" not in (out / "summary.json").read_text():
+        raise ValueError(
+            f"--out {out} holds something other than a detection search report ({', '.join(others) or 'no summary'}); "
+            "choose another --out"
+        )
+    if not force:
+        raise ValueError(f"--out {out} holds a detection search report; pass --force to replace it, or another --out")
+
+
+def _search(
+    template: DetectorConfig,
+    genotypes: list[Genotype],
+    images: list[torch.Tensor],
+    targets: list[dict[str, torch.Tensor]],
+    device: str,
+    out: Path | None,
+    settings: dict[str, int | float],
+) -> DetectionSearchResult:
+    """Score every genotype in the template's detector; save candidates as they come and the report at the end."""
+    seed = int(settings["seed"])
     candidates: list[DetectionCandidate] = []
     start = time.perf_counter()
     for i, g in enumerate(genotypes):
@@ -105,11 +155,7 @@ def search_detector(
             "winner": best.genotype,
             "score": best.score,
             "backbone_params": best.params,
-            "budget": budget,
-            "tolerance": tolerance,
-            "samples": samples,
-            "batch_size": batch_size,
-            "seed": seed,
+            **settings,
             "detector": {k: v for k, v in template.to_dict().items() if k not in ("genotype", "compact")},
             "seconds": result.seconds,
         }

@@ -21,7 +21,9 @@ import torch.nn.functional as F
 
 from ..io import atomic_write_bytes, atomic_write_text
 
-__all__ = ["SyntheticSpec", "make_canvas", "make_detection_set"]
+__all__ = ["MAX_CANVAS", "SyntheticSpec", "make_canvas", "make_detection_set"]
+
+MAX_CANVAS = 4096  # px a side: a canvas of 10^6 px a side would need terabytes
 
 MASK_THRESHOLD = 32  # an item pixel brighter than this (of 255) is the item; darker is Fashion-MNIST's background
 SPLITS = {"train": "train", "val": "test"}  # our split -> the Fashion-MNIST split its items come from
@@ -48,6 +50,8 @@ class SyntheticSpec:
             raise ValueError(
                 f"scales must satisfy 0.5 <= min_scale <= max_scale, got {self.min_scale}, {self.max_scale}"
             )
+        if self.canvas > MAX_CANVAS:
+            raise ValueError(f"canvas {self.canvas} px is larger than {MAX_CANVAS}; give --canvas {MAX_CANVAS} or less")
         if self.canvas < round(28 * self.max_scale) + 2:
             raise ValueError(f"canvas {self.canvas} is too small for items up to {round(28 * self.max_scale)} px")
 
