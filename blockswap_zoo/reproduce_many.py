@@ -116,10 +116,41 @@ def seed_searches(recipes: list[Recipe], searches: Path, out: Path) -> dict[str,
             if not found:
                 continue
             report = found[0]
+        _check_seeded_report(report, r)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(report, target)
         seeded[r.name] = report
     return seeded
+
+
+def _check_seeded_report(report: Path, r: Recipe) -> None:
+    """A report seeded into a run is finished and says what it claims: every candidate readable, the winner the
+    best-scoring one, of the recipe's backbone and within its budget. Checked before anything trains."""
+    from .search import ReportError, load_report, parse_budget
+
+    s = r.student.search
+    assert s is not None
+    try:
+        result = load_report(report)
+    except (ReportError, ValueError, KeyError, TypeError, OSError) as e:  # unfinished, a truncated line, a missing file
+        raise RecipeError(f"--searches: {report} cannot seed {r.name}: {e}") from None
+    best = max(result.candidates, key=lambda c: c.score if c.score == c.score else float("-inf"))
+    problems = []
+    if result.winner.to_string() != best.genotype:
+        problems.append(f"its winner is not its best-scoring candidate ({best.index})")
+    if result.winner.backbone != s.backbone:
+        problems.append(f"its winner is a {result.winner.backbone}, the recipe searches {s.backbone}")
+    if s.budget is not None and s.metric == "params":
+        budget, n = (
+            parse_budget(s.budget),
+            result.winner.num_params(result.settings.num_classes, result.settings.in_chans),
+        )
+        if abs(n - budget) > s.tolerance * budget:
+            problems.append(
+                f"its winner has {n:,} parameters, outside the recipe's budget {budget:,} +-{s.tolerance:.1%}"
+            )
+    if problems:
+        raise RecipeError(f"--searches: {report} cannot seed {r.name}: {'; '.join(problems)}")
 
 
 def _search_settings(r: Recipe) -> dict[str, object]:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from blockswap_zoo.genotype import Genotype
 from blockswap_zoo.recipe import RecipeError, list_recipes, load_recipe
 from blockswap_zoo.reproduce_many import link_shared_teachers, plan_runs, seed_searches, shared_teacher_of
 
@@ -64,16 +65,16 @@ def test_a_teacher_recipe_is_shared_only_when_it_trains_exactly_the_teacher_stag
 
 
 def test_a_seeded_search_must_have_the_recipes_settings(tmp_path: Path) -> None:
+    from blockswap_zoo.search import run_search
+
     r = load_recipe(_student_recipe(tmp_path, "wrn_10_1_a.tiny"))
     report = tmp_path / "searches" / r.name
-    report.mkdir(parents=True)
-    (report / "winner.json").write_text("{}")
-    settings = {"backbone": "wrn_10_1", "budget": 40000, "metric": "params", "tolerance": 0.025, "samples": 3,
-                "proxy": "fisher", "mode": "exact", "seed": 0, "dataset": "fashion_mnist"}  # fmt: skip
-    (report / "settings.json").write_text(json.dumps(settings | {"samples": 1000}))
-    with pytest.raises(RecipeError, match="samples: report 1000, recipe 3"):
+    run_search("wrn_10_1", "40k", samples=1, seed=0, mode="exact", threads=1, report_dir=report,
+               dataset="fashion_mnist")  # fmt: skip
+    with pytest.raises(RecipeError, match="samples: report 1, recipe 3"):
         seed_searches([r], tmp_path / "searches", tmp_path / "runs")
-    (report / "settings.json").write_text(json.dumps(settings | {"device_type": "cpu"}))
+    result = run_search("wrn_10_1", "40k", samples=3, seed=0, mode="exact", threads=1, report_dir=report, force=True,
+                        dataset="fashion_mnist")  # fmt: skip
     assert seed_searches([r], tmp_path / "searches", tmp_path / "runs") == {r.name: report}
     assert (tmp_path / "runs" / r.name / "search" / "winner.json").is_file()
     assert seed_searches([r], tmp_path / "searches", tmp_path / "runs") == {}  # a run's own search is kept
@@ -81,6 +82,19 @@ def test_a_seeded_search_must_have_the_recipes_settings(tmp_path: Path) -> None:
     other = load_recipe(_student_recipe(tmp_path, "wrn_10_1_a.tiny_e2"))
     assert seed_searches([other], tmp_path / "searches", tmp_path / "runs") == {other.name: report}
     assert (tmp_path / "runs" / other.name / "search" / "winner.json").is_file()
+    # a report whose winner is not what its settings promise, or whose candidates are cut short, seeds nothing
+    winner = (report / "winner.json").read_text()
+    loser = next(c for c in result.candidates if c.index != result.winner_index)
+    Genotype.from_string(loser.genotype).save(report / "winner.json")
+    with pytest.raises(RecipeError, match="cannot seed wrn_10_1_a.tiny: its winner"):
+        seed_searches([r], tmp_path / "searches", tmp_path / "runs3")
+    (report / "winner.json").write_text(winner)
+    lines = (report / "candidates.jsonl").read_text()
+    (report / "candidates.jsonl").write_text(lines[: len(lines) // 2])
+    with pytest.raises(RecipeError, match=f"{report} cannot seed"):
+        seed_searches([r], tmp_path / "searches", tmp_path / "runs4")
+    assert not (tmp_path / "runs3").exists() and not (tmp_path / "runs4").exists()
+    settings = json.loads((report / "settings.json").read_text())
     (report / "settings.json").write_text(json.dumps(settings | {"seed": 1}))
     assert seed_searches([other], tmp_path / "searches", tmp_path / "runs2") == {}  # none was made with its settings
 
