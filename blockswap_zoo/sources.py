@@ -80,10 +80,26 @@ class ModelShape:
     input_size: tuple[int, int, int]
 
 
+MAX_NAME_CHARS = 10_000  # the longest genotype text (JSON of a ResNet-50's blocks) is well below
+
+
+def _exists(path: Path) -> bool:
+    """Whether ``path`` exists; False for a text no file system takes as a path (too long a name, say)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def parse_source(text: str | Path, *, files: bool = True) -> ModelSource:
     """Parse a model name. ``files=False`` (as ``create_model``) reads no bare path: a folder that happens
     to share a registered name never shadows it; ``local-dir:`` still names a checkpoint directory."""
     text = str(text)
+    if len(text) > MAX_NAME_CHARS:  # no name, path or genotype is this long: say so without echoing it back
+        raise UnknownModelError(
+            f"a model name of {len(text):,} characters ({text[:40]!r}...) is too long to be a name, path or "
+            f"genotype (at most {MAX_NAME_CHARS:,}); pass a registered name, a checkpoint folder or a genotype"
+        )
     if text.startswith("local-dir:"):
         try:
             path = Path(text[len("local-dir:") :]).expanduser()
@@ -95,7 +111,7 @@ def parse_source(text: str | Path, *, files: bool = True) -> ModelSource:
         if repo_id.count("/") != 1 or not all(repo_id.split("/")):
             raise UnknownModelError(f"{text!r}: write hf-hub:ORG/NAME or hf-hub:ORG/NAME@REV")
         return ModelSource(text, "hf_hub", repo_id=repo_id, revision=rev or None)
-    if files and Path(text).exists():
+    if files and _exists(Path(text)):
         return _parse_path(text, Path(text))
     if ":" in text or text.lstrip().startswith("{"):
         try:

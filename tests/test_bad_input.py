@@ -351,3 +351,12 @@ def test_sizes_that_cannot_fit_are_refused_before_any_work(tmp_path: Path, comma
     r = CliRunner().invoke(app, [*command, *out])
     assert r.exit_code == 2 and message in " ".join(r.output.split()), r.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("length", [300, 100_000])
+@pytest.mark.parametrize("command", ["info", "export", "evaluate"])
+def test_a_name_too_long_for_a_path_gets_a_short_clear_error(tmp_path: Path, command: str, length: int) -> None:
+    r = CliRunner().invoke(app, [command, "a" * length])
+    assert r.exit_code == 2, r.output[-500:]
+    assert r.exception is None or isinstance(r.exception, SystemExit)
+    assert "Traceback" not in r.output and len(r.output) < 2 * min(length, 10_000) + 1000
