@@ -613,3 +613,33 @@ def _assert_same_run(got: TrainResult, want: TrainResult) -> None:
     keys = ("train_loss", "train_top1", "at_loss", "test_top1", "lr", "step")
     assert [{k: h[k] for k in keys} for h in got.history] == [{k: h[k] for k in keys} for h in want.history]
     assert got.metrics["top1"] == want.metrics["top1"]
+
+
+def test_cli_a_full_disk_or_a_busy_run_folder_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while saving: exit 2 naming the folder and --resume, the checkpoint before it intact; a run
+    folder another process writes: exit 2 naming its PID."""
+    import errno
+
+    from blockswap_zoo.dir_lock import lock_directory
+    from blockswap_zoo.train import engine
+
+    run = tmp_path / "run"
+    args = ["train-teacher", "--arch", "wrn_10_1", "--dataset", "fashion_mnist", "--out", str(run), "--epochs", "2",
+            "--subset", "64", "--batch-size", "32", "--eval-subset", "32", "--device", "cpu", "--no-progress"]  # fmt: skip
+    real_save, saved = engine.save_checkpoint, []
+
+    def save_once(path, state):  # noqa: ANN001, ANN202 - the second epoch's save meets a full disk
+        if saved:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real_save(path, state)
+        saved.append(path)
+
+    monkeypatch.setattr(engine, "save_checkpoint", save_once)
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 2 and "no space left on the device" in r.output and "--resume" in r.output, r.output
+    assert load_checkpoint(run / "checkpoint.pt")["epoch"] == 0  # the first epoch's checkpoint is intact
+    monkeypatch.setattr(engine, "save_checkpoint", real_save)
+    with lock_directory(run):
+        r = CliRunner().invoke(app, [*args, "--resume"])
+    assert r.exit_code == 2 and f"process {os.getpid()}" in " ".join(r.output.split()), r.output
+    assert CliRunner().invoke(app, [*args, "--resume"]).exit_code == 0

@@ -6,6 +6,7 @@ command line win. The heavy imports happen inside the commands, so ``blockswap-z
 
 from __future__ import annotations
 
+import errno
 import inspect
 import json
 import os
@@ -158,6 +159,14 @@ def _run(
         fail(str(e))
     except (FileNotFoundError, ValueError) as e:
         fail(f"{type(e).__name__}: {e}")
+    except OSError as e:  # a full disk, or the run folder written by another process (DirectoryBusyError)
+        if e.errno == errno.ENOSPC:
+            where = str(locals().get("run_dir", out))
+            fail(
+                f"no space left on the device while writing {where}: the last saved epoch's checkpoint is intact "
+                f"(every write is atomic); free some space, then continue with --resume --out {where}"
+            )
+        fail(str(e))
     except KeyboardInterrupt:
         err_console.print(f"interrupted; continue with --resume --out {run_dir}")
         raise typer.Exit(130) from None
