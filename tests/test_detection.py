@@ -233,6 +233,42 @@ def test_an_image_file_name_outside_the_image_folder_is_refused(detset: Path, tm
         data[index]
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d["annotations"][0].update(category_id=999), "category_id 999 is not among"),
+        (lambda d: d["annotations"][0].pop("bbox"), "bbox must be"),
+        (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), "bbox must be"),
+        (lambda d: d["annotations"][0].update(bbox=[1, 2, -3, 4]), "bbox must be"),
+        (lambda d: d["annotations"][0].update(segmentation=5), "segmentation must be polygons"),
+        (lambda d: d["annotations"][0].update(segmentation=[]), "segmentation is an empty list"),
+        (lambda d: d["annotations"][0].update(segmentation=[[1, 2, 3, 4, 5]]), "even number"),
+        (lambda d: d["annotations"][0].update(segmentation={"size": [200000, 200000], "counts": "abc"}), "RLE size"),
+        (lambda d: d["annotations"][0].update(segmentation={"size": [64, 64], "counts": [-5, 4101]}), "non-negative"),
+        (lambda d: d["images"][0].update(width=100000), "width and height must be"),
+        (lambda d: d["images"][0].update(height="64"), "width and height must be"),
+        (lambda d: d["annotations"][0].update(image_id=-7), "image_id is not among"),
+    ],
+)
+def test_annotations_training_cannot_use_are_refused_up_front(detset: Path, tmp_path: Path, change, message) -> None:  # noqa: ANN001
+    ann = json.loads((detset / "annotations" / "instances_val.json").read_text())
+    change(ann)
+    bad = tmp_path / "instances_val.json"
+    bad.write_text(json.dumps(ann))
+    with pytest.raises(DetectionDataError, match=message):
+        CocoDetectionData(detset / "val", bad)
+
+
+def test_an_image_that_disagrees_with_its_recorded_size_is_refused(detset: Path, tmp_path: Path) -> None:
+    ann = json.loads((detset / "annotations" / "instances_val.json").read_text())
+    ann["images"][0]["width"] += 1
+    bad = tmp_path / "instances_val.json"
+    bad.write_text(json.dumps(ann))
+    data = CocoDetectionData(detset / "val", bad, masks=False)  # boxes only: the masks' RLE would be refused first
+    with pytest.raises(DetectionDataError, match="but .* says 65x64"):
+        data[data.ids.index(ann["images"][0]["id"])]
+
+
 def test_pycocotools_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     from blockswap_zoo.detection.coco import require_pycocotools
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,7 @@ class CocoDetectionData(torch.utils.data.Dataset):
             raise DetectionDataError(f"{self.annotations} lists no categories")
         self.label_of = {c: i + 1 for i, c in enumerate(self.cat_ids)}
         self.masks, self.flip = masks, flip
+        _check_annotations(self.coco.dataset, self.annotations, masks)
 
     @property
     def num_classes(self) -> int:
@@ -105,10 +107,16 @@ class CocoDetectionData(torch.utils.data.Dataset):
                 f"image {image_id}: file_name {name!r} is not a relative path inside the image folder {self.images}; "
                 "give each image's file name relative to that folder"
             )
+        info = self.coco.imgs[image_id]
         try:
-            with Image.open(path) as img:
+            with Image.open(path) as img:  # the header first: nothing is decoded for a file that lies
+                if tuple(img.size) != (info["width"], info["height"]):
+                    raise DetectionDataError(
+                        f"image {image_id} ({path}) is {img.size[0]}x{img.size[1]} px, but {self.annotations} "
+                        f"says {info['width']}x{info['height']}; correct its width and height"
+                    )
                 array = np.asarray(img.convert("RGB"))
-        except OSError as e:
+        except (OSError, Image.DecompressionBombError) as e:
             raise DetectionDataError(f"cannot read image {path}: {e}") from None
         return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
 
@@ -140,6 +148,68 @@ class CocoDetectionData(torch.utils.data.Dataset):
             if self.masks:
                 target["masks"] = target["masks"].flip(-1)
         return image, target
+
+
+MAX_SIDE = 16_384  # px: larger images (or RLE masks) than any detection set holds would exhaust memory
+
+
+def _check_annotations(doc: dict[str, Any], source: Path, masks: bool) -> None:
+    """Every image and annotation is what training reads: sizes in range, known images and categories, a box of
+    four finite numbers, a polygon or RLE mask that fits its image. DetectionDataError naming both, else."""
+    images = {}
+    for img in doc.get("images", []):
+        iid, w, h = img.get("id"), img.get("width"), img.get("height")
+        if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_SIDE for v in (w, h)):
+            raise DetectionDataError(
+                f"{source}: image {iid}: width and height must be whole numbers of pixels in 1..{MAX_SIDE}, got "
+                f"{w!r} x {h!r}"
+            )
+        images[iid] = (h, w)
+    cats = {c.get("id") for c in doc.get("categories", [])}
+    for ann in doc.get("annotations", []):
+        where = f"{source}: annotation {ann.get('id')!r} (image {ann.get('image_id')!r})"
+        if ann.get("image_id") not in images:
+            raise DetectionDataError(f"{where}: its image_id is not among the file's images")
+        if ann.get("category_id") not in cats:
+            raise DetectionDataError(f"{where}: category_id {ann.get('category_id')!r} is not among its categories")
+        box = ann.get("bbox")
+        if (
+            not isinstance(box, list)
+            or len(box) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)
+            or box[2] < 0
+            or box[3] < 0
+        ):
+            raise DetectionDataError(f"{where}: bbox must be [x, y, width, height], four finite numbers; got {box!r}")
+        if masks:
+            _check_segmentation(ann.get("segmentation"), images[ann["image_id"]], where)
+
+
+def _check_segmentation(seg: object, hw: tuple[int, int], where: str) -> None:
+    """A polygon list (each an even number, at least 6, of finite coordinates) or an RLE of the image's size."""
+    if isinstance(seg, list):
+        for poly in seg:
+            ok = isinstance(poly, list) and len(poly) >= 6 and len(poly) % 2 == 0
+            if not ok or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in poly):  # type: ignore[union-attr]
+                raise DetectionDataError(
+                    f"{where}: a polygon must be a list of an even number (at least 6) of coordinates; got {poly!r:.80}"
+                )
+        if not seg:
+            raise DetectionDataError(f"{where}: segmentation is an empty list; give a polygon or an RLE")
+        return
+    if isinstance(seg, dict):
+        size, counts = seg.get("size"), seg.get("counts")
+        if size != [hw[0], hw[1]]:
+            raise DetectionDataError(f"{where}: RLE size {size!r} is not its image's [height, width] {list(hw)}")
+        if isinstance(counts, list):
+            if not all(isinstance(c, int) and c >= 0 for c in counts) or sum(counts) != hw[0] * hw[1]:
+                raise DetectionDataError(
+                    f"{where}: RLE counts must be non-negative whole numbers that sum to height x width"
+                )
+        elif not isinstance(counts, str):
+            raise DetectionDataError(f"{where}: RLE counts must be a list of numbers or a compressed string")
+        return
+    raise DetectionDataError(f"{where}: segmentation must be polygons (a list) or an RLE (a mapping); got {seg!r:.80}")
 
 
 def collate(batch: list[tuple[torch.Tensor, dict[str, torch.Tensor]]]) -> tuple[list, list]:
