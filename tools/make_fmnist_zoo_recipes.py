@@ -75,8 +75,15 @@ ZOOS = (
     Zoo("fmnist_zoo", "zoo", "issue 18", 200, 30, "the paper's schedule", "the paper's 200-epoch schedule"),
     # sized for a 2-core CPU (issue 30): the teacher's 50 epochs (about 2.8 h) for >= 95% top-1; the students'
     # 6 epochs follow from the measured distillation speed (docs/benchmarks.md) so that the zoo fits 10 CPU-hours
-    Zoo("fmnist_cpu_zoo", "CPU zoo", "issue 30", 50, 6, "a schedule sized for a 2-core CPU",
-        "a 50-epoch schedule sized for a 2-core CPU"),
+    Zoo(
+        "fmnist_cpu_zoo",
+        "CPU zoo",
+        "issue 30",
+        50,
+        6,
+        "a schedule sized for a 2-core CPU",
+        "a 50-epoch schedule sized for a 2-core CPU",
+    ),
 )
 
 
