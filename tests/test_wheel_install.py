@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dic
     venv = tmp / "venv"
     _run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], tmp, env)
     bin_dir = venv / ("Scripts" if os.name == "nt" else "bin")
+    # --system-site-packages shows the base interpreter's packages; inside a virtualenv torch lives in the
+    # running environment's: put those folders on the new venv's path too, after its own (where the wheel goes)
+    inner = _run([str(bin_dir / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp, env)
+    outer = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (Path(inner.strip()) / "running_environment.pth").write_text("".join(f"{p}\n" for p in sorted(outer)))
     _run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)], tmp, env)
     work = tmp / "elsewhere"
     work.mkdir()
