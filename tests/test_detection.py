@@ -474,3 +474,30 @@ def test_train_detector_under_torchrun_with_two_cpu_processes(detset: Path, tmp_
     metrics = json.loads(p.stdout[p.stdout.index("{") :])
     assert metrics["steps"] == 6 and "bbox" in metrics  # 12 canvases, global batch 2: one per rank per step
     assert (tmp_path / "ddp" / "detector.safetensors").is_file()
+
+
+def test_a_detection_set_stopped_part_way_leaves_the_old_one_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from blockswap_zoo.detection import synthetic
+
+    spec = SyntheticSpec(train_images=6, val_images=2, canvas=64, max_items=2, min_scale=1.0, max_scale=1.2, seed=1)
+    make_detection_set(tmp_path, spec)
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    real_png, made = synthetic._png, []
+
+    def png_then_stop(canvas):  # noqa: ANN001, ANN202 - stopped after 3 images of the new set
+        made.append(1)
+        if len(made) > 3:
+            raise KeyboardInterrupt
+        return real_png(canvas)
+
+    monkeypatch.setattr(synthetic, "_png", png_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        make_detection_set(tmp_path, replace(spec, seed=2))
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before and sorted(p.name for p in tmp_path.iterdir()) == ["annotations", "train", "val"]
+    monkeypatch.setattr(synthetic, "_png", real_png)
+    make_detection_set(tmp_path, replace(spec, seed=2))  # finished, it replaces the set whole
+    assert json.loads((tmp_path / "annotations" / "instances_train.json").read_text())["info"]["spec"]["seed"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["annotations", "train", "val"]

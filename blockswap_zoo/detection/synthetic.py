@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,12 +119,36 @@ def make_detection_set(
 ) -> dict[str, Path]:
     """Write the train and val splits under ``root``; returns each split's instances JSON path.
 
-    Same spec and seed, same files. Items come from Fashion-MNIST (``data_dir`` or the system copy).
+    Same spec and seed, same files. Items come from Fashion-MNIST (``data_dir`` or the system copy). The set is
+    written into a staging folder under ``root`` and moved into place whole, so a run stopped part-way leaves
+    the set that was there (with ``--force``) as it was.
     """
-    from ..data import get_dataset_info, load_arrays
-
     spec.check()
     root = Path(root)
+    staging = root / f".staging-{os.getpid()}"  # built whole first: a set stopped part-way changes nothing
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        written = _write_set(staging, spec, data_dir)
+        _swap_in(staging, root, ("train", "val", "annotations"))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {split: root / path.relative_to(staging) for split, path in written.items()}
+
+
+def _swap_in(staging: Path, root: Path, entries: tuple[str, ...]) -> None:
+    """Move ``entries`` from ``staging`` into ``root``, replacing what is there, in a few renames."""
+    old = root / f".replaced-{os.getpid()}"
+    old.mkdir(parents=True, exist_ok=True)
+    for name in entries:
+        if (root / name).exists():
+            (root / name).rename(old / name)
+        (staging / name).rename(root / name)
+    shutil.rmtree(old)
+
+
+def _write_set(root: Path, spec: SyntheticSpec, data_dir: str | Path | None) -> dict[str, Path]:
+    from ..data import get_dataset_info, load_arrays
+
     names = get_dataset_info("fashion_mnist").label_names
     categories = [{"id": i + 1, "name": n, "supercategory": "fashion"} for i, n in enumerate(names)]
     out: dict[str, Path] = {}
