@@ -233,3 +233,31 @@ def test_latency_command_measures_a_model(tmp_path: Path) -> None:
     r = _cli("latency", "wrn_10_1:v1:S;G(2);B(2)", "--record", cwd=tmp_path)
     assert r.returncode == 2 and "no published record" in r.stderr
     assert get_block_type("G(2)")  # the names above are the library's
+
+
+def test_a_table_stopped_while_measuring_keeps_what_it_measured(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from blockswap_zoo.latency import table as table_module
+    from blockswap_zoo.latency.timing import Timing
+
+    calls: list[int] = []
+    stop_at = [2]
+
+    def fake_timing(jobs, device, dtype, passes, progress=None):  # noqa: ANN001, ANN202 - stopped in the 2nd chunk
+        calls.append(len(jobs))
+        if len(calls) == stop_at[0]:
+            raise KeyboardInterrupt
+        return [Timing(median_ms=1.0, spread_ms=0.0, repeats=passes) for _ in jobs]
+
+    monkeypatch.setattr(table_module, "time_interleaved", fake_timing)
+    path = tmp_path / "table.json"
+    tab = LatencyTable(MeasureSetting.here("cpu", 1), path=path)
+    need = len(tab.missing(SHAPE))
+    assert need > table_module.SAVE_EVERY  # at least two chunks
+    with pytest.raises(KeyboardInterrupt):
+        tab.measure(SHAPE)
+    saved = LatencyTable.load(path)
+    assert len(saved.entries) == table_module.SAVE_EVERY  # the first chunk is on disk
+    stop_at[0] = 0  # the next run is not stopped
+    assert LatencyTable.open(saved.setting, path).measure(SHAPE) == need - table_module.SAVE_EVERY  # only the rest

@@ -71,6 +71,9 @@ class _Tail(nn.Module):
         return self.model.forward_head(self.model.forward_final_norm(x))
 
 
+SAVE_EVERY = 16  # entries measured (interleaved) between two saves of the table
+
+
 def block_key(shape: NetworkShape, block_type: BlockType, slot: Slot) -> str:
     """The entry of one block: its module class, type and shape (shared by backbones with equal blocks)."""
     cls = block_class(shape.backbone, block_type).__name__
@@ -214,23 +217,26 @@ class LatencyTable:
         progress: Progress | None = None,
         passes: int = 3,
     ) -> int:
-        """Measure every entry ``shape`` needs that is missing, in interleaved passes, and save the table
-        (when it has a file); returns how many entries were measured."""
+        """Measure every entry ``shape`` needs that is missing, in interleaved passes over chunks of
+        :data:`SAVE_EVERY` entries, saving the table (when it has a file) after each chunk: a run that is stopped
+        keeps what it measured, and the next one measures only the rest. Returns how many entries were measured."""
         todo = self.missing(shape, block_types)
-        if not todo:
-            return 0
-        jobs = [(build(), (self.setting.batch, *in_shape)) for _, build, in_shape in todo]
+        total = len(todo)
+        for start in range(0, total, SAVE_EVERY):
+            chunk = todo[start : start + SAVE_EVERY]
+            jobs = [(build(), (self.setting.batch, *in_shape)) for _, build, in_shape in chunk]
 
-        def report(done: int, total: int) -> None:
-            if progress is not None:
-                progress(done, total, todo[done % len(todo)][0] if done < total else "")
+            def report(done: int, of: int, chunk: list = chunk, start: int = start) -> None:
+                if progress is not None:  # the chunk's passes, shown as the share of the whole table
+                    share = start + done * len(chunk) // max(of, 1)
+                    progress(share, total, chunk[done % len(chunk)][0] if done < of else "")
 
-        timings = time_interleaved(jobs, self._device, self.setting.dtype, passes, progress=report)
-        for (key, _, _), timing in zip(todo, timings, strict=True):
-            self.entries[key] = timing.to_dict()
-        if self.path is not None:
-            self.save()
-        return len(todo)
+            timings = time_interleaved(jobs, self._device, self.setting.dtype, passes, progress=report)
+            for (key, _, _), timing in zip(chunk, timings, strict=True):
+                self.entries[key] = timing.to_dict()
+            if self.path is not None:
+                self.save()
+        return total
 
     def time_networks(
         self, models: Sequence[nn.Module], shape: NetworkShape, passes: int = 3, progress: Progress | None = None
