@@ -501,3 +501,38 @@ def test_a_detection_set_stopped_part_way_leaves_the_old_one_whole(
     make_detection_set(tmp_path, replace(spec, seed=2))  # finished, it replaces the set whole
     assert json.loads((tmp_path / "annotations" / "instances_train.json").read_text())["info"]["spec"]["seed"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["annotations", "train", "val"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--batch-size", "0"], "batch_size must be >= 1"),
+        (["--min-size", "0"], "min_size must be a whole number"),
+        (["--fpn-channels", "0"], "fpn_channels must be a whole number"),
+        (["--seed", "-1"], "seed must be a whole number"),
+    ],
+)
+def test_search_detector_options_are_checked_up_front(detset: Path, tmp_path: Path, extra: list, message: str) -> None:
+    from typer.testing import CliRunner
+
+    from blockswap_zoo.cli import app
+
+    args = ["search-detector", "--images", str(detset / "train"), "--annotations",
+            str(detset / "annotations" / "instances_train.json"), "--samples", "1", "--out", str(tmp_path / "out")]  # fmt: skip
+    r = CliRunner().invoke(app, args + extra)
+    assert r.exit_code == 2 and message in " ".join(r.output.split()), r.output
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [({"lr": float("nan")}, "lr must be > 0"), ({"threads": 0}, "threads must be >= 1"),
+     ({"num_classes": "ten"}, "num_classes must be a whole number"), ({"num_classes": 10**9}, "num_classes must be")],
+)  # fmt: skip
+def test_detection_settings_that_cannot_train_are_refused(detset: Path, changes: dict, message: str) -> None:
+    if "num_classes" in changes:
+        with pytest.raises(ValueError, match=message):
+            DetectorConfig("maskrcnn", Genotype.parse(SMALL_R18), **changes, **TINY)  # type: ignore[arg-type]
+        return
+    with pytest.raises(ValueError, match=message):
+        _config(detset, **changes)

@@ -8,6 +8,7 @@ resizing). A recipe is this config plus a name and description; data paths are r
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -116,7 +117,9 @@ class DetectionTrainConfig:
         for name in ("epochs", "batch_size", "fpn_channels", "min_size", "max_size", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.warmup_iters < 0 or not 0 < self.warmup_factor <= 1:
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be >= 1 (or unset), got {self.threads}")
+        if not math.isfinite(self.lr) or self.lr <= 0 or self.warmup_iters < 0 or not 0 < self.warmup_factor <= 1:
             raise ValueError("lr must be > 0, warmup_iters >= 0 and warmup_factor in (0, 1]")
         if list(self.lr_steps) != sorted(self.lr_steps):
             raise ValueError(f"lr_steps must be increasing epochs, got {list(self.lr_steps)}")

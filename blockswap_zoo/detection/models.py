@@ -57,6 +57,9 @@ class DetectorError(ValueError):
     """A detector name or genotype that cannot make a detector (unknown name, non-ResNet backbone)."""
 
 
+MAX_CLASSES = 100_000  # categories plus background: far beyond any detection set, and a head that still fits
+
+
 @dataclass(frozen=True)
 class DetectorConfig:
     """Everything that fixes a detector's structure: what ``detector.json`` records to rebuild it."""
@@ -69,6 +72,24 @@ class DetectorConfig:
     min_size: int = 800
     max_size: int = 1333
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+
+    def __post_init__(self) -> None:
+        """Refuse, before any model is built, sizes no detector can have (ValueError naming the setting)."""
+
+        def whole(v: object, low: int, high: int) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
+
+        checks = [("num_classes", self.num_classes, 2, MAX_CLASSES), ("fpn_channels", self.fpn_channels, 1, 4096),
+                  ("min_size", self.min_size, 1, 16_384), ("max_size", self.max_size, 1, 16_384)]  # fmt: skip
+        if self.head_channels is not None:
+            checks.append(("head_channels", self.head_channels, 1, 16_384))
+        for name, value, low, high in checks:
+            if not whole(value, low, high):
+                raise ValueError(f"{name} must be a whole number in {low}..{high:,}, got {value!r}")
+        if self.max_size < self.min_size:
+            raise ValueError(f"max_size {self.max_size} is smaller than min_size {self.min_size}")
+        if not self.anchor_sizes or not all(whole(a, 1, 16_384) for a in self.anchor_sizes):
+            raise ValueError(f"anchor_sizes must be whole numbers of pixels, got {list(self.anchor_sizes)}")
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -17,6 +17,7 @@ import torch
 from ..dir_lock import lock_directory
 from ..genotype import Genotype
 from ..io import atomic_write_text
+from ..limits import check_seed
 from ..search.sampler import parse_budget, sample_genotypes
 from ..search.scoring import candidate_seed
 from .coco import CocoDetectionData
@@ -81,8 +82,12 @@ def search_detector(
     """Fisher-potential search of ``template.genotype``'s backbone at ``budget`` backbone parameters (stem and
     blocks, no classifier), each candidate inside ``template``'s detector. An ``out_dir`` that holds anything
     is refused unless ``force``, and even then unless it is a detection search's report."""
-    if samples < 1:
-        raise ValueError(f"samples must be >= 1, got {samples}")
+    if samples < 1 or batch_size < 1:
+        raise ValueError(f"samples and batch_size must be >= 1, got {samples} and {batch_size}")
+    try:
+        check_seed(seed)
+    except ValueError as e:
+        raise ValueError(f"seed {e}") from None
     budget = parse_budget(budget)
     backbone = template.genotype.backbone
     genotypes = sample_genotypes(backbone, budget, samples, seed=seed, tolerance=tolerance, num_classes=0)
