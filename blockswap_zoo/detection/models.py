@@ -74,7 +74,7 @@ class DetectorConfig:
     anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
 
     def __post_init__(self) -> None:
-        """Refuse, before any model is built, sizes no detector can have (ValueError naming the setting)."""
+        """Refuse, before any model is built, sizes no detector can have (DetectorError naming the setting)."""
 
         def whole(v: object, low: int, high: int) -> bool:
             return isinstance(v, int) and not isinstance(v, bool) and low <= v <= high
@@ -83,13 +83,15 @@ class DetectorConfig:
                   ("min_size", self.min_size, 1, 16_384), ("max_size", self.max_size, 1, 16_384)]  # fmt: skip
         if self.head_channels is not None:
             checks.append(("head_channels", self.head_channels, 1, 16_384))
+        if whole(self.num_classes, -(2**63), 1):
+            raise DetectorError(f"num_classes counts the background too: it must be >= 2, got {self.num_classes}")
         for name, value, low, high in checks:
             if not whole(value, low, high):
-                raise ValueError(f"{name} must be a whole number in {low}..{high:,}, got {value!r}")
+                raise DetectorError(f"{name} must be a whole number in {low}..{high:,}, got {value!r}")
         if self.max_size < self.min_size:
-            raise ValueError(f"max_size {self.max_size} is smaller than min_size {self.min_size}")
+            raise DetectorError(f"max_size {self.max_size} is smaller than min_size {self.min_size}")
         if not self.anchor_sizes or not all(whole(a, 1, 16_384) for a in self.anchor_sizes):
-            raise ValueError(f"anchor_sizes must be whole numbers of pixels, got {list(self.anchor_sizes)}")
+            raise DetectorError(f"anchor_sizes must be whole numbers of pixels, got {list(self.anchor_sizes)}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -195,8 +197,6 @@ def build_detector(config: DetectorConfig, body: SwapNet | None = None) -> Faste
     if config.kind not in DETECTOR_KINDS:
         raise DetectorError(f"unknown detector kind {config.kind!r}; choose one of {', '.join(DETECTOR_KINDS)}")
     _check_resnet(config.genotype, config.kind)
-    if config.num_classes < 2:
-        raise DetectorError(f"num_classes counts the background too: it must be >= 2, got {config.num_classes}")
     if body is None:
         body = build_model(config.genotype, num_classes=0)
     elif body.genotype != config.genotype or body.num_classes != 0:
