@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
 import shutil
 import time
@@ -474,6 +475,11 @@ def reproduce_together(
     students trained in one pass (``train_together``: the teacher runs once per batch); each run in its own
     directory, resumable on its own, each student as it would be alone. The first recipe's teacher stage
     serves every run that has none of its own."""
+    if len(recipes) > 1 and (len(keys := {distill_group_key(r) for r in recipes}) > 1 or None in keys):
+        raise RecipeError(
+            f"{', '.join(r.name for r in recipes)}: only recipes that distil from the same trained teacher "
+            "with the same data, seed and schedule train together"
+        )
     for r, d in zip(recipes, run_dirs, strict=True):
         preflight(r, max_steps)
         check_run_dir(r, d, resume, False, max_steps)
@@ -493,16 +499,11 @@ def _reproduce_locked(
     clock = time.perf_counter()
     first = recipes[0]
     if len(recipes) > 1:
-        keys = {distill_group_key(r) for r in recipes}
-        if len(keys) > 1 or None in keys:
-            raise RecipeError(
-                f"{', '.join(r.name for r in recipes)}: only recipes that distil from the same trained teacher "
-                "with the same data, seed and schedule train together"
-            )
         for d in run_dirs[1:]:  # one teacher stage for the group
             for name in ("teacher", "teacher_checkpoint"):
                 if not (d / name).exists() and not (d / name).is_symlink():
-                    (d / name).symlink_to(Path("..") / run_dirs[0].name / name, target_is_directory=True)
+                    target = os.path.relpath(run_dirs[0].resolve() / name, d.resolve())  # any two folders
+                    (d / name).symlink_to(target, target_is_directory=True)
     teacher = _load_teacher(first, run_dirs[0], device, max_steps, resume) if first.teacher else None
     configs: list[Any] = []
     todo: list[int] = []
