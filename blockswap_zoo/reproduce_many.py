@@ -127,6 +127,7 @@ def _check_seeded_report(report: Path, r: Recipe) -> None:
     """A report seeded into a run is finished and says what it claims: every candidate readable, the winner the
     best-scoring one, of the recipe's backbone and within its budget. Checked before anything trains."""
     from .search import ReportError, load_report, parse_budget
+    from .search.runner import best_candidate
 
     s = r.student.search
     assert s is not None
@@ -134,8 +135,11 @@ def _check_seeded_report(report: Path, r: Recipe) -> None:
         result = load_report(report)
     except (ReportError, ValueError, KeyError, TypeError, OSError) as e:  # unfinished, a truncated line, a missing file
         raise RecipeError(f"--searches: {report} cannot seed {r.name}: {e}") from None
-    best = max(result.candidates, key=lambda c: c.score if c.score == c.score else float("-inf"))
     problems = []
+    try:
+        best = best_candidate(result.candidates, s.proxy)  # the search's own rule for its winner
+    except ValueError as e:
+        raise RecipeError(f"--searches: {report} cannot seed {r.name}: {e}") from None
     if result.winner.to_string() != best.genotype:
         problems.append(f"its winner is not its best-scoring candidate ({best.index})")
     if result.winner.backbone != s.backbone:

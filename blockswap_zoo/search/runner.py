@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from ..latency.budget import LatencyBudget, LatencyDraw
     from ..latency.table import NetworkShape
 
-__all__ = ["ReportError", "SearchResult", "SearchSettings", "load_report", "run_search"]
+__all__ = ["ReportError", "SearchResult", "SearchSettings", "best_candidate", "load_report", "run_search"]
 
 MAX_SAMPLES = 10_000_000  # candidates are drawn (and held) up front; 1000 is the paper's search
 SETTINGS = "settings.json"
@@ -374,7 +374,7 @@ def run_search(
         new = _score_and_record(jobs, batch, cfg, workers, shard, progress, len(done), samples, world)
         records = {**done, **{c.index: c for c in _gathered(new, world)}}
         candidates = [records[i] for i in sorted(records)]
-        best = _best(candidates, proxy)
+        best = best_candidate(candidates, proxy)
         result = SearchResult(
             winner=Genotype.from_string(best.genotype),
             winner_index=best.index,
@@ -539,7 +539,7 @@ def _gathered(new: list[Candidate], world: int) -> list[Candidate]:
     return [Candidate.from_dict(d) for part in gathered for d in part]
 
 
-def _best(candidates: list[Candidate], proxy: str) -> Candidate:
+def best_candidate(candidates: list[Candidate], proxy: str) -> Candidate:
     """The highest finite score (the lowest index among ties); ValueError when no score is finite."""
     best = max(candidates, key=lambda c: (c.score if math.isfinite(c.score) else -math.inf, -c.index))
     if not math.isfinite(best.score):

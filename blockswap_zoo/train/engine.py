@@ -9,7 +9,7 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -350,7 +350,7 @@ def train(
     ``curves.png``; the end writes ``model.safetensors`` and ``config.json``.
     """
     dist = D.setup(config.device)
-    with training_flags(config.deterministic, dist.device.type == "cuda"):  # the process's own flags come back
+    with training_flags(config.deterministic, dist.device.type == "cuda"), _locked_run_dirs([out_dir], dist):
         return _train_together([config], dist, [model], teacher, [out_dir], resume, force, on_epoch_end)[0]
 
 
@@ -391,7 +391,7 @@ def train_together(
     if len({Path(o).resolve() for o in outs if o is not None}) != sum(o is not None for o in outs):
         raise ValueError("two students of a group write the same run directory; give each its own")
     dist = D.setup(first.device)
-    with training_flags(first.deterministic, dist.device.type == "cuda"):
+    with training_flags(first.deterministic, dist.device.type == "cuda"), _locked_run_dirs(outs, dist):
         return _train_together(configs, dist, [None] * len(configs), teacher, outs, resume, force, None)
 
 
@@ -406,35 +406,27 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     run_cfg: dict[str, Any]
     resuming: bool
+    stepper: _Stepper
     start_epoch: int = 0
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     rng: dict[str, Any] | None = None  # its own RNG state while others share the process (groups of two or more)
     loader_state: dict[str, Any] | None = None  # the data order it resumes at
     last_eval: dict[str, float] | None = None
-    stepper: _Stepper | None = None
 
 
-def _train_together(
-    configs: list[TrainConfig],
-    dist: D.DistInfo,
-    models: list[nn.Module | None],
-    teacher: nn.Module | None,
-    out_dirs: list[str | Path | None],
-    resume: bool,
-    force: bool,
-    on_epoch_end: Callable[[int, dict[str, Any]], None] | None,
-) -> list[TrainResult]:
-    """Lock each run directory for this process alone (the main process of a DDP run), then train."""
+@contextlib.contextmanager
+def _locked_run_dirs(out_dirs: list[str | Path | None], dist: D.DistInfo) -> Iterator[None]:
+    """Each run directory locked for this process alone (the main process of a DDP run) while it trains."""
     with contextlib.ExitStack() as held:
         for out in out_dirs:
             if out is not None and dist.is_main:
                 _check_dir_path(Path(out))
                 held.enter_context(lock_directory(out, "training"))
-        return _train_locked(configs, dist, models, teacher, out_dirs, resume, force, on_epoch_end)
+        yield
 
 
-def _train_locked(
+def _train_together(
     configs: list[TrainConfig],
     dist: D.DistInfo,
     models: list[nn.Module | None],
@@ -472,7 +464,8 @@ def _train_locked(
     for c, out, (model, rng), resumed in zip(configs, outs, students, resuming, strict=True):
         optimizer, scheduler = _optimizer(c, model, steps_per_epoch, total_steps)
         run_cfg = model_config(model, info, {"teacher": c.teacher, "train_config": c.to_dict()})
-        run = _Run(c, out, model, optimizer, scheduler, run_cfg, resumed, rng=rng)
+        stepper = _Stepper(c, dist, model, teacher is not None, amp, optimizer, scheduler)
+        run = _Run(c, out, model, optimizer, scheduler, run_cfg, resumed, stepper, rng=rng)
         if run.resuming:
             assert out is not None
             run.start_epoch, run.step, run.history, rng, run.loader_state = _resume(out, c, model, optimizer, scheduler)
@@ -484,7 +477,6 @@ def _train_locked(
             import yaml
 
             atomic_write_text(out / "config.yaml", yaml.safe_dump(c.to_dict(), sort_keys=False))
-        run.stepper = _Stepper(c, dist, model, teacher is not None, amp, optimizer, scheduler)
         runs.append(run)
 
     t_fwd = _teacher_forward(config, dist, teacher)
@@ -552,7 +544,7 @@ def _train_pass(
     """Train ``runs`` (at the same point) epoch by epoch on the same batches, the teacher run once per batch."""
     dev = dist.device
     shared = runs[0].rng is not None  # the process trains several students: each draws from its own RNG state
-    autocast = runs[0].stepper.autocast if runs[0].stepper is not None else contextlib.nullcontext
+    autocast, compiled = runs[0].stepper.autocast, runs[0].stepper.compiled
     progress = _progress(config.progress and dist.is_main)
     with progress:
         task = progress.add_task("train", total=steps_per_epoch, ips=0.0)
@@ -570,10 +562,13 @@ def _train_pass(
             for x, y in loader:
                 teacher_out = None
                 if t_fwd is not None:
+                    if compiled:  # CUDA graphs (reduce-overhead) may reuse the last step's outputs from here on
+                        torch.compiler.cudagraph_mark_step_begin()
                     with torch.no_grad(), autocast():
                         teacher_out = t_fwd(x)
+                    if compiled:  # its own copy: the students' graph replays that follow may reuse the pool
+                        teacher_out = (teacher_out[0].clone(), [f.clone() for f in teacher_out[1]])
                 for i, run in enumerate(runs):
-                    assert run.stepper is not None
                     t = time.perf_counter()
                     if shared:
                         assert run.rng is not None
@@ -608,7 +603,6 @@ def _end_epoch(
     total_steps: int,
 ) -> None:
     """A student's epoch record, evaluation and checkpoint (its own RNG state in it)."""
-    assert run.stepper is not None
     sums = run.stepper.take_sums()
     record = _epoch_record(epoch, run.step, run.optimizer, sums, epoch_time, run.stepper.distill)
     if group_size > 1:
@@ -711,7 +705,7 @@ class _Stepper:
         self.compiled = compile_mode_for(config.compile, config.compile_mode, dev, dist.enabled)
         if self.compiled:
             fwd = torch.compile(fwd, mode=self.compiled)  # type: ignore[assignment]
-        self.config, self.device, self.fwd, self.distill, self.dist = config, dev, fwd, distill, dist
+        self.config, self.device, self.fwd, self.distill = config, dev, fwd, distill
         self.autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
         self.optimizer, self.scheduler = optimizer, scheduler
         self.checked = False  # student and teacher stages compared once, on the first batch
